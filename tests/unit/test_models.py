@@ -1,0 +1,63 @@
+"""The RepVGG family: shapes, parameter counts, spec validation, fused round trip."""
+
+import pytest
+import torch
+from helpers import TINY_SPEC, randomize_bn
+
+from reparam import reparameterize_model, verify_equivalence
+from reparam.models import VARIANTS, RepVGGSpec, build_model
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_build_and_keep_4x4_maps(variant: str) -> None:
+    model = build_model({"variant": variant, "num_classes": 10}, deploy=True).eval()
+    features = model.stages(torch.zeros(1, 3, 32, 32))
+    assert features.shape[-2:] == (4, 4)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a0_widths_and_param_counts_follow_the_paper() -> None:
+    train_form = build_model({"variant": "A0"})
+    widths, depths = train_form.spec.resolved()
+    assert widths == [48, 48, 96, 192, 1280] and depths == [1, 2, 4, 14, 1]
+    fused = reparameterize_model(train_form)
+    n_train = sum(p.numel() for p in train_form.parameters())
+    n_fused = sum(p.numel() for p in fused.parameters())
+    # the paper's ImageNet A0 has 8.30M fused params, 1.28M of them in its 1000-way head
+    assert 6.9e6 < n_fused < 7.1e6 and n_fused < n_train
+
+
+def test_tiny_model_fuses_exactly_in_float64() -> None:
+    model = randomize_bn(build_model(TINY_SPEC)).double()
+    fused = reparameterize_model(model)
+    assert fused.is_fused and not model.is_fused
+    report = verify_equivalence(model, fused, torch.randn(4, 3, 32, 32, dtype=torch.float64))
+    assert report.max_abs_diff <= 1e-10 and report.argmax_agreement == 1.0
+
+
+def test_fused_weights_round_trip_through_deploy_constructor() -> None:
+    fused = reparameterize_model(randomize_bn(build_model(TINY_SPEC)))
+    deploy = build_model(TINY_SPEC, deploy=True)
+    deploy.load_state_dict(fused.state_dict(), strict=True)
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(deploy.eval()(x), fused(x))
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({"variant": "C9"}, "unknown RepVGG variant 'C9'"),
+        ({"variant": None, "widths": [4, 4, 4, 4, 4]}, "needs both model.widths and model.depths"),
+        ({"variant": "A0", "depths": [1, 1, 1]}, "model.depths needs 5 positive integers"),
+        ({"variant": "A0", "num_classes": 1}, "num_classes >= 2"),
+        ({"variant": "A0", "colour": "red"}, r"unknown model option\(s\) \['colour'\]"),
+    ],
+)
+def test_bad_specs_are_named(spec: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_model(spec)
+
+
+def test_spec_round_trips_through_dict() -> None:
+    spec = RepVGGSpec.from_dict(TINY_SPEC)
+    assert RepVGGSpec.from_dict(spec.to_dict()) == spec
