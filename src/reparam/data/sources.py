@@ -1,0 +1,213 @@
+"""Where images come from: the CIFAR pickle files (read here, safely) and the embedded digits demo.
+
+Every source returns :class:`ImageArrays`: uint8 images ``(N, H, W, 3)`` and int64 labels, for a
+train and a test split, plus class names.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataNotFoundError, UserError
+
+__all__ = ["ImageArrays", "CIFAR", "load_source", "read_cifar", "download_cifar", "load_digits32", "SOURCES"]
+
+
+@dataclass(frozen=True)
+class CIFARInfo:
+    folder: str
+    url: str
+    archive_md5: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    names_key: str
+    num_classes: int
+
+
+CIFAR = {
+    "cifar10": CIFARInfo(
+        folder="cifar-10-batches-py",
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        archive_md5="c58f30108f718f92721af3b95e74349a",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_files=("test_batch",),
+        meta_file="batches.meta",
+        label_key="labels",
+        names_key="label_names",
+        num_classes=10,
+    ),
+    "cifar100": CIFARInfo(
+        folder="cifar-100-python",
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
+        train_files=("train",),
+        test_files=("test",),
+        meta_file="meta",
+        label_key="fine_labels",
+        names_key="fine_label_names",
+        num_classes=100,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ImageArrays:
+    name: str
+    train_images: np.ndarray  # (N, H, W, 3) uint8
+    train_labels: np.ndarray  # (N,) int64
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and builtin containers, and nothing that could run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: a CIFAR file holds only arrays and lists")
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            obj = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise UserError(
+            f"{path} is not a readable CIFAR pickle ({err}); delete it and download the dataset again"
+        ) from err
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is not a CIFAR batch (holds a {type(obj).__name__}, expected a dict)")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _read_batches(folder: Path, files: tuple[str, ...], label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in files:
+        path = folder / name
+        batch = _load_pickle(path)
+        if "data" not in batch or label_key not in batch:
+            raise UserError(f"{path} lacks the '{label_key}' or 'data' entry; is this the right CIFAR variant?")
+        data = np.asarray(batch["data"])
+        y = np.asarray(batch[label_key], dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(y) != len(data):
+            raise UserError(
+                f"{path}: expected uint8 data of shape (N, 3072) and N labels, got {data.dtype} {data.shape} "
+                f"and {len(y)} labels; the file is corrupt, download the dataset again"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise UserError(f"{path}: labels outside 0..{num_classes - 1}; is this the right CIFAR variant?")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(y)
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _missing_message(name: str, root: Path, folder: Path) -> str:
+    info = CIFAR[name]
+    return (
+        f"{name} not found: looked for {folder} (from data.data_dir={root}). Ways out: "
+        f"(1) download it here with data.download=true; "
+        f"(2) on a machine with network, fetch {info.url}, unpack it and copy '{info.folder}' into {root}, "
+        f"or point data.data_dir=/path/to/folder/holding/{info.folder}; "
+        f"(3) try the pipeline offline on the embedded dataset: python train.py experiment=demo"
+    )
+
+
+def read_cifar(root: str | Path, name: str = "cifar10") -> ImageArrays:
+    """Read the official ``cifar-10-batches-py`` / ``cifar-100-python`` pickle files under ``root``."""
+    if name not in CIFAR:
+        raise UserError(f"unknown CIFAR variant '{name}'; choose one of {sorted(CIFAR)}")
+    info = CIFAR[name]
+    root = Path(root).expanduser()
+    folder = root / info.folder
+    if not folder.is_dir() and root.name == info.folder:  # data_dir pointed at the folder itself
+        folder = root
+    if not folder.is_dir():
+        raise DataNotFoundError(_missing_message(name, root, folder))
+    missing = [f for f in (*info.train_files, *info.test_files, info.meta_file) if not (folder / f).is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"{folder} is incomplete: missing {', '.join(missing)}; download {name} again (data.download=true) "
+            "or copy the whole folder"
+        )
+    train_x, train_y = _read_batches(folder, info.train_files, info.label_key, info.num_classes)
+    test_x, test_y = _read_batches(folder, info.test_files, info.label_key, info.num_classes)
+    meta = _load_pickle(folder / info.meta_file)
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(info.names_key, [])]
+    if len(names) != info.num_classes:
+        raise UserError(f"{folder / info.meta_file} lists {len(names)} class names, expected {info.num_classes}")
+    return ImageArrays(name, train_x, train_y, test_x, test_y, names)
+
+
+def download_cifar(root: str | Path, name: str = "cifar10") -> None:
+    """Fetch and unpack the official archive (MD5-checked by torchvision) unless it is already there."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    info = CIFAR[name]
+    root = Path(root).expanduser()
+    if (root / info.folder).is_dir():
+        return
+    try:
+        download_and_extract_archive(info.url, str(root), md5=info.archive_md5)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError
+        raise DataNotFoundError(
+            f"could not download {name} from {info.url} ({err}). " + _missing_message(name, root, root / info.folder)
+        ) from err
+
+
+def load_digits32(test_fraction: float = 0.2, seed: int = 0) -> ImageArrays:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 real images), as 32x32 RGB uint8.
+
+    Needs no network: the data ships inside scikit-learn. Each 8x8 image (values 0..16) is scaled
+    to 0..255, upsampled bilinearly to 32x32 and repeated over three channels.
+    """
+    import torch
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    images = x.clamp(0, 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy()
+    labels = digits.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    n_test = int(round(len(labels) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return ImageArrays(
+        "digits", np.ascontiguousarray(images[train]), labels[train], np.ascontiguousarray(images[test]),
+        labels[test], [str(i) for i in range(10)],
+    )
+
+
+SOURCES = ("cifar10", "cifar100", "digits")
+
+
+def load_source(name: str, data_dir: str | Path, download: bool = False) -> ImageArrays:
+    """The one entry point the datamodule uses."""
+    if name == "digits":
+        return load_digits32()
+    if name not in CIFAR:
+        raise UserError(f"unknown dataset '{name}'; choose one of {list(SOURCES)} (data=cifar10|cifar100|digits)")
+    if download:
+        download_cifar(data_dir, name)
+    return read_cifar(data_dir, name)

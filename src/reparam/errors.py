@@ -1,0 +1,27 @@
+"""User-facing errors: one clear line (or paragraph) that says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["UserError", "DataNotFoundError", "reraise_as_user_error"]
+
+
+class UserError(Exception):
+    """A mistake in the input (config, path, file) rather than a bug; shown without a traceback."""
+
+
+class DataNotFoundError(UserError):
+    """The dataset is not where the config says it is."""
+
+
+@contextmanager
+def reraise_as_user_error(context: str, *types: type[BaseException]) -> Iterator[None]:
+    """Turn validation errors raised while building ``context`` into a :class:`UserError`."""
+    try:
+        yield
+    except UserError:
+        raise
+    except types or (ValueError,) as err:  # type: ignore[misc]
+        raise UserError(f"{context}: {err}") from err

@@ -1,0 +1,84 @@
+"""What ``python train.py`` does, given a composed config: build, fit, fuse, test, summarize."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+
+from .callbacks import ReparameterizeCallback
+from .errors import UserError, reraise_as_user_error
+from .module import ClassifierModule
+
+__all__ = ["train", "build_components"]
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, ClassifierModule, L.Trainer]:
+    """Datamodule, module and trainer from a composed train config (no fitting)."""
+    with reraise_as_user_error("data config", ValueError, TypeError):
+        datamodule = instantiate(cfg.data)
+    net = OmegaConf.to_container(cfg.model, resolve=True)
+    with reraise_as_user_error("model config", ValueError, TypeError):
+        module = ClassifierModule(
+            net=net,
+            optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
+            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+            **OmegaConf.to_container(cfg.module, resolve=True),
+        )
+    loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    with reraise_as_user_error("trainer config", ValueError, TypeError):
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, module, trainer
+
+
+def _resume_path(cfg: DictConfig) -> str | None:
+    path = cfg.get("ckpt_path")
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise UserError(f"ckpt_path={path} does not exist; point it at a checkpoint such as <run>/checkpoints/last.ckpt")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, fuse (through ReparameterizeCallback), test; return a summary of what was produced."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule, module, trainer = build_components(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
+
+    checkpoint = trainer.checkpoint_callback
+    best_path = getattr(checkpoint, "best_model_path", "") or ""
+    summary: dict[str, Any] = {
+        "run_dir": str(cfg.paths.output_dir),
+        "epochs": trainer.current_epoch,
+        "best_val_acc": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None,
+        "best_checkpoint": best_path or None,
+        "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint and checkpoint.dirpath and (Path(checkpoint.dirpath) / "last.ckpt").is_file() else None,
+    }
+    fuser = next((c for c in trainer.callbacks if isinstance(c, ReparameterizeCallback)), None)
+    if fuser is not None and fuser.result is not None:
+        summary["fused_dir"] = fuser.result["path"]
+        summary["fusion_fp32_max_abs_diff"] = fuser.result["float32"]["max_abs_diff"]
+        summary["fusion_fp64_max_abs_diff"] = fuser.result["float64"]["max_abs_diff"]
+        summary["fusion_argmax_agreement"] = fuser.result["float32"]["argmax_agreement"]
+    if cfg.get("test"):
+        ckpt = "best" if best_path else None  # fast_dev_run saves no checkpoint: test the final weights
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        summary["test_acc"] = float(results[0]["test/acc"]) if results else None
+        summary["tested_weights"] = best_path or "final weights"
+    summary["is_global_zero"] = trainer.is_global_zero
+    return summary
