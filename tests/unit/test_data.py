@@ -1,0 +1,151 @@
+"""The CIFAR reader, the digits demo and the datamodule on generated files in the official format."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from helpers import write_fake_cifar
+
+from reparam.data import ImageDataModule, TensorBatchLoader, load_digits32, random_crop_flip, read_cifar
+from reparam.errors import DataNotFoundError, UserError
+
+
+def test_reads_official_layout(cifar_root) -> None:
+    arrays = read_cifar(cifar_root, "cifar10")
+    assert arrays.train_images.shape == (200, 32, 32, 3) and arrays.train_images.dtype == np.uint8
+    assert arrays.test_images.shape == (40, 32, 32, 3) and arrays.train_labels.dtype == np.int64
+    assert arrays.classes[0] == "airplane" and arrays.num_classes == 10
+    # CHW -> HWC: channel c of pixel (0, 0) is byte c*1024 of the row
+    raw = pickle.loads((cifar_root / "cifar-10-batches-py" / "data_batch_1").read_bytes(), encoding="bytes")
+    assert arrays.train_images[0, 0, 0, 1] == raw[b"data"][0, 1024]
+    assert read_cifar(cifar_root, "cifar100").num_classes == 100
+
+
+def test_data_dir_may_point_at_the_folder_itself(cifar_root) -> None:
+    assert len(read_cifar(cifar_root / "cifar-10-batches-py").train_labels) == 200
+
+
+def test_missing_data_names_the_folder_and_the_ways_out(tmp_path) -> None:
+    with pytest.raises(DataNotFoundError) as info:
+        read_cifar(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "cifar-10-batches-py") in message
+    assert "data.download=true" in message and "data.data_dir=" in message and "experiment=demo" in message
+
+
+def test_truncated_file_is_a_user_error(tmp_path) -> None:
+    folder = write_fake_cifar(tmp_path)
+    path = folder / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(UserError, match="data_batch_3 is not a readable CIFAR pickle"):
+        read_cifar(tmp_path)
+
+
+def test_incomplete_folder_lists_missing_files(tmp_path) -> None:
+    folder = write_fake_cifar(tmp_path)
+    (folder / "test_batch").unlink()
+    with pytest.raises(DataNotFoundError, match="missing test_batch"):
+        read_cifar(tmp_path)
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path) -> None:
+    folder = write_fake_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": []}))
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        read_cifar(tmp_path)
+    assert not marker.exists()
+
+
+def test_digits_demo_is_real_and_offline() -> None:
+    arrays = load_digits32()
+    assert arrays.train_images.shape[1:] == (32, 32, 3)
+    assert len(arrays.train_labels) + len(arrays.test_labels) == 1797
+    assert set(np.unique(arrays.train_labels)) == set(range(10))
+    assert arrays.train_images.max() > 200  # ink, not an empty image
+
+
+def test_datamodule_split_is_seeded_and_disjoint(cifar_root) -> None:
+    dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, batch_size=16)
+    dm.setup()
+    assert dm.split_sizes() == {"train": 160, "val": 40, "test": 40}
+    dm2 = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0)
+    dm2.setup()
+    assert np.array_equal(dm._splits["val"][1], dm2._splits["val"][1])
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    info = dm.deploy_info()
+    assert info["size"] == [3, 32, 32] and len(info["mean"]) == 3 and info["classes"][1] == "automobile"
+
+
+def test_datamodule_checks_num_classes(cifar_root) -> None:
+    dm = ImageDataModule("cifar100", str(cifar_root), num_classes=10, val_size=40)
+    with pytest.raises(UserError, match="data.num_classes=10 but cifar100 has 100 classes"):
+        dm.setup()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dataset="mnist"), "unknown dataset 'mnist'"),
+    (dict(pipeline="turbo"), "data.pipeline"),
+    (dict(batch_size=0), "batch_size"),
+])
+def test_datamodule_rejects_bad_options(kwargs, message) -> None:
+    with pytest.raises(UserError, match=message):
+        ImageDataModule(**kwargs)
+
+
+def test_fast_path_matches_standard_path_shapes_and_labels(cifar_root) -> None:
+    std = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, batch_size=16)
+    fast = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, batch_size=16, pipeline="fast")
+    std.setup()
+    fast.setup()
+    xs, ys = next(iter(std.val_dataloader()))
+    xf, yf = next(iter(fast.val_dataloader()))
+    assert xs.shape == xf.shape and xs.dtype == xf.dtype and ys.dtype == yf.dtype
+    # without augmentation both paths produce the same normalized pixels and labels
+    assert torch.equal(ys, yf) and torch.allclose(xs, xf, atol=1e-5)
+    train_batches = list(fast.train_dataloader())
+    assert len(train_batches) == len(fast.train_dataloader()) == 160 // 16
+
+
+def test_random_crop_flip_offsets_stay_within_padding() -> None:
+    # each image is a ramp with a unique value per pixel, so the crop offset can be read back
+    h = w = 8
+    ramp = torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w) + 1
+    images = ramp.repeat(256, 1, 1, 1)
+    out = random_crop_flip(images, padding=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    seen_flip = seen_plain = 0
+    offsets = set()
+    for img in out[:, 0]:
+        nonzero = img[img > 0]
+        first = nonzero.min()  # smallest surviving pixel id tells the shift
+        row, col = divmod(int(first) - 1, w)
+        is_flipped = bool((img[img > 0].reshape(-1)[:2].diff() < 0).any()) if nonzero.numel() > 1 else False
+        seen_flip += is_flipped
+        seen_plain += not is_flipped
+        offsets.add((row, col))
+        assert row <= 2 and col <= 2
+        # zero padding can only appear in the outer 2 rows/cols
+        assert (img[2:-2, 2:-2] > 0).all()
+    assert seen_flip > 50 and seen_plain > 50 and len(offsets) == 9
+
+
+def test_tensor_loader_shards_ddp_ranks_disjointly() -> None:
+    images = torch.zeros(10, 3, 4, 4, dtype=torch.uint8)
+    labels = torch.arange(10)
+    seen = []
+    for rank in range(2):
+        loader = TensorBatchLoader(images, labels, 3, [0, 0, 0], [1, 1, 1], rank=rank, world_size=2)
+        ys = torch.cat([y for _, y in loader])
+        assert len(list(loader)) == len(loader)
+        seen.append(set(ys.tolist()))
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(10))
