@@ -23,7 +23,8 @@ from .blocks import FormMismatchError
 from .errors import UserError
 from .models import RepVGG, build_model
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "FusedArtifact", "write_fused_artifact", "read_fused_artifact", "atomic_write_text"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "FusedArtifact", "write_fused_artifact", "read_fused_artifact", "atomic_write_text",
+           "update_fused_metrics"]
 
 FORMAT = "reparam.fused"
 FORMAT_VERSION = 1
@@ -97,6 +98,14 @@ def write_fused_artifact(directory: str | Path, fused: torch.nn.Module, config: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def update_fused_metrics(directory: str | Path, metrics: dict) -> None:
+    """Add metrics measured after fusing (e.g. the test accuracy) to ``config.json``, atomically."""
+    path = Path(directory) / CONFIG
+    config = json.loads(path.read_text())
+    config.setdefault("metrics", {}).update(metrics)
+    atomic_write_text(path, _json(config))
 
 
 @dataclass

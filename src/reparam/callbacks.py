@@ -19,6 +19,9 @@ from .models import build_model
 __all__ = ["ReparameterizeCallback", "FiniteLossGuard", "DivergenceError", "load_net_state"]
 
 
+FINAL_WEIGHTS = "final weights (end of fit)"
+
+
 class DivergenceError(UserError):
     """The training loss became NaN or infinite."""
 
@@ -62,7 +65,7 @@ class ReparameterizeCallback(L.Callback):
         if self.source == "best" and ckpt and Path(ckpt).is_file():
             return load_net_state(ckpt), ckpt
         state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
-        return state, "final weights (end of fit)"
+        return state, FINAL_WEIGHTS
 
     def _validation_inputs(self, trainer: L.Trainer) -> torch.Tensor:
         datamodule = trainer.datamodule

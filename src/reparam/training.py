@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import ReparameterizeCallback
+from .artifact import update_fused_metrics
+from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback
 from .errors import UserError, reraise_as_user_error
 from .module import ClassifierModule
 
@@ -79,6 +80,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt = "best" if best_path else None  # fast_dev_run saves no checkpoint: test the final weights
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         summary["test_acc"] = float(results[0]["test/acc"]) if results else None
-        summary["tested_weights"] = best_path or "final weights"
+        summary["tested_weights"] = tested = best_path or FINAL_WEIGHTS
+        if trainer.is_global_zero and fuser is not None and fuser.result and fuser.result["source"] == tested:
+            # the fused model holds exactly the weights just tested: record their test accuracy with it
+            update_fused_metrics(fuser.result["path"], {"test_acc": summary["test_acc"]})
     summary["is_global_zero"] = trainer.is_global_zero
     return summary

@@ -1,0 +1,114 @@
+"""Export the fused model to ONNX and to a torch.export program; each file is checked before it counts.
+
+Both are written to a temporary name, reloaded by their own runtime (onnxruntime; torch.export.load),
+compared with the PyTorch model on real inputs, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.utils.benchmark as tbench
+from torch import nn
+
+__all__ = ["ExportResult", "export_onnx", "export_program"]
+
+
+@dataclass
+class ExportResult:
+    format: str
+    path: str
+    max_abs_diff: float
+    ok: bool
+    latency_ms_median: float | None = None  # runtime's own timing at the checked batch size
+    batch_size: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _quiet():
+    """torch.onnx / torch.export are chatty on stdout; keep the console for the report."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo"):
+        logger = logging.getLogger(name)
+        stack.callback(logger.setLevel, logger.level)
+        logger.setLevel(logging.WARNING)
+    return stack
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _check(diff: float, reference: torch.Tensor, atol: float, rtol: float) -> bool:
+    return diff <= atol + rtol * float(reference.abs().max())
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, atol: float = 1e-4, rtol: float = 1e-4,
+                opset: int = 18, min_run_time: float = 0.5) -> ExportResult:
+    """ONNX with a dynamic batch axis; parity and latency checked in onnxruntime (CPU)."""
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    model = model.eval().cpu().float()
+    example = example.cpu().float()
+    try:
+        with _quiet(), torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                model, (example,), str(tmp), input_names=["images"], output_names=["logits"], opset_version=opset,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, dynamo=True,
+                external_data=False,
+            )
+        onnx.checker.check_model(str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: example.numpy()}
+        (onnx_out,) = session.run(None, feed)
+        with torch.no_grad():
+            reference = model(example)
+        diff = float(np.abs(onnx_out - reference.numpy()).max())
+        ok = _check(diff, reference, atol, rtol)
+        timing = tbench.Timer("session.run(None, feed)", globals={"session": session, "feed": feed}).blocked_autorange(
+            min_run_time=min_run_time)
+        if ok:
+            os.replace(tmp, path)
+        return ExportResult("onnx", str(path), diff, ok, timing.median * 1e3, len(example))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_program(model: nn.Module, example: torch.Tensor, path: str | Path, atol: float = 1e-5,
+                   rtol: float = 1e-5) -> ExportResult:
+    """A ``torch.export`` program (``.pt2``) with a dynamic batch axis, reloaded and checked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path).with_suffix(".pt2")
+    model = model.eval().cpu().float()
+    example = example.cpu().float()
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
+            torch.export.save(program, str(tmp))
+            reloaded = torch.export.load(str(tmp)).module()
+            out, reference = reloaded(example), model(example)
+        diff = float((out - reference).abs().max())
+        ok = _check(diff, reference, atol, rtol)
+        if ok:
+            os.replace(tmp, path)
+        return ExportResult("torch_export", str(path), diff, ok, None, len(example))
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,109 @@
+"""What ``python deploy.py`` does: load, evaluate both forms, benchmark, export, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..data import ImageDataModule
+from ..errors import UserError, reraise_as_user_error
+from .benchmark import benchmark_forms, resolve_device, speedups
+from .evaluate import evaluate_forms
+from .export import export_onnx, export_program
+from .load import Loaded, load_for_deploy, plain_vgg_like
+from .report import plot_benchmark, write_report
+
+__all__ = ["deploy", "build_datamodule"]
+
+
+def build_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataModule:
+    """The training run's data config, with the command line's non-null ``data.*`` values on top."""
+    params = {k: v for k, v in loaded.data.items() if k in ImageDataModule.__init__.__code__.co_varnames}
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    if "dataset" not in params:
+        raise UserError(f"{loaded.source} records no data config; pass data.dataset=cifar10|cifar100|digits and data.data_dir=...")
+    with reraise_as_user_error("data", ValueError, TypeError):
+        dm = ImageDataModule(**params)
+    dm.setup("test")
+    return dm
+
+
+def deploy(cfg: DictConfig) -> dict[str, Any]:
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt in (None, ""):
+        raise UserError("ckpt is required: python deploy.py ckpt=<run>/checkpoints/last.ckpt (or ckpt=<run>/fused)")
+    out_dir = Path(cfg.paths.output_dir)
+    with reraise_as_user_error("device", ValueError):
+        device = resolve_device(cfg.device)
+    loaded = load_for_deploy(cfg.ckpt)
+    dm = build_datamodule(loaded, OmegaConf.to_container(cfg.data, resolve=True))
+    if loaded.spec.get("num_classes") != dm.num_classes:
+        raise UserError(
+            f"{loaded.source} is a {loaded.spec.get('num_classes')}-class model but {dm.hparams.dataset} has "
+            f"{dm.num_classes} classes; pass the checkpoint that was trained on it, or data.dataset=..."
+        )
+
+    forms = {"train_form": loaded.train_form, "fused": loaded.fused} if loaded.train_form is not None else {"fused": loaded.fused}
+    evaluation = evaluate_forms(forms, dm.test_dataloader(), device)
+    report: dict[str, Any] = {
+        "checkpoint": str(loaded.source),
+        "source_kind": loaded.kind,
+        "dataset": dm.hparams.dataset,
+        "num_test_images": evaluation.num_images,
+        "accuracy": {"train_form": evaluation.accuracy.get("train_form"), "fused": evaluation.accuracy["fused"]},
+        "correct": {"train_form": evaluation.correct.get("train_form"), "fused": evaluation.correct["fused"]},
+        "disagreements": evaluation.disagreements,
+        "max_abs_logit_diff": evaluation.max_abs_logit_diff,
+        "max_abs_logit": evaluation.max_abs_logit,
+        "recorded_test_acc": loaded.recorded.get("test_acc"),
+        "model": loaded.spec,
+        "tolerance": {"atol": cfg.tolerance.atol, "rtol": cfg.tolerance.rtol},
+    }
+
+    bench_cfg = cfg.benchmark
+    results = []
+    if bench_cfg.enabled:
+        bench_forms = dict(forms)
+        bench_forms["plain_vgg"] = plain_vgg_like(loaded.fused)
+        with reraise_as_user_error("benchmark", ValueError, KeyError):
+            results = benchmark_forms(
+                bench_forms, list(bench_cfg.batch_sizes), device, bench_cfg.dtype, bench_cfg.channels_last,
+                bench_cfg.compile, bench_cfg.threads, bench_cfg.min_run_time, dm.deploy_info()["size"],
+            )
+    report["benchmark"] = [r.to_dict() for r in results]
+    report["speedup"] = {str(bs): s for bs, s in speedups(results).items()} if "train_form" in forms else {}
+    report["speedup_vs_plain_vgg"] = {str(bs): s for bs, s in speedups(results, "fused", "plain_vgg").items()}
+
+    exports = {}
+    example = next(iter(dm.test_dataloader()))[0][: cfg.export.check_batch_size]
+    if cfg.export.onnx:
+        exports["onnx"] = export_onnx(loaded.fused, example, out_dir / "model.onnx", opset=cfg.export.opset)
+    if cfg.export.torch_export:
+        exports["torch_export"] = export_program(loaded.fused, example, out_dir / "model.pt2")
+    report["exports"] = {fmt: r.to_dict() for fmt, r in exports.items()}
+
+    report["plot_path"] = str(plot_benchmark(report["benchmark"], out_dir / "plot.png")) if results else None
+    report["report_path"] = str(out_dir / "report.json")
+    report["equivalent"] = _equivalent(report, cfg)
+    write_report(report, out_dir)
+
+    failed_exports = [fmt for fmt, r in exports.items() if not r.ok]
+    if report["equivalent"] is False:
+        raise UserError(
+            f"the fused model is NOT equivalent to the train form: correct {report['correct']['train_form']} vs "
+            f"{report['correct']['fused']}, max |logit diff| {report['max_abs_logit_diff']:.3e} "
+            f"(tolerance {cfg.tolerance.atol} + {cfg.tolerance.rtol} x max|logit|); see {report['report_path']}"
+        )
+    if failed_exports:
+        raise UserError(f"export parity failed for {', '.join(failed_exports)}; see {report['report_path']}")
+    return report
+
+
+def _equivalent(report: dict, cfg: DictConfig) -> bool | None:
+    if report["accuracy"]["train_form"] is None:
+        return None  # fused folder alone: nothing to compare against but the recorded accuracy
+    limit = cfg.tolerance.atol + cfg.tolerance.rtol * report["max_abs_logit"]
+    same_counts = report["correct"]["train_form"] == report["correct"]["fused"]
+    return bool(same_counts and report["max_abs_logit_diff"] <= limit)
