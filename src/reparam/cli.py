@@ -35,7 +35,7 @@ def find_user_error(err: BaseException) -> BaseException | None:
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     if isinstance(err, MisconfigurationException):
-        text = f"invalid trainer settings: {text}"
+        text = f"invalid trainer settings: {text} (check trainer.accelerator / trainer.devices; trainer=cpu runs anywhere)"
     elif isinstance(err, EquivalenceError):
         text = f"fused model failed verification: {text}"
     return text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +42,9 @@ def read_checkpoint(path: Path) -> dict:
             f"refusing to load {path}: it holds objects other than tensors and plain containers, which could run code "
             f"when unpickled ({first[:160]}); only load checkpoints written by reparam from sources you trust"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - any failure of this one call means an unreadable file
         raise UserError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt? {str(err).splitlines()[0][:160]}); "
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt? {(str(err).splitlines() or [type(err).__name__])[0][:160]}); "
             "use another checkpoint, e.g. <run>/checkpoints/last.ckpt"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

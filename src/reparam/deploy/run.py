@@ -23,6 +23,7 @@ def build_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataModu
     """The training run's data config, with the command line's non-null ``data.*`` values on top."""
     params = {k: v for k, v in loaded.data.items() if k in ImageDataModule.__init__.__code__.co_varnames}
     params.update({k: v for k, v in overrides.items() if v is not None})
+    params.pop("num_classes", None)  # deploy compares the model's class count itself, with its own message
     if "dataset" not in params:
         raise UserError(f"{loaded.source} records no data config; pass data.dataset=cifar10|cifar100|digits and data.data_dir=...")
     with reraise_as_user_error("data", ValueError, TypeError):

@@ -1,0 +1,32 @@
+# make demo: install, train on the embedded digits, fuse, deploy (no network needed beyond PyPI)
+# make test: install with dev extras, run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= logs/demo-make
+
+.PHONY: install install-dev demo test test-fast clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+
+install-dev: $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[dev]'
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/train
+	$(PY) deploy.py ckpt=$(DEMO_DIR)/train/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/deploy
+
+test: install-dev
+	$(PY) -m pytest
+
+test-fast: install-dev
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf logs .pytest_cache .hypothesis

@@ -1,0 +1,167 @@
+"""deploy.py on a tiny trained run: same accuracy in both forms, a report other tools can read,
+exports that match, and one clear line for every bad input."""
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import compose_config, run_entry
+
+from reparam.cli import guarded
+from reparam.data import ImageDataModule
+from reparam.deploy import deploy, load_for_deploy
+from reparam.errors import UserError
+from reparam.training import train
+
+pytestmark = pytest.mark.slow
+
+FAST_DEPLOY = ["benchmark.batch_sizes=[1,4]", "benchmark.min_run_time=0.02", "export.check_batch_size=8"]
+REPORT_KEYS = {"checkpoint", "dataset", "num_test_images", "accuracy", "correct", "disagreements",
+               "max_abs_logit_diff", "benchmark", "speedup", "exports"}
+
+
+@pytest.fixture(scope="module")
+def trained_run(cifar_root, tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("trained")
+    cfg = compose_config("train", ["model=repvgg_tiny", "model.widths=[8,8,16,16,32]", "debug=limit",
+                                   "data.val_size=40", "data.batch_size=16", f"paths.data_dir={cifar_root}"],
+                         run_dir=run_dir)
+    return train(cfg)
+
+
+def run_deploy(ckpt, tmp_path: Path, *overrides: str) -> dict:
+    return deploy(compose_config("deploy", [f"ckpt={ckpt}", *FAST_DEPLOY, *overrides], run_dir=tmp_path))
+
+
+def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: Path) -> None:
+    report = run_deploy(trained_run["last_checkpoint"], tmp_path)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert REPORT_KEYS <= set(on_disk)
+    assert on_disk["num_test_images"] == 40 and on_disk["dataset"] == "cifar10"
+    assert on_disk["accuracy"]["train_form"] == on_disk["accuracy"]["fused"]
+    assert on_disk["correct"]["train_form"] == on_disk["correct"]["fused"]
+    assert on_disk["disagreements"] == 0 and on_disk["max_abs_logit_diff"] < 1e-4
+    assert on_disk["equivalent"] is True
+    forms = {(r["form"], r["batch_size"]) for r in on_disk["benchmark"]}
+    assert forms == {(f, b) for f in ("train_form", "fused", "plain_vgg") for b in (1, 4)}
+    assert set(on_disk["speedup"]) == {"1", "4"} and all(s > 0 for s in on_disk["speedup"].values())
+    fused_row = next(r for r in on_disk["benchmark"] if r["form"] == "fused")
+    train_row = next(r for r in on_disk["benchmark"] if r["form"] == "train_form")
+    assert fused_row["params"] < train_row["params"] and fused_row["flops_per_image"] < train_row["flops_per_image"]
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+    assert report["exports"]["onnx"]["max_abs_diff"] < 1e-4 and report["exports"]["torch_export"]["max_abs_diff"] < 1e-5
+
+
+def test_onnx_export_matches_pytorch_on_test_images(trained_run, cifar_root, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    run_deploy(trained_run["last_checkpoint"], tmp_path, "benchmark.enabled=false", "export.torch_export=false")
+    fused = load_for_deploy(trained_run["fused_dir"]).fused
+    dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, eval_batch_size=40)
+    dm.setup()
+    x, _ = next(iter(dm.test_dataloader()))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (x[:1], x[:7], x):  # the batch axis is dynamic
+        (out,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+        with torch.no_grad():
+            expected = fused(batch).numpy()
+        assert np.abs(out - expected).max() < 1e-4
+        assert (out.argmax(1) == expected.argmax(1)).all()
+    assert not (tmp_path / "model.pt2").exists()  # export.torch_export=false writes none
+
+
+def test_deploy_from_fused_folder_matches_recorded_accuracy(trained_run, tmp_path: Path) -> None:
+    report = run_deploy(trained_run["fused_dir"], tmp_path, "benchmark.batch_sizes=[2]")
+    assert report["source_kind"] == "fused" and report["accuracy"]["train_form"] is None
+    assert report["recorded_test_acc"] == pytest.approx(trained_run["test_acc"])
+    # same number of correct images (the recorded value went through float32)
+    n = report["num_test_images"]
+    assert round(report["accuracy"]["fused"] * n) == round(report["recorded_test_acc"] * n)
+    assert {r["form"] for r in report["benchmark"]} == {"fused", "plain_vgg"}
+
+
+def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -> None:
+    report = run_deploy(trained_run["run_dir"], tmp_path, "benchmark.enabled=false", "export.onnx=false",
+                        "export.torch_export=false")
+    assert report["checkpoint"].endswith("last.ckpt")
+
+
+def _bad(tmp_path: Path, name: str, content: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def expect_one_line(capsys, tmp_path: Path, ckpt, *fragments: str, overrides=()) -> None:
+    cfg = compose_config("deploy", [f"ckpt={ckpt}", *FAST_DEPLOY, *overrides], run_dir=tmp_path / "out")
+    with pytest.raises(SystemExit) as info:
+        guarded(deploy)(cfg)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+
+
+def test_bad_inputs_each_get_one_clear_line(trained_run, tmp_path: Path, capsys) -> None:
+    last = Path(trained_run["last_checkpoint"])
+    expect_one_line(capsys, tmp_path, "/no/such/file.ckpt", "does not exist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    expect_one_line(capsys, tmp_path, empty, "holds no checkpoint")
+    expect_one_line(capsys, tmp_path, _bad(tmp_path, "notes.ckpt", b"hello, not a checkpoint"), "not a readable PyTorch checkpoint")
+    expect_one_line(capsys, tmp_path, _bad(tmp_path, "cut.ckpt", last.read_bytes()[: last.stat().st_size // 2]),
+                    "not a readable PyTorch checkpoint")
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}}, other)
+    expect_one_line(capsys, tmp_path, other, "not a reparam checkpoint", "another project")
+    expect_one_line(capsys, tmp_path, last, "10-class model but cifar100 has 100 classes", overrides=["+data.dataset=cifar100"])
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["hyper_parameters"]["net"]["widths"] = [4, 4, 4, 4, 4]
+    torch.save(ckpt, tmp_path / "mismatch.ckpt")
+    expect_one_line(capsys, tmp_path, tmp_path / "mismatch.ckpt", "weights do not fit the model it describes")
+    if not torch.cuda.is_available():
+        expect_one_line(capsys, tmp_path, last, "device=cuda asked for", overrides=["device=cuda"])
+
+
+def test_corrupt_fused_folder_is_refused(trained_run, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    broken = tmp_path / "fused"
+    shutil.copytree(trained_run["fused_dir"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    expect_one_line(capsys, tmp_path, broken, "model.safetensors cannot be read")
+    (broken / "model.safetensors").unlink()
+    expect_one_line(capsys, tmp_path, broken, "holds no checkpoint")
+
+
+def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.ckpt"
+    with evil.open("wb") as f:
+        torch.save({"state_dict": {}, "payload": Exploit()}, f, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    expect_one_line(capsys, tmp_path, evil, "refusing to load")
+    assert not marker.exists()
+
+
+def test_cli_without_ckpt_and_with_missing_file(tmp_path: Path, run_env) -> None:
+    for args, fragment in (([], "ckpt is required"), (["ckpt=/no/such.ckpt"], "does not exist")):
+        proc = run_entry("deploy.py", [*args, f"hydra.run.dir={tmp_path}"], run_env)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")][0].count(fragment) == 1
+
+
+def test_user_error_class_is_used_for_deploy_errors() -> None:
+    with pytest.raises(UserError, match="ckpt is required"):
+        load_for_deploy("")
