@@ -47,6 +47,9 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
 
 def _resume_path(cfg: DictConfig) -> str | None:
     path = cfg.get("ckpt_path")
+    if path is None and cfg.get("auto_resume"):
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
     if path is None:
         return None
     if not Path(path).is_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from ..errors import UserError
@@ -29,6 +29,33 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = torch.from_numpy(self.images[i]).permute(2, 0, 1)
         return self.transform(image), int(self.labels[i])
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A random order drawn from ``(seed, epoch)`` alone, so a run resumed at epoch k replays epoch k exactly.
+
+    Lightning calls ``set_epoch`` before every epoch. It also reseeds ``generator``, the DataLoader's,
+    from which each epoch's worker seeds (and so the augmentation) are drawn; with ``num_workers=0``
+    augmentation runs in this process, so the global torch RNG is reseeded instead.
+    """
+
+    def __init__(self, size: int, seed: int, generator: torch.Generator, reseed_global: bool) -> None:
+        self.size, self.seed, self.generator, self.reseed_global = size, seed, generator, reseed_global
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        epoch_seed = self.seed * 1_000_003 + epoch
+        self.generator.manual_seed(epoch_seed)
+        if self.reseed_global:
+            torch.manual_seed(epoch_seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        return iter(order.tolist())
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -163,10 +190,15 @@ class ImageDataModule(L.LightningDataModule):
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 epoch_source=self._current_epoch if trainer else None,
             )
+        sampler, generator = None, None
+        if train:
+            generator = torch.Generator()
+            sampler = EpochSeededSampler(len(labels), torch.initial_seed() % 2**31, generator, hp.num_workers == 0)
         return DataLoader(
             ArrayDataset(images, labels, self._transform(train)),
             batch_size=batch_size,
-            shuffle=train,
+            sampler=sampler,
+            generator=generator,
             drop_last=train,
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
