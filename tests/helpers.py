@@ -95,3 +95,34 @@ def run_entry(script: str, args: list[str], env: dict, timeout: int = 300):
 
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+import lightning as _L  # noqa: E402
+
+
+class KillAtStep(_L.Callback):
+    """Test-only: the process sends itself ``signal`` in the middle of a training step."""
+
+    def __init__(self, step: int, signal: str = "SIGKILL") -> None:
+        self.step, self.signal = step, signal
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class InjectNaN(_L.Callback):
+    """Test-only: poison one weight before ``step``, as a diverging optimizer would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        import torch
+
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(module.net.parameters()).fill_(float("nan"))

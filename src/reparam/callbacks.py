@@ -12,11 +12,12 @@ import torch
 
 from . import __version__
 from .artifact import write_fused_artifact
+from .checkpoint import net_state, read_checkpoint
 from .convert import reparameterize_model, verify_equivalence
 from .errors import UserError
 from .models import build_model
 
-__all__ = ["ReparameterizeCallback", "FiniteLossGuard", "DivergenceError", "load_net_state"]
+__all__ = ["ReparameterizeCallback", "FiniteLossGuard", "DivergenceError", "FINAL_WEIGHTS"]
 
 
 FINAL_WEIGHTS = "final weights (end of fit)"
@@ -24,13 +25,6 @@ FINAL_WEIGHTS = "final weights (end of fit)"
 
 class DivergenceError(UserError):
     """The training loss became NaN or infinite."""
-
-
-def load_net_state(checkpoint_path: str | Path) -> dict[str, torch.Tensor]:
-    """The network's weights from a Lightning checkpoint, loaded with ``weights_only=True``."""
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    prefix = "net."
-    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
 
 class ReparameterizeCallback(L.Callback):
@@ -63,7 +57,7 @@ class ReparameterizeCallback(L.Callback):
     def _weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict, str]:
         ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         if self.source == "best" and ckpt and Path(ckpt).is_file():
-            return load_net_state(ckpt), ckpt
+            return net_state(read_checkpoint(Path(ckpt))), ckpt
         state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
         return state, FINAL_WEIGHTS
 
@@ -139,6 +133,6 @@ class FiniteLossGuard(L.Callback):
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise DivergenceError(
                 f"training diverged: the loss became {float(loss.detach().float())} at epoch {trainer.current_epoch}, "
-                f"global step {trainer.global_step} (batch {batch_idx}); lower optimizer.lr, add warm-up "
+                f"batch {batch_idx} (global step {max(trainer.global_step - 1, 0)}); lower optimizer.lr, add warm-up "
                 "(scheduler.warmup_epochs) or clip gradients (trainer.gradient_clip_val=1.0). No fused model was written."
             )

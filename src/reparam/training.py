@@ -8,10 +8,12 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from .artifact import update_fused_metrics
 from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback
+from .checkpoint import read_checkpoint
 from .errors import UserError, reraise_as_user_error
 from .module import ClassifierModule
 
@@ -54,6 +56,7 @@ def _resume_path(cfg: DictConfig) -> str | None:
         return None
     if not Path(path).is_file():
         raise UserError(f"ckpt_path={path} does not exist; point it at a checkpoint such as <run>/checkpoints/last.ckpt")
+    read_checkpoint(Path(path))  # refuses unsafe, corrupt or foreign files with one clear line
     return str(path)
 
 
@@ -62,7 +65,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build_components(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
+    except SIGTERMException as err:  # a SystemExit with code 0: a scheduler would think the run finished
+        raise UserError(
+            f"training stopped by SIGTERM at epoch {trainer.current_epoch}, global step {trainer.global_step}; "
+            f"no fused model was written. Resume with ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'} "
+            f"or auto_resume=true hydra.run.dir={cfg.paths.output_dir}"
+        ) from err
 
     checkpoint = trainer.checkpoint_callback
     best_path = getattr(checkpoint, "best_model_path", "") or ""

@@ -9,7 +9,7 @@ from helpers import compose_config
 
 from reparam import verify_equivalence
 from reparam.artifact import read_fused_artifact
-from reparam.callbacks import load_net_state
+from reparam.checkpoint import net_state, read_checkpoint
 from reparam.data import ImageDataModule
 from reparam.models import build_model
 from reparam.training import train
@@ -34,7 +34,7 @@ def test_tiny_run_writes_a_fused_model_that_matches_the_trained_one(cifar_root: 
     artifact = read_fused_artifact(fused_dir)
     assert artifact.model.is_fused
     train_form = build_model(config["model"])
-    train_form.load_state_dict(load_net_state(summary["best_checkpoint"]))
+    train_form.load_state_dict(net_state(read_checkpoint(Path(summary["best_checkpoint"]))))
     dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, eval_batch_size=40)
     dm.setup()
     x, _ = next(iter(dm.test_dataloader()))

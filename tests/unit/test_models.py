@@ -61,3 +61,13 @@ def test_bad_specs_are_named(spec: dict, message: str) -> None:
 def test_spec_round_trips_through_dict() -> None:
     spec = RepVGGSpec.from_dict(TINY_SPEC)
     assert RepVGGSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_plain_vgg_limit_computes_the_fused_function() -> None:
+    from reparam.deploy.load import plain_vgg_like
+
+    fused = reparameterize_model(randomize_bn(build_model(TINY_SPEC)))
+    plain = plain_vgg_like(fused)
+    assert not any(isinstance(m, type(fused.stages[0][0])) for m in plain.modules())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(plain(x), fused(x), atol=1e-6)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,11 +10,12 @@ from torch import nn
 
 from ..artifact import CONFIG, WEIGHTS, read_fused_artifact
 from ..blocks import FormMismatchError
+from ..checkpoint import net_state, read_checkpoint
 from ..convert import reparameterize_model
 from ..errors import UserError
 from ..models import RepVGG, build_model
 
-__all__ = ["Loaded", "load_for_deploy", "read_checkpoint"]
+__all__ = ["Loaded", "load_for_deploy", "plain_vgg_like"]
 
 
 @dataclass
@@ -32,31 +32,6 @@ class Loaded:
     input_info: dict = field(default_factory=dict)
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A Lightning checkpoint through ``torch.load(weights_only=True)``, with every failure a UserError."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"refusing to load {path}: it holds objects other than tensors and plain containers, which could run code "
-            f"when unpickled ({first[:160]}); only load checkpoints written by reparam from sources you trust"
-        ) from err
-    except Exception as err:  # noqa: BLE001 - any failure of this one call means an unreadable file
-        raise UserError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt? {(str(err).splitlines() or [type(err).__name__])[0][:160]}); "
-            "use another checkpoint, e.g. <run>/checkpoints/last.ckpt"
-        ) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UserError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py or a fused/ folder")
-    net = (ckpt.get("hyper_parameters") or {}).get("net")
-    if not isinstance(net, dict):
-        raise UserError(
-            f"{path} is not a reparam checkpoint (its hyper_parameters have no 'net' spec); was it written by another project?"
-        )
-    return ckpt
-
-
 def _find_checkpoint(directory: Path) -> Path | None:
     for candidate in (directory / "last.ckpt", directory / "checkpoints" / "last.ckpt"):
         if candidate.is_file():
@@ -71,7 +46,7 @@ def _load_train_form(ckpt: dict, path: Path) -> tuple[RepVGG, dict]:
         model = build_model(spec)
     except ValueError as err:
         raise UserError(f"{path}: its model spec cannot be built ({err})") from err
-    state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    state = net_state(ckpt)
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, FormMismatchError) as err:
@@ -120,15 +95,21 @@ def load_for_deploy(path: str | Path, expected_num_classes: int | None = None) -
 
 
 def plain_vgg_like(fused: nn.Module) -> nn.Sequential:
-    """Conv + ReLU only, with the fused model's shapes and random weights: the speed limit of the fused form."""
+    """Conv + ReLU only, with the fused model's convs and head: the speed limit of the fused form.
+
+    It carries the fused weights (not random ones: random weights through 20+ layers without BN drive
+    activations into denormal floats, which are many times slower on CPUs and would make the limit a lie),
+    so it also computes exactly the fused model's function.
+    """
+    import copy
+
     from ..blocks import RepVGGBlock
 
     layers: list[nn.Module] = []
     for m in fused.modules():
         if isinstance(m, RepVGGBlock):
-            conv = m.fused
-            layers += [nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                                 conv.dilation, conv.groups, bias=True), nn.ReLU(inplace=True)]
-    head = fused.head
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(head.in_features, head.out_features)]
+            if m.fused is None:
+                raise ValueError("plain_vgg_like needs a fused model; call reparameterize_model first")
+            layers += [copy.deepcopy(m.fused), copy.deepcopy(m.act)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), copy.deepcopy(fused.head)]
     return nn.Sequential(*layers).eval()

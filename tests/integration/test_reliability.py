@@ -1,0 +1,147 @@
+"""Nothing lost, nothing unsafe loaded: interruption, determinism, divergence, crashes while writing."""
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import InjectNaN, ROOT, compose_config, run_entry
+from safetensors.torch import load_file
+
+from reparam.artifact import read_fused_artifact, write_fused_artifact
+from reparam.callbacks import DivergenceError
+from reparam.errors import UserError
+from reparam.training import train
+
+pytestmark = pytest.mark.slow
+
+# 3 epochs of 4 steps, deterministic kernels, standard DataLoader path in-process (num_workers=0)
+RUN = ["model=repvgg_tiny", "model.widths=[8,8,16,16,32]", "debug=limit", "trainer.max_epochs=3",
+       "data.val_size=40", "data.batch_size=16", "trainer.deterministic=true", "test=false", "seed=7"]
+
+
+def fused_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "fused" / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cifar_root, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    train(compose_config("train", [*RUN, f"paths.data_dir={cifar_root}"], run_dir=run_dir))
+    return run_dir
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_the_same_fused_model(signal_name, uninterrupted, cifar_root, tmp_path, run_env) -> None:
+    run_env = {**run_env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), run_env.get("PYTHONPATH", "")])}
+    args = [*RUN, f"paths.data_dir={cifar_root}", f"hydra.run.dir={tmp_path}", "data.num_workers=0"]
+    # killed in the middle of epoch 1 (global step 6 of 12); last.ckpt holds the end of epoch 0
+    killed = run_entry("train.py", [*args, "+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.step=6",
+                                    f"+callbacks.kill.signal={signal_name}"], run_env)
+    assert killed.returncode != 0
+    if signal_name == "SIGTERM":
+        assert "error: training stopped by SIGTERM at epoch 1, global step 6" in killed.stderr
+        assert "Traceback" not in killed.stderr
+    assert not (tmp_path / "fused").exists()
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = run_entry("train.py", [*args, "auto_resume=true"], run_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
+    assert_same_weights(fused_weights(uninterrupted), fused_weights(tmp_path))
+
+
+def test_deterministic_runs_are_identical(uninterrupted, cifar_root, tmp_path) -> None:
+    train(compose_config("train", [*RUN, f"paths.data_dir={cifar_root}"], run_dir=tmp_path))
+    assert_same_weights(fused_weights(uninterrupted), fused_weights(tmp_path))
+    metrics = lambda d: (d / "csv" / "metrics.csv").read_text()  # noqa: E731
+    assert metrics(uninterrupted) == metrics(tmp_path)
+
+
+def test_nan_loss_stops_training_with_the_step_and_writes_nothing(cifar_root, tmp_path) -> None:
+    cfg = compose_config("train", [*RUN, f"paths.data_dir={cifar_root}"], run_dir=tmp_path)
+    from reparam import training
+
+    original = training._instantiate_group
+    training._instantiate_group = lambda group: original(group) + ([InjectNaN(step=5)] if group is cfg.callbacks else [])
+    try:
+        with pytest.raises(DivergenceError, match=r"loss became nan at epoch 1, batch 1 \(global step 5\)"):
+            train(cfg)
+    finally:
+        training._instantiate_group = original
+    assert not (tmp_path / "fused").exists()
+
+
+def test_crash_while_writing_leaves_the_previous_artifact_or_none(tmp_path, monkeypatch) -> None:
+    from reparam import artifact
+    from reparam.models import build_model
+
+    model = build_model({"variant": None, "widths": [4, 4, 4, 4, 4], "depths": [1, 1, 1, 1, 1]}, deploy=True)
+    target = tmp_path / "fused"
+    write_fused_artifact(target, model, {"model": model.spec.to_dict()}, {"ok": True})
+    before = (target / "model.safetensors").read_bytes()
+
+    def crash(state, path, metadata=None):
+        Path(path).write_bytes(b"partial")  # half-written, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifact, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_fused_artifact(target, model, {"model": model.spec.to_dict()}, {"ok": True})
+    assert (target / "model.safetensors").read_bytes() == before  # the previous artifact is intact
+    assert read_fused_artifact(target).model.is_fused
+    assert [p.name for p in tmp_path.iterdir()] == ["fused"]  # no temporary folder left behind
+    with pytest.raises(KeyboardInterrupt):
+        write_fused_artifact(tmp_path / "new", model, {"model": model.spec.to_dict()}, {})
+    assert not (tmp_path / "new").exists()
+
+
+def test_callback_refuses_an_artifact_that_fails_verification(cifar_root, tmp_path, monkeypatch) -> None:
+    from reparam import callbacks
+
+    real = callbacks.reparameterize_model
+
+    def broken(model, inplace=False):  # a fusion bug: the fused head is off by one
+        fused = real(model)
+        with torch.no_grad():
+            fused.head.bias.add_(1.0)
+        return fused
+
+    monkeypatch.setattr(callbacks, "reparameterize_model", broken)
+    from reparam.convert import EquivalenceError
+
+    with pytest.raises(EquivalenceError, match="fused model differs"):
+        train(compose_config("train", [*RUN, f"paths.data_dir={cifar_root}", "trainer.max_epochs=1"], run_dir=tmp_path))
+    assert not (tmp_path / "fused").exists()
+
+
+def test_resume_from_a_malicious_checkpoint_is_refused(cifar_root, tmp_path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": Exploit()}, evil, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(UserError, match="refusing to load"):
+        train(compose_config("train", [*RUN, f"paths.data_dir={cifar_root}", f"ckpt_path={evil}"], run_dir=tmp_path))
+    assert not marker.exists()
+
+
+def test_corrupt_cifar_file_from_the_command_line(cifar_root, tmp_path, run_env) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(cifar_root / "cifar-10-batches-py", data / "cifar-10-batches-py")
+    path = data / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(path.read_bytes()[:1000])
+    proc = run_entry("train.py", [*RUN, f"paths.data_dir={data}", f"hydra.run.dir={tmp_path / 'run'}"], run_env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "data_batch_2 is not a readable CIFAR pickle" in proc.stderr
