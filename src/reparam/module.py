@@ -47,12 +47,13 @@ class ClassifierModule(L.LightningModule):
         no_decay_bn_bias: bool = True,
         channels_last: bool = False,
         compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         net = dict(net)
         self.save_hyperparameters({"net": net, "label_smoothing": label_smoothing,
                                    "no_decay_bn_bias": no_decay_bn_bias, "channels_last": channels_last,
-                                   "compile": compile})
+                                   "compile": compile, "compile_backend": compile_backend})
         self.net = build_model(net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -65,7 +66,7 @@ class ClassifierModule(L.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:
-            self.net.compile()  # in place: state_dict keys stay free of '_orig_mod.'
+            self.net.compile(backend=compile_backend)  # in place: state_dict keys stay free of '_orig_mod.'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:

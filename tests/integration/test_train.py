@@ -69,3 +69,23 @@ def test_optimizer_groups_skip_decay_on_bn_and_bias(cifar_root: Path, tmp_path: 
     assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in groups[0]["params"]) and all(p.ndim < 2 for p in groups[1]["params"])
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(module.net.parameters()))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["data.pipeline=fast"],
+        ["module.channels_last=true"],
+        ["trainer.precision=bf16-mixed"],
+        # dynamo tracing with the aot_eager backend: the inductor C++ build is too slow for a 2-core CI
+        ["module.compile=true", "module.compile_backend=aot_eager"],
+    ],
+    ids=["fast-pipeline", "channels_last", "bf16", "compile"],
+)
+def test_speed_options_train_fuse_and_keep_plain_checkpoint_keys(options, cifar_root: Path, tmp_path: Path) -> None:
+    summary = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=1", *options],
+                                   run_dir=tmp_path))
+    ckpt = torch.load(summary["last_checkpoint"], weights_only=True)
+    assert all(k.startswith(("net.stages", "net.head")) for k in ckpt["state_dict"]), list(ckpt["state_dict"])[:3]
+    assert summary["fusion_argmax_agreement"] == 1.0 and summary["fusion_fp64_max_abs_diff"] <= 1e-10
+    assert read_fused_artifact(summary["fused_dir"]).model.is_fused
