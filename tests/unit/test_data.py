@@ -149,3 +149,30 @@ def test_tensor_loader_shards_ddp_ranks_disjointly() -> None:
         assert len(list(loader)) == len(loader)
         seen.append(set(ys.tolist()))
     assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(10))
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only(cifar_root) -> None:
+    from reparam.data.datamodule import EpochSeededSampler
+
+    def order(epoch: int) -> list[int]:
+        torch.manual_seed(123)  # the run's seed
+        dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0)
+        dm.setup()
+        sampler = dm.train_dataloader().sampler
+        assert isinstance(sampler, EpochSeededSampler)
+        sampler.set_epoch(epoch)  # what Lightning does before every epoch
+        return list(sampler)
+
+    assert order(3) == order(3)  # a run resumed at epoch 3 replays it
+    assert order(3) != order(4) and sorted(order(3)) == list(range(160))
+
+
+def test_under_ddp_the_order_goes_to_lightnings_distributed_sampler(cifar_root) -> None:
+    from types import SimpleNamespace
+
+    from torch.utils.data import RandomSampler
+
+    dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0)
+    dm.setup()
+    dm.trainer = SimpleNamespace(world_size=2)
+    assert isinstance(dm.train_dataloader().sampler, RandomSampler)  # Lightning replaces it with DistributedSampler

@@ -190,13 +190,19 @@ class ImageDataModule(L.LightningDataModule):
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 epoch_source=self._current_epoch if trainer else None,
             )
-        sampler, generator = None, None
-        if train:
+        trainer = getattr(self, "trainer", None)
+        sampler, generator, shuffle = None, None, False
+        if train and trainer is not None and trainer.world_size > 1:
+            # Lightning swaps a plain shuffle for its DistributedSampler (order from seed and epoch); a custom
+            # sampler would be wrapped, and the wrapper never forwards set_epoch to it.
+            shuffle = True
+        elif train:
             generator = torch.Generator()
             sampler = EpochSeededSampler(len(labels), torch.initial_seed() % 2**31, generator, hp.num_workers == 0)
         return DataLoader(
             ArrayDataset(images, labels, self._transform(train)),
             batch_size=batch_size,
+            shuffle=shuffle,
             sampler=sampler,
             generator=generator,
             drop_last=train,

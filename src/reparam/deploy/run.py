@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ __all__ = ["deploy", "build_datamodule"]
 
 def build_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataModule:
     """The training run's data config, with the command line's non-null ``data.*`` values on top."""
-    params = {k: v for k, v in loaded.data.items() if k in ImageDataModule.__init__.__code__.co_varnames}
+    accepted = inspect.signature(ImageDataModule).parameters
+    params = {k: v for k, v in loaded.data.items() if k in accepted}
     params.update({k: v for k, v in overrides.items() if v is not None})
     params.pop("num_classes", None)  # deploy compares the model's class count itself, with its own message
     if "dataset" not in params:
