@@ -139,6 +139,26 @@ def test_random_crop_flip_offsets_stay_within_padding() -> None:
     assert seen_flip > 50 and seen_plain > 50 and len(offsets) == 9
 
 
+@pytest.mark.parametrize("hflip", [True, False])
+def test_hflip_option_reaches_both_pipelines(cifar_root, hflip: bool) -> None:
+    # with no crop padding the only change augmentation can make is a mirror
+    dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, crop_padding=0, hflip=hflip)
+    dm.setup()
+    images = torch.from_numpy(dm._splits["train"][0][:64]).permute(0, 3, 1, 2).contiguous()
+    plain = dm._transform(train=False)(images)
+    torch.manual_seed(0)
+    standard = torch.stack([dm._transform(train=True)(img) for img in images])
+    fast = TensorBatchLoader(images, torch.zeros(64), 64, dm.mean, dm.std, augment=True, padding=0, hflip=hflip)
+    fast_batch = next(iter(fast))[0]
+    for out in (standard, fast_batch):
+        mirrored = [not torch.allclose(o, p, atol=1e-5) and torch.allclose(o, p.flip(-1), atol=1e-5)
+                    for o, p in zip(out, plain)]
+        if hflip:
+            assert 10 < sum(mirrored) < 54
+        else:
+            assert torch.allclose(out, plain, atol=1e-5)
+
+
 def test_tensor_loader_shards_ddp_ranks_disjointly() -> None:
     images = torch.zeros(10, 3, 4, 4, dtype=torch.uint8)
     labels = torch.arange(10)

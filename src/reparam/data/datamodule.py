@@ -64,6 +64,7 @@ class ImageDataModule(L.LightningDataModule):
     ``num_classes``: what the model was configured for; checked against the dataset in ``setup``.
     ``val_size``: images held out of the official train split for validation (an int), or a fraction
     (a float < 1); the split is drawn with ``split_seed``, independent of the training seed.
+    ``hflip``: mirror half the training images (right for CIFAR; wrong for digits or text).
     ``pipeline='standard'`` uses DataLoader workers and torchvision transforms (any transform works);
     ``pipeline='fast'`` keeps uint8 tensors on the training device and augments whole batches.
     Normalization uses the per-channel mean/std of the training split, recorded for deployment.
@@ -81,6 +82,7 @@ class ImageDataModule(L.LightningDataModule):
         split_seed: int = 0,
         augment: bool = True,
         crop_padding: int = 4,
+        hflip: bool = True,
         pipeline: str = "standard",
         num_workers: int = 2,
         pin_memory: bool = True,
@@ -161,8 +163,9 @@ class ImageDataModule(L.LightningDataModule):
     def _transform(self, train: bool) -> v2.Transform:
         steps: list[v2.Transform] = []
         if train and self.hparams.augment:
-            steps += [v2.RandomCrop(self.arrays.train_images.shape[1], padding=self.hparams.crop_padding),
-                      v2.RandomHorizontalFlip()]
+            steps.append(v2.RandomCrop(self.arrays.train_images.shape[1], padding=self.hparams.crop_padding))
+            if self.hparams.hflip:
+                steps.append(v2.RandomHorizontalFlip())
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
         return v2.Compose(steps)
 
@@ -186,7 +189,7 @@ class ImageDataModule(L.LightningDataModule):
                 torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
                 torch.from_numpy(labels).to(device),
                 batch_size, self.mean, self.std, shuffle=train, augment=train and hp.augment, drop_last=train,
-                padding=hp.crop_padding, seed=torch.initial_seed() % 2**31,
+                padding=hp.crop_padding, hflip=hp.hflip, seed=torch.initial_seed() % 2**31,
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 epoch_source=self._current_epoch if trainer else None,
             )

@@ -54,6 +54,7 @@ class TensorBatchLoader:
         augment: bool = False,
         drop_last: bool = False,
         padding: int = 4,
+        hflip: bool = True,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -63,7 +64,8 @@ class TensorBatchLoader:
             raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         self.images, self.labels = images, labels.to(images.device)
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
-        self.padding, self.seed, self.rank, self.world_size = padding, seed, rank, world_size
+        self.padding, self.hflip, self.seed = padding, hflip, seed
+        self.rank, self.world_size = rank, world_size
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=images.device).reshape(shape) * 255
         self.std = torch.tensor(std, device=images.device).reshape(shape) * 255
@@ -99,5 +101,5 @@ class TensorBatchLoader:
             idx = order[start : start + self.batch_size]
             x = self.images[idx]
             if self.augment:
-                x = random_crop_flip(x, self.padding, generator)
+                x = random_crop_flip(x, self.padding, generator, flip=self.hflip)
             yield (x.float() - self.mean) / self.std, self.labels[idx]
