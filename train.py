@@ -10,13 +10,15 @@ from omegaconf import DictConfig
 
 from reparam.cli import guarded
 from reparam.report import print_train_summary
-from reparam.training import train
+from reparam.training import optimized_metric, train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @guarded
-def main(cfg: DictConfig) -> None:
-    print_train_summary(train(cfg))
+def main(cfg: DictConfig) -> float | None:
+    summary = train(cfg)
+    print_train_summary(summary)
+    return optimized_metric(cfg, summary)  # what a Hydra sweeper (e.g. Optuna) maximizes
 
 
 if __name__ == "__main__":

@@ -5,19 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import json
+
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from .artifact import update_fused_metrics
+from .artifact import atomic_write_text, update_fused_metrics
 from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback
 from .checkpoint import read_checkpoint
 from .errors import UserError, reraise_as_user_error
 from .module import ClassifierModule
 
-__all__ = ["train", "build_components"]
+__all__ = ["train", "build_components", "optimized_metric", "SUMMARY_FILE", "SUMMARY_METRICS"]
+
+SUMMARY_FILE = "summary.json"
+# the numbers in a training summary, any of which a sweep may optimize
+SUMMARY_METRICS = ("best_val_acc", "test_acc", "epochs", "fusion_fp32_max_abs_diff", "fusion_fp64_max_abs_diff",
+                   "fusion_argmax_agreement")
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -62,6 +69,7 @@ def _resume_path(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, fuse (through ReparameterizeCallback), test; return a summary of what was produced."""
+    _check_optimized_metric(cfg)  # before hours of training, not after
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build_components(cfg)
@@ -97,5 +105,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero and fuser is not None and fuser.result and fuser.result["source"] == tested:
             # the fused model holds exactly the weights just tested: record their test accuracy with it
             update_fused_metrics(fuser.result["path"], {"test_acc": summary["test_acc"]})
+    if trainer.is_global_zero:
+        # what a sweep summary (reparam.sweep) and other tools read back
+        atomic_write_text(Path(cfg.paths.output_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     summary["is_global_zero"] = trainer.is_global_zero
     return summary
+
+
+def _check_optimized_metric(cfg: DictConfig) -> str | None:
+    name = cfg.get("optimized_metric")
+    if name and name not in SUMMARY_METRICS:
+        raise UserError(f"optimized_metric={name} is not a training summary value; choose one of: "
+                        f"{', '.join(SUMMARY_METRICS)}")
+    return name or None
+
+
+def optimized_metric(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
+    """The summary value named by ``cfg.optimized_metric``, returned to Hydra sweepers (e.g. Optuna)."""
+    name = _check_optimized_metric(cfg)
+    if name is None:
+        return None
+    value = summary.get(name)
+    return None if value is None else float(value)

@@ -1,5 +1,6 @@
 """train.py as a user runs it: DDP on CPU processes, and one clear line for each bad input."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ def test_missing_cifar_explains_where_it_looked(tmp_path: Path, run_env) -> None
         ("data.num_classes=7", "data.num_classes=7 but cifar10 has 10 classes"),
         ("data.batch_size=0", "data.batch_size must be >= 1"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt does not exist"),
+        ("optimized_metric=val_loss", "optimized_metric=val_loss is not a training summary value"),
     ],
 )
 def test_bad_settings_end_with_one_line(override: str, fragment: str, cifar_root: Path, tmp_path: Path, run_env) -> None:
@@ -55,3 +57,24 @@ def test_unknown_config_option_fails_with_hydras_message(tmp_path: Path, run_env
     proc = run_entry("train.py", ["model=repvgg_z9", f"hydra.run.dir={tmp_path}"], run_env)
     assert proc.returncode != 0
     assert "Could not find 'model/repvgg_z9'" in proc.stderr and "repvgg_a0" in proc.stderr
+
+
+def test_multirun_sweep_ends_with_a_summary_of_every_run(cifar_root: Path, tmp_path: Path, run_env) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_entry("train.py", ["-m", *TINY, f"paths.data_dir={cifar_root}", "optimizer.lr=0.3,0.001",
+                                  f"hydra.sweep.dir={sweep}"], run_env, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((sweep / "sweep_summary.json").read_text())
+    assert report["optimized_metric"] == "best_val_acc" and len(report["runs"]) == 2
+    by_job = {run["job"]: run for run in report["runs"]}
+    for job, lr in ((0, "0.3"), (1, "0.001")):
+        run = by_job[job]
+        assert f"optimizer.lr={lr}" in run["overrides"] and run["status"] == "COMPLETED"
+        assert run["run_dir"] == str(sweep / str(job))
+        assert (sweep / str(job) / "fused" / "model.safetensors").is_file()
+        # the table is built from what each run wrote, not from memory
+        assert run["summary"] == json.loads((sweep / str(job) / "summary.json").read_text())
+        assert run["value"] == run["summary"]["best_val_acc"]  # what train.py handed to Hydra's sweeper
+    scores = [run["summary"]["best_val_acc"] for run in report["runs"]]
+    assert all(isinstance(v, float) for v in scores) and scores == sorted(scores, reverse=True)
+    assert "sweep of 2 runs" in proc.stdout and str(sweep / "sweep_summary.json") in proc.stdout
