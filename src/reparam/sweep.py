@@ -18,15 +18,16 @@ from rich.table import Table
 
 from .artifact import atomic_write_text
 from .report import console, pct, text
-from .training import SUMMARY_FILE
+from .training import SUMMARY_FILE, SUMMARY_METRICS
 
-__all__ = ["SweepSummary", "SWEEP_SUMMARY_FILE"]
+__all__ = ["SweepSummary", "SWEEP_SUMMARY_FILE", "rank_runs"]
 
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
 
 
 class SweepSummary(Callback):
-    """Collects the jobs of a multirun and reports them side by side, best ``optimized_metric`` first."""
+    """Collects the jobs of a multirun and reports them side by side, best ``optimized_metric`` first
+    (highest accuracy, lowest fusion error)."""
 
     def __init__(self) -> None:
         self.jobs: list[dict[str, Any]] = []
@@ -57,13 +58,19 @@ class SweepSummary(Callback):
             path = Path(job["run_dir"]) / SUMMARY_FILE
             summary = json.loads(path.read_text()) if path.is_file() else {}
             runs.append({**job, "summary": summary})
-        if metric:
-            # best first; runs without the value (failed, or not measured) last
-            runs.sort(key=lambda r: (r["summary"].get(metric) is None, -(r["summary"].get(metric) or 0.0)))
-        report = {"sweep_dir": str(self.sweep_dir), "optimized_metric": metric, "runs": runs}
+        report = {"sweep_dir": str(self.sweep_dir), "optimized_metric": metric, "runs": rank_runs(runs, metric)}
         path = atomic_write_text(self.sweep_dir / SWEEP_SUMMARY_FILE, json.dumps(report, indent=2) + "\n")
         print_sweep_summary(report)
         console.print(f"sweep summary: {path}")
+
+
+def rank_runs(runs: list[dict[str, Any]], metric: str | None) -> list[dict[str, Any]]:
+    """Best ``summary[metric]`` first (higher or lower, as ``SUMMARY_METRICS`` says); runs without the value
+    (failed, or not measured, e.g. no validation) last; job order when no metric is named."""
+    if not metric:
+        return list(runs)
+    sign = -1.0 if SUMMARY_METRICS.get(metric, "max") == "max" else 1.0
+    return sorted(runs, key=lambda r: (r["summary"].get(metric) is None, sign * (r["summary"].get(metric) or 0.0)))
 
 
 def print_sweep_summary(report: dict[str, Any]) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
-
-import json
 
 import lightning as L
 from hydra.utils import instantiate
@@ -22,9 +21,9 @@ from .module import ClassifierModule
 __all__ = ["train", "build_components", "optimized_metric", "SUMMARY_FILE", "SUMMARY_METRICS"]
 
 SUMMARY_FILE = "summary.json"
-# the numbers in a training summary, any of which a sweep may optimize
-SUMMARY_METRICS = ("best_val_acc", "test_acc", "epochs", "fusion_fp32_max_abs_diff", "fusion_fp64_max_abs_diff",
-                   "fusion_argmax_agreement")
+# the numbers in a training summary that a sweep may rank by, and which way is better
+SUMMARY_METRICS = {"best_val_acc": "max", "test_acc": "max", "fusion_argmax_agreement": "max", "epochs": "max",
+                   "fusion_fp32_max_abs_diff": "min", "fusion_fp64_max_abs_diff": "min"}
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
