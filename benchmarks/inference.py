@@ -10,8 +10,6 @@ markdown table: median latency, IQR, throughput, speedup over the train form, sh
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 

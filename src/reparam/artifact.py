@@ -24,7 +24,7 @@ from .errors import UserError
 from .models import RepVGG, build_model
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "FusedArtifact", "write_fused_artifact", "read_fused_artifact", "atomic_write_text",
-           "update_fused_metrics"]
+           "atomic_write_json", "update_fused_metrics"]
 
 FORMAT = "reparam.fused"
 FORMAT_VERSION = 1
@@ -63,6 +63,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def _json(obj: dict) -> str:
     return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
+def atomic_write_json(path: str | Path, obj: dict) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` through a temporary file and a rename."""
+    return atomic_write_text(path, _json(obj))
 
 
 def write_fused_artifact(directory: str | Path, fused: torch.nn.Module, config: dict, verification: dict) -> Path:
@@ -105,7 +110,7 @@ def update_fused_metrics(directory: str | Path, metrics: dict) -> None:
     path = Path(directory) / CONFIG
     config = json.loads(path.read_text())
     config.setdefault("metrics", {}).update(metrics)
-    atomic_write_text(path, _json(config))
+    atomic_write_json(path, config)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.table import Table
 
-from .artifact import atomic_write_text
+from .artifact import atomic_write_json
 from .report import console, pct, text
 from .training import SUMMARY_FILE, SUMMARY_METRICS
 
@@ -59,7 +59,7 @@ class SweepSummary(Callback):
             summary = json.loads(path.read_text()) if path.is_file() else {}
             runs.append({**job, "summary": summary})
         report = {"sweep_dir": str(self.sweep_dir), "optimized_metric": metric, "runs": rank_runs(runs, metric)}
-        path = atomic_write_text(self.sweep_dir / SWEEP_SUMMARY_FILE, json.dumps(report, indent=2) + "\n")
+        path = atomic_write_json(self.sweep_dir / SWEEP_SUMMARY_FILE, report)
         print_sweep_summary(report)
         console.print(f"sweep summary: {path}")
 

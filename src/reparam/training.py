@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from .artifact import atomic_write_text, update_fused_metrics
+from .artifact import atomic_write_json, update_fused_metrics
 from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback
 from .checkpoint import read_checkpoint
 from .errors import UserError, reraise_as_user_error
@@ -106,7 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             update_fused_metrics(fuser.result["path"], {"test_acc": summary["test_acc"]})
     if trainer.is_global_zero:
         # what a sweep summary (reparam.sweep) and other tools read back
-        atomic_write_text(Path(cfg.paths.output_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(Path(cfg.paths.output_dir) / SUMMARY_FILE, summary)
     summary["is_global_zero"] = trainer.is_global_zero
     return summary
 

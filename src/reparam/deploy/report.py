@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from rich.table import Table
 
-from ..artifact import atomic_write_text
+from ..artifact import atomic_write_json
 from ..report import console, pct, text
 
 __all__ = ["write_report", "plot_benchmark", "print_deploy_summary"]
 
 
 def write_report(report: dict, directory: str | Path) -> Path:
-    return atomic_write_text(Path(directory) / "report.json", json.dumps(report, indent=2) + "\n")
+    return atomic_write_json(Path(directory) / "report.json", report)
 
 
 def plot_benchmark(benchmark: list[dict], path: str | Path) -> Path | None:

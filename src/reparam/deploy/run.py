@@ -6,7 +6,6 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import ImageDataModule

@@ -8,7 +8,7 @@ halve it: 32 -> 32 -> 32 -> 16 -> 8 -> 4, then global average pooling and a line
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
