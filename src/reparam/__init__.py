@@ -1,24 +1,66 @@
-"""reparam: train multi-branch RepVGG-style networks, fuse them into single convs exactly, ship them.
+"""reparam: train multi-branch networks, fuse them into single convs exactly, ship them.
 
 The fusion core (this namespace) imports neither Lightning nor Hydra.
 """
 
-from .blocks import ConvBN, FormMismatchError, RepVGGBlock
+from .autofuse import FuseReport, auto_fuse
+from .blocks import (
+    BLOCKS,
+    ACBlock,
+    ConvBN,
+    DiverseBranchBlock,
+    FormMismatchError,
+    MobileOneBlock,
+    MultiBranchBlock,
+    QARepVGGBlock,
+    RepVGGBlock,
+    make_block,
+    register_block,
+)
+from .compare import Comparison, ComparisonReport, Tolerance, compare
 from .convert import EquivalenceError, EquivalenceReport, reparameterize_model, verify_equivalence
-from .fusion import bn_statistics, fold_bn, identity_kernel, pad_kernel, sum_branches
+from .fusion import (
+    avgpool_kernel,
+    bn_statistics,
+    compose_1x1_kxk,
+    compose_kxk_1x1,
+    fold_bn,
+    identity_kernel,
+    pad_kernel,
+    regroup_kernel,
+    sum_branches,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "BLOCKS",
+    "ACBlock",
+    "Comparison",
+    "ComparisonReport",
     "ConvBN",
+    "DiverseBranchBlock",
     "EquivalenceError",
     "EquivalenceReport",
     "FormMismatchError",
+    "FuseReport",
+    "MobileOneBlock",
+    "MultiBranchBlock",
+    "QARepVGGBlock",
     "RepVGGBlock",
+    "Tolerance",
+    "auto_fuse",
+    "avgpool_kernel",
     "bn_statistics",
+    "compare",
+    "compose_1x1_kxk",
+    "compose_kxk_1x1",
     "fold_bn",
     "identity_kernel",
+    "make_block",
     "pad_kernel",
+    "regroup_kernel",
+    "register_block",
     "reparameterize_model",
     "sum_branches",
     "verify_equivalence",

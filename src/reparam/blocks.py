@@ -1,66 +1,206 @@
-"""RepVGG-style blocks: several parallel linear branches in training, one conv after fusion."""
+"""Multi-branch blocks: several parallel linear branches in training, one conv (+ act) after fusion.
+
+:class:`MultiBranchBlock` owns a dict of branches (see :mod:`reparam.branches`), an optional norm after
+their sum and the nonlinear part; a subclass only chooses the branches. The zoo, by registry kind:
+
+========== ===================================================================================
+repvgg     k x k+BN, 1x1+BN, identity BN (RepVGG, Ding et al. 2021)
+qarepvgg   k x k+BN, plain 1x1, plain identity, BN after the sum (QARepVGG, arXiv 2212.01593)
+acnet      k x k+BN, 1xk+BN, kx1+BN (ACNet, Ding et al. 2019)
+dbb        k x k+BN, 1x1+BN, 1x1 -> k x k, 1x1 -> avg pool (Diverse Branch Block, Ding et al. 2021)
+mobileone  depthwise unit (n k x k+BN, 1x1+BN, identity BN) then pointwise unit (n 1x1+BN, identity BN)
+========== ===================================================================================
+
+``make_block(kind, ...)`` builds one; :func:`register_block` adds a kind. ``reparameterize()`` fuses a
+block in place; ``fused_form()`` returns the plain ``Sequential(fused=Conv2d, act=...)`` that
+``reparameterize_model`` puts in its place, so a fused network holds no block logic at all.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .fusion import Branch, bn_statistics, fold_bn, identity_kernel, pad_kernel, sum_branches
+from .branches import AvgPoolBranch, ConvBN, IdentityBranch, NormFactory, OneByOneKxK, fold_norm
+from .fusion import Branch, pad_kernel, sum_branches
 
-__all__ = ["ConvBN", "RepVGGBlock", "FormMismatchError"]
-
-NormFactory = Callable[[int], nn.Module]
+__all__ = [
+    "BLOCKS",
+    "ACBlock",
+    "ConvBN",
+    "DiverseBranchBlock",
+    "FormMismatchError",
+    "MobileOneBlock",
+    "MobileOneUnit",
+    "MultiBranchBlock",
+    "QARepVGGBlock",
+    "RepVGGBlock",
+    "make_block",
+    "register_block",
+    "state_dict_form",
+]
 
 
 class FormMismatchError(RuntimeError):
     """A state_dict of one form (train or fused) was loaded into a model of the other form."""
 
 
-class ConvBN(nn.Module):
-    """``BN(conv(x))``, or ``conv(x)`` with a bias when ``norm_layer`` is ``None``."""
+def state_dict_form(keys: Iterable[str]) -> str | None:
+    """``"train"`` if the keys hold multi-branch weights, ``"fused"`` if fused convs, ``None`` if neither."""
+    keys = list(keys)
+    if any(".branches." in f".{k}" or ".conv_kxk." in f".{k}" for k in keys):
+        return "train"
+    if any(".fused." in f".{k}" for k in keys):
+        return "fused"
+    return None
+
+
+class MultiBranchBlock(nn.Module):
+    """``act(post_norm(sum_b branch_b(x)))`` in training; ``act(fused(x))`` once reparameterized.
+
+    Every branch is centred on the same output pixel (a k x k conv pads ``dilation * (k // 2)``), so
+    their kernels add. Subclasses fill ``self.branches`` (and optionally ``self.post_norm``) when
+    ``deploy`` is false; ``deploy=True`` builds the fused conv directly, for loading fused weights.
+    """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
+        kernel_size: int = 3,
         stride: int = 1,
-        padding: int = 0,
-        dilation: int = 1,
         groups: int = 1,
-        norm_layer: NormFactory | None = nn.BatchNorm2d,
-        bias: bool | None = None,
+        dilation: int = 1,
+        act: nn.Module | None = None,
+        deploy: bool = False,
     ) -> None:
         super().__init__()
-        bias = norm_layer is None if bias is None else bias
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias
-        )
-        self.bn = norm_layer(out_channels) if norm_layer is not None else None
+        _check_block_args(in_channels, out_channels, kernel_size, stride, groups, dilation)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.groups, self.dilation = kernel_size, stride, groups, dilation
+        self.padding = dilation * (kernel_size // 2)
+        self.act = act if act is not None else nn.ReLU()
+        self.branches = nn.ModuleDict()
+        self.post_norm: nn.Module | None = None
+        self.fused: nn.Conv2d | None = self._make_fused_conv() if deploy else None
+
+    @property
+    def identity_possible(self) -> bool:
+        return self.in_channels == self.out_channels and self.stride == 1
+
+    @property
+    def is_fused(self) -> bool:
+        return self.fused is not None
+
+    def _make_fused_conv(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
+                         padding=self.padding, dilation=self.dilation, groups=self.groups, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        return self.bn(x) if self.bn is not None else x
+        if self.fused is not None:
+            return self.act(self.fused(x))
+        branches = iter(self.branches.values())
+        out = next(branches)(x)
+        for branch in branches:
+            out = out + branch(x)
+        if self.post_norm is not None:
+            out = self.post_norm(out)
+        return self.act(out)
 
+    def equivalent_kernel_and_bias(self) -> Branch:
+        """The block's linear part as one k x k ``(kernel, bias)`` in float64, differentiable.
+
+        ``sum_b pad(K_b), sum_b b_b``, then the post-sum norm folded in; BN running statistics
+        (eval-mode behaviour). Usable inside a loss (a regularizer, QAT) as well as for fusing.
+        """
+        if self.fused is not None:
+            return self.fused.weight.double(), self.fused.bias.double()
+        if not self.branches:
+            raise RuntimeError(f"{type(self).__name__} has no branches to fuse")
+        size = (self.kernel_size, self.kernel_size)
+        kernel, bias = sum_branches((pad_kernel(k, size), b) for k, b in (m.kernel_and_bias() for m in self.branches.values()))
+        return fold_norm(kernel, bias, self.post_norm)
+
+    @torch.no_grad()
     def fused_kernel_and_bias(self) -> Branch:
-        """The branch as one ``(kernel, bias)`` pair in float64."""
-        weight = self.conv.weight.detach().double()
-        bias = self.conv.bias.detach().double() if self.conv.bias is not None else None
-        if self.bn is None:
-            return weight, bias if bias is not None else weight.new_zeros(weight.shape[0])
-        return fold_bn(weight, bias, *_bn_stats_double(self.bn))
+        """:meth:`equivalent_kernel_and_bias` rounded once to the block's weight dtype (no gradient)."""
+        reference = next(self.parameters(), None)
+        dtype = reference.dtype if reference is not None else torch.float32
+        kernel, bias = self.equivalent_kernel_and_bias()
+        return kernel.to(dtype), bias.to(dtype)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Replace the branches by one conv, in place. Idempotent; the branch parameters are gone."""
+        if self.fused is not None:
+            return
+        kernel, bias = self.fused_kernel_and_bias()
+        fused = self._make_fused_conv().to(device=kernel.device, dtype=kernel.dtype)
+        fused.weight.copy_(kernel)
+        fused.bias.copy_(bias)
+        fused.train(self.training)
+        self.fused = fused
+        self.branches = nn.ModuleDict()
+        self.post_norm = None
+
+    def fused_form(self) -> nn.Sequential:
+        """The plain module this block becomes: ``Sequential(fused=Conv2d, act=act)`` (reparameterizes first)."""
+        self.reparameterize()
+        return nn.Sequential(OrderedDict(fused=self.fused, act=self.act)).train(self.training)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # train-form files written before branches lived in a dict: '<block>.conv_kxk.x' -> '<block>.branches.conv_kxk.x'
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            head = key[len(prefix):].split(".", 1)[0]
+            if head in self.branches and not hasattr(self, head):
+                state_dict[f"{prefix}branches.{key[len(prefix):]}"] = state_dict.pop(key)
+        holds = state_dict_form(k[len(prefix):] for k in state_dict if k.startswith(prefix))
+        where = prefix.rstrip(".") or "<root>"
+        if self.fused is not None and holds == "train":
+            raise FormMismatchError(
+                f"block '{where}': the state_dict holds train-form (multi-branch) weights but the model is in fused "
+                "form; load it into a model built with deploy=False, then call reparam.reparameterize_model()"
+            )
+        if self.fused is None and holds == "fused" and f"{prefix}fused.weight" in state_dict:
+            raise FormMismatchError(
+                f"block '{where}': the state_dict holds fused weights but the model is in train form; build the "
+                "model with deploy=True to load fused weights"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        form = "fused" if self.fused is not None else "train_form"
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"groups={self.groups}, form={form}")
 
 
-def _bn_stats_double(bn: nn.Module):
-    mean, var, eps, gamma, beta = bn_statistics(bn)  # type: ignore[arg-type]
-    detach = lambda t: None if t is None else t.detach().double()  # noqa: E731
-    return detach(mean), detach(var), eps, detach(gamma), detach(beta)
+BLOCKS: dict[str, Callable[..., nn.Module]] = {}
 
 
-class RepVGGBlock(nn.Module):
+def register_block(kind: str) -> Callable[[type], type]:
+    """Class decorator: make a block class available as ``make_block(kind, ...)`` and ``model.block=kind``."""
+
+    def add(cls: type) -> type:
+        BLOCKS[kind] = cls
+        cls.kind = kind
+        return cls
+
+    return add
+
+
+def make_block(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+               groups: int = 1, **options) -> nn.Module:
+    """A block of the registered ``kind`` (``repvgg``, ``qarepvgg``, ``acnet``, ``dbb``, ``mobileone``, ...)."""
+    if kind not in BLOCKS:
+        raise ValueError(f"unknown block kind '{kind}'; choose one of {sorted(BLOCKS)}")
+    return BLOCKS[kind](in_channels, out_channels, kernel_size, stride=stride, groups=groups, **options)
+
+
+@register_block("repvgg")
+class RepVGGBlock(MultiBranchBlock):
     """``act(BN(conv_kxk(x)) + BN(conv_1x1(x)) + BN(x))`` in training; ``act(conv_kxk'(x))`` fused.
 
     Args:
@@ -93,115 +233,139 @@ class RepVGGBlock(nn.Module):
         act: nn.Module | None = None,
         deploy: bool = False,
     ) -> None:
-        super().__init__()
-        _check_block_args(in_channels, out_channels, kernel_size, stride, groups, dilation)
-        identity_possible = in_channels == out_channels and stride == 1
-        if use_identity and not identity_possible:
-            raise ValueError(
-                f"identity branch needs in_channels == out_channels and stride == 1, got "
-                f"in={in_channels}, out={out_channels}, stride={stride}; pass use_identity=None or False"
-            )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.groups, self.dilation = kernel_size, stride, groups, dilation
-        self.padding = dilation * (kernel_size // 2)
-        self.act = act if act is not None else nn.ReLU()
-
-        conv_args = dict(stride=stride, dilation=dilation, groups=groups, norm_layer=norm_layer, bias=conv_bias)
-        self.fused: nn.Conv2d | None = None
-        self.conv_kxk: ConvBN | None = None
-        self.conv_1x1: ConvBN | None = None
-        self.identity: nn.Module | None = None
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, dilation, act, deploy)
+        _check_identity(use_identity, self)
         if deploy:
-            self.fused = self._make_fused_conv()
             return
-        self.conv_kxk = ConvBN(in_channels, out_channels, kernel_size, padding=self.padding, **conv_args)
+        conv = dict(stride=stride, dilation=dilation, groups=groups, norm_layer=norm_layer, bias=conv_bias)
+        self.branches["conv_kxk"] = ConvBN(in_channels, out_channels, kernel_size, padding=self.padding, **conv)
         if use_1x1 and kernel_size > 1:
-            self.conv_1x1 = ConvBN(in_channels, out_channels, 1, padding=0, **conv_args)
-        if (use_identity is None and identity_possible) or use_identity:
-            self.identity = norm_layer(out_channels) if norm_layer is not None else nn.Identity()
+            self.branches["conv_1x1"] = ConvBN(in_channels, out_channels, 1, padding=0, **conv)
+        if use_identity or (use_identity is None and self.identity_possible):
+            self.branches["identity"] = IdentityBranch(out_channels, groups, norm_layer)
 
-    @property
-    def is_fused(self) -> bool:
-        return self.fused is not None
 
-    def _make_fused_conv(self) -> nn.Conv2d:
-        return nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=True,
-        )
+@register_block("qarepvgg")
+class QARepVGGBlock(MultiBranchBlock):
+    """QARepVGG: ``act(BN(BN(conv_kxk(x)) + conv_1x1(x) + x))``: no BN on the 1x1 and identity branches, one
+    BN after the sum, so the fused weights stay friendly to INT8 quantization."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused is not None:
-            return self.act(self.fused(x))
-        out = self.conv_kxk(x)
-        if self.conv_1x1 is not None:
-            out = out + self.conv_1x1(x)
-        if self.identity is not None:
-            out = out + self.identity(x)
-        return self.act(out)
-
-    def fused_kernel_and_bias(self) -> Branch:
-        """The block's linear part as one k x k ``(kernel, bias)``, in the weight's dtype and device.
-
-        Uses BN running statistics (eval-mode behaviour). Arithmetic is float64 throughout; the
-        result is rounded once.
-        """
-        if self.fused is not None:
-            return self.fused.weight.detach(), self.fused.bias.detach()
-        weight = self.conv_kxk.conv.weight
-        branches = [self.conv_kxk.fused_kernel_and_bias()]
-        if self.conv_1x1 is not None:
-            kernel, bias = self.conv_1x1.fused_kernel_and_bias()
-            branches.append((pad_kernel(kernel, self.kernel_size), bias))
-        if self.identity is not None:
-            kernel = identity_kernel(
-                self.in_channels, self.kernel_size, self.groups, dtype=torch.float64, device=weight.device
-            )
-            if isinstance(self.identity, _BatchNorm):
-                branches.append(fold_bn(kernel, None, *_bn_stats_double(self.identity)))
-            else:
-                branches.append((kernel, kernel.new_zeros(self.out_channels)))
-        kernel, bias = sum_branches(branches)
-        return kernel.to(weight.dtype), bias.to(weight.dtype)
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Replace the branches by one conv, in place. Idempotent; the old parameters are gone."""
-        if self.fused is not None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 dilation: int = 1, use_identity: bool | None = None, norm_layer: NormFactory = nn.BatchNorm2d,
+                 act: nn.Module | None = None, deploy: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, dilation, act, deploy)
+        _check_identity(use_identity, self)
+        if deploy:
             return
-        kernel, bias = self.fused_kernel_and_bias()
-        fused = self._make_fused_conv().to(device=kernel.device, dtype=kernel.dtype)
-        fused.weight.copy_(kernel)
-        fused.bias.copy_(bias)
-        fused.train(self.training)
-        self.fused = fused
-        self.conv_kxk = self.conv_1x1 = self.identity = None
+        conv = dict(stride=stride, dilation=dilation, groups=groups)
+        self.branches["conv_kxk"] = ConvBN(in_channels, out_channels, kernel_size, padding=self.padding,
+                                           norm_layer=norm_layer, **conv)
+        if kernel_size > 1:
+            self.branches["conv_1x1"] = ConvBN(in_channels, out_channels, 1, norm_layer=None, bias=False, **conv)
+        if use_identity or (use_identity is None and self.identity_possible):
+            self.branches["identity"] = IdentityBranch(out_channels, groups, None)
+        self.post_norm = norm_layer(out_channels)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
-        holds_fused = f"{prefix}fused.weight" in state_dict
-        holds_train = any(k.startswith(f"{prefix}conv_kxk.") for k in state_dict)
-        if self.fused is not None and holds_train and not holds_fused:
-            raise FormMismatchError(
-                f"block '{prefix.rstrip('.') or '<root>'}': the state_dict holds train-form (multi-branch) "
-                "weights but the model is in fused form; load it into a model built with deploy=False, "
-                "then call reparam.reparameterize_model()"
-            )
-        if self.fused is None and holds_fused and not holds_train:
-            raise FormMismatchError(
-                f"block '{prefix.rstrip('.') or '<root>'}': the state_dict holds fused weights but the "
-                "model is in train form; build the model with deploy=True to load fused weights"
-            )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def extra_repr(self) -> str:
-        form = "fused" if self.fused is not None else "train_form"
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}, form={form}"
+@register_block("acnet")
+class ACBlock(MultiBranchBlock):
+    """ACNet's asymmetric convolution block: ``act(BN(conv_kxk(x)) + BN(conv_1xk(x)) + BN(conv_kx1(x)))``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 dilation: int = 1, norm_layer: NormFactory = nn.BatchNorm2d, act: nn.Module | None = None,
+                 deploy: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, dilation, act, deploy)
+        if kernel_size < 3:
+            raise ValueError(f"acnet needs kernel_size >= 3 (its branches are 1xk and kx1), got {kernel_size}")
+        if deploy:
+            return
+        conv = dict(stride=stride, dilation=dilation, groups=groups, norm_layer=norm_layer)
+        p = self.padding
+        self.branches["conv_kxk"] = ConvBN(in_channels, out_channels, kernel_size, padding=p, **conv)
+        self.branches["conv_1xk"] = ConvBN(in_channels, out_channels, (1, kernel_size), padding=(0, p), **conv)
+        self.branches["conv_kx1"] = ConvBN(in_channels, out_channels, (kernel_size, 1), padding=(p, 0), **conv)
+
+
+@register_block("dbb")
+class DiverseBranchBlock(MultiBranchBlock):
+    """Diverse Branch Block: k x k+BN, 1x1+BN (unless depthwise), 1x1 -> k x k, 1x1 -> k x k average pooling.
+
+    The sequential branches pad between their two stages with ``BNAndPad`` so borders stay exact.
+    ``mid_channels`` is the 1x1 -> k x k branch's inner width (default: ``in_channels``, or twice that
+    for a depthwise block, as in DBB).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 mid_channels: int | None = None, norm_layer: NormFactory = nn.BatchNorm2d,
+                 act: nn.Module | None = None, deploy: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, 1, act, deploy)
+        if deploy:
+            return
+        depthwise = groups >= out_channels
+        mid = mid_channels or (2 * in_channels if depthwise else in_channels)
+        if mid % groups:
+            raise ValueError(f"dbb: mid_channels={mid} must be divisible by groups={groups}")
+        self.branches["conv_kxk"] = ConvBN(in_channels, out_channels, kernel_size, stride, self.padding,
+                                           groups=groups, norm_layer=norm_layer)
+        if not depthwise:
+            self.branches["conv_1x1"] = ConvBN(in_channels, out_channels, 1, stride, 0, groups=groups,
+                                               norm_layer=norm_layer)
+        self.branches["conv_1x1_kxk"] = OneByOneKxK(in_channels, mid, out_channels, kernel_size, stride, groups,
+                                                    norm_layer)
+        self.branches["avg"] = AvgPoolBranch(in_channels, out_channels, kernel_size, stride, groups, norm_layer)
+
+
+class MobileOneUnit(MultiBranchBlock):
+    """One half of a MobileOne block: ``num_conv_branches`` k x k+BN convs, a 1x1+BN "scale" branch (k > 1)
+    and an identity BN where possible."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 num_conv_branches: int = 1, norm_layer: NormFactory = nn.BatchNorm2d, act: nn.Module | None = None,
+                 deploy: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, 1, act, deploy)
+        if num_conv_branches < 1:
+            raise ValueError(f"mobileone needs num_conv_branches >= 1, got {num_conv_branches}")
+        if deploy:
+            return
+        conv = dict(stride=stride, groups=groups, norm_layer=norm_layer)
+        for i in range(num_conv_branches):
+            self.branches[f"conv_kxk_{i}"] = ConvBN(in_channels, out_channels, kernel_size, padding=self.padding, **conv)
+        if kernel_size > 1:
+            self.branches["conv_scale"] = ConvBN(in_channels, out_channels, 1, padding=0, **conv)
+        if self.identity_possible:
+            self.branches["identity"] = IdentityBranch(out_channels, groups, norm_layer)
+
+
+@register_block("mobileone")
+class MobileOneBlock(nn.Sequential):
+    """MobileOne: a depthwise k x k unit (stride here) then a pointwise 1x1 unit, each over-parameterized with
+    ``num_conv_branches`` parallel convs, each fusing to one conv + ReLU. ``groups`` is not used: the first
+    unit is always depthwise."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 num_conv_branches: int = 1, norm_layer: NormFactory = nn.BatchNorm2d, deploy: bool = False) -> None:
+        if groups not in (1, in_channels):
+            raise ValueError(f"mobileone's first unit is depthwise; groups={groups} is not used, leave it at 1")
+        options = dict(num_conv_branches=num_conv_branches, norm_layer=norm_layer, deploy=deploy)
+        super().__init__(OrderedDict(
+            depthwise=MobileOneUnit(in_channels, in_channels, kernel_size, stride, groups=in_channels, **options),
+            pointwise=MobileOneUnit(in_channels, out_channels, 1, 1, groups=1, **options),
+        ))
+
+    def reparameterize(self) -> None:
+        for unit in self:
+            unit.reparameterize()
+
+    def fused_form(self) -> nn.Sequential:
+        return nn.Sequential(OrderedDict((name, unit.fused_form()) for name, unit in self.named_children()))
+
+
+def _check_identity(use_identity: bool | None, block: MultiBranchBlock) -> None:
+    if use_identity and not block.identity_possible:
+        raise ValueError(
+            f"identity branch needs in_channels == out_channels and stride == 1, got in={block.in_channels}, "
+            f"out={block.out_channels}, stride={block.stride}; pass use_identity=None or False"
+        )
 
 
 def _check_block_args(in_ch: int, out_ch: int, k: int, stride: int, groups: int, dilation: int) -> None:

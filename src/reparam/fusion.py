@@ -4,8 +4,14 @@ Every function here takes and returns tensors; none touches module state. They f
 ``torch.nn.utils.fusion``: small, one formula each, written in the docstring.
 
 Precision: the formulas are evaluated in at least float64 and returned in the dtype and on the
-device of the weight they were given. Callers that sum several branches (``RepVGGBlock``) pass
+device of the weight they were given. Callers that sum several branches (the blocks' branches) pass
 float64 tensors in and cast once at the very end, so rounding happens a single time.
+
+Nothing here detaches: the functions are differentiable, so a regularizer or quantization-aware
+training can use a block's equivalent kernel as part of the graph.
+
+A "branch" is a ``(kernel, bias)`` pair meaning ``conv2d(x, kernel, padding=d*(k//2)) + bias``: every
+kernel of one block is centred on the same output pixel, so branches add.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ __all__ = [
     "fold_bn",
     "pad_kernel",
     "identity_kernel",
+    "avgpool_kernel",
+    "regroup_kernel",
+    "compose_1x1_kxk",
+    "compose_kxk_1x1",
     "sum_branches",
 ]
 
@@ -82,18 +92,20 @@ def fold_bn(
     return folded_w.to(weight.dtype), folded_b.to(weight.dtype)
 
 
-def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre a smaller odd kernel inside a ``size x size`` kernel of zeros.
+def pad_kernel(kernel: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Centre a smaller odd kernel (square or not: 1x1, 1xk, kx1, ...) inside a ``size`` kernel of zeros.
 
-    A ``j x j`` conv with padding ``j//2`` equals a ``k x k`` conv with padding ``k//2`` whose kernel
-    is the ``j x j`` one zero-padded by ``(k - j) / 2`` on each side (same stride, same dilation).
+    A ``jh x jw`` conv with padding ``(d*(jh//2), d*(jw//2))`` equals a ``kh x kw`` conv with padding
+    ``(d*(kh//2), d*(kw//2))`` whose kernel is the small one zero-padded by ``(k - j) / 2`` on each side
+    (same stride, same dilation ``d``). That is how ACNet's 1xk and kx1 branches join a k x k one.
     """
+    th, tw = (size, size) if isinstance(size, int) else size
     kh, kw = kernel.shape[-2:]
-    if kh > size or kw > size:
-        raise ValueError(f"kernel {kh}x{kw} does not fit in {size}x{size}")
-    if (size - kh) % 2 or (size - kw) % 2:
-        raise ValueError(f"cannot centre a {kh}x{kw} kernel in {size}x{size}: sizes differ by an odd number")
-    ph, pw = (size - kh) // 2, (size - kw) // 2
+    if kh > th or kw > tw:
+        raise ValueError(f"kernel {kh}x{kw} does not fit in {th}x{tw}")
+    if (th - kh) % 2 or (tw - kw) % 2:
+        raise ValueError(f"cannot centre a {kh}x{kw} kernel in {th}x{tw}: sizes differ by an odd number")
+    ph, pw = (th - kh) // 2, (tw - kw) // 2
     return torch.nn.functional.pad(kernel, (pw, pw, ph, ph))
 
 
@@ -120,6 +132,120 @@ def identity_kernel(
     out = torch.arange(channels, device=device)
     kernel[out, out % per_group, kernel_size // 2, kernel_size // 2] = 1
     return kernel
+
+
+def avgpool_kernel(
+    channels: int,
+    kernel_size: int,
+    groups: int = 1,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``AvgPool2d(k, stride, padding, count_include_pad=True)`` as a grouped ``k x k`` conv kernel.
+
+    Shape ``(C, C/g, k, k)``; ``K[i, i mod (C/g), :, :] = 1 / k^2``, zeros elsewhere: each channel is
+    averaged with itself only, zero padding counted in the divisor as ``count_include_pad`` does.
+    """
+    if channels % groups:
+        raise ValueError(f"groups={groups} does not divide channels={channels}")
+    per_group = channels // groups
+    kernel = torch.zeros(channels, per_group, kernel_size, kernel_size, dtype=dtype, device=device)
+    out = torch.arange(channels, device=device)
+    kernel[out, out % per_group] = 1.0 / kernel_size**2
+    return kernel
+
+
+def regroup_kernel(kernel: torch.Tensor, groups: int, new_groups: int) -> torch.Tensor:
+    """A ``groups``-grouped kernel as the same conv with ``new_groups`` groups (``new_groups`` divides ``groups``).
+
+    Shape ``(O, C/g, kh, kw) -> (O, C/g', kh, kw)``. Output ``o`` lies in old group ``q = o // (O/g)``;
+    in the coarser grouping its old inputs sit at offset ``(q mod (g/g')) * C/g`` and the rest are
+    zeros (block-diagonal embedding). Used to add a depthwise identity to a dense conv, say.
+    """
+    if groups == new_groups:
+        return kernel
+    if groups % new_groups:
+        raise ValueError(f"cannot regroup from {groups} to {new_groups} groups: {new_groups} must divide {groups}")
+    out_ch, in_per_group = kernel.shape[:2]
+    ratio = groups // new_groups
+    regrouped = kernel.new_zeros(out_ch, in_per_group * ratio, *kernel.shape[2:])
+    old_group = torch.arange(out_ch, device=kernel.device) // (out_ch // groups)
+    offset = (old_group % ratio) * in_per_group
+    cols = offset[:, None] + torch.arange(in_per_group, device=kernel.device)[None, :]
+    rows = torch.arange(out_ch, device=kernel.device)[:, None].expand_as(cols)
+    return regrouped.index_put((rows, cols), kernel)
+
+
+def compose_1x1_kxk(
+    first_kernel: torch.Tensor,
+    first_bias: torch.Tensor | None,
+    second_kernel: torch.Tensor,
+    second_bias: torch.Tensor | None,
+    groups: int = 1,
+) -> Branch:
+    """A 1x1 conv ``(K1, b1)`` followed by a ``k x k`` conv ``(K2, b2)``, both with ``groups``, as one conv.
+
+    Per group, with ``m`` over the intermediate channels::
+
+        K[o, c, :, :] = sum_m K2[o, m, :, :] * K1[m, c]
+        b[o]          = b2[o] + sum_{m, i, j} K2[o, m, i, j] * b1[m]
+
+    Exact when the ``k x k`` conv sees ``b1`` where it pads (DBB's BN-and-pad layer), or pads nothing,
+    or ``b1 = 0``: the fused conv then pads the input with zeros as usual. The 1x1 must have stride 1;
+    the result has the second conv's stride and dilation.
+    """
+    k1, k2 = _wide(first_kernel), _wide(second_kernel)
+    mid, in_per_group = k1.shape[:2]
+    out_ch, mid_per_group, kh, kw = k2.shape
+    if k1.shape[2:] != (1, 1):
+        raise ValueError(f"first conv must be 1x1, got {tuple(k1.shape[2:])}")
+    if mid_per_group * groups != mid:
+        raise ValueError(f"channel mismatch: first conv has {mid} outputs, second takes {mid_per_group} x {groups} groups")
+    a = k1.reshape(groups, mid // groups, in_per_group)
+    b = k2.reshape(groups, out_ch // groups, mid_per_group, kh, kw)
+    kernel = torch.einsum("gomhw,gmc->gochw", b, a).reshape(out_ch, in_per_group, kh, kw)
+    bias = torch.zeros(out_ch, dtype=kernel.dtype, device=kernel.device)
+    if first_bias is not None:
+        bias = bias + torch.einsum("gomhw,gm->go", b, _wide(first_bias).reshape(groups, -1)).reshape(out_ch)
+    if second_bias is not None:
+        bias = bias + _wide(second_bias)
+    return kernel, bias
+
+
+def compose_kxk_1x1(
+    first_kernel: torch.Tensor,
+    first_bias: torch.Tensor | None,
+    second_kernel: torch.Tensor,
+    second_bias: torch.Tensor | None,
+    groups: int = 1,
+) -> Branch:
+    """A ``k x k`` conv ``(K1, b1)`` followed by a 1x1 conv ``(K2, b2)`` (stride 1, no padding), as one conv.
+
+    Per group::
+
+        K[o, c, :, :] = sum_m K2[o, m] * K1[m, c, :, :]
+        b[o]          = b2[o] + sum_m K2[o, m] * b1[m]
+
+    Always exact: a 1x1 conv without padding mixes channels pixel by pixel. The result has the first
+    conv's stride, padding and dilation.
+    """
+    k1, k2 = _wide(first_kernel), _wide(second_kernel)
+    mid, in_per_group, kh, kw = k1.shape
+    out_ch, mid_per_group = k2.shape[:2]
+    if k2.shape[2:] != (1, 1):
+        raise ValueError(f"second conv must be 1x1, got {tuple(k2.shape[2:])}")
+    if mid_per_group * groups != mid:
+        raise ValueError(f"channel mismatch: first conv has {mid} outputs, second takes {mid_per_group} x {groups} groups")
+    a = k1.reshape(groups, mid // groups, in_per_group, kh, kw)
+    b = k2.reshape(groups, out_ch // groups, mid_per_group)
+    kernel = torch.einsum("gom,gmchw->gochw", b, a).reshape(out_ch, in_per_group, kh, kw)
+    bias = torch.zeros(out_ch, dtype=kernel.dtype, device=kernel.device)
+    if first_bias is not None:
+        bias = bias + torch.einsum("gom,gm->go", b, _wide(first_bias).reshape(groups, -1)).reshape(out_ch)
+    if second_bias is not None:
+        bias = bias + _wide(second_bias)
+    return kernel, bias
 
 
 def sum_branches(branches: Iterable[Branch]) -> Branch:

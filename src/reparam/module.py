@@ -58,7 +58,7 @@ class ClassifierModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        num_classes = self.net.spec.num_classes
+        num_classes = int(net["num_classes"])
         # micro-averaged top-1: the fraction of images classified correctly
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import reparam
-from reparam import FormMismatchError, RepVGGBlock, reparameterize_model, verify_equivalence
+from reparam import FormMismatchError, MultiBranchBlock, RepVGGBlock, reparameterize_model, verify_equivalence
+
+
+def is_plain(model: nn.Module) -> bool:
+    """A fused network holds plain modules only: no block logic, no BatchNorm."""
+    return not any(isinstance(m, (MultiBranchBlock, nn.modules.batchnorm._BatchNorm)) for m in model.modules())
 
 
 @st.composite
@@ -75,12 +80,12 @@ def test_fused_block_equals_train_form(case: dict) -> None:
     torch.manual_seed(case["seed"])
     block = make_block(case).eval()
     if case["conv_bias"] is not False and case["norm"] == "none":
-        assert block.conv_kxk.conv.bias is not None
+        assert block.branches["conv_kxk"].conv.bias is not None
     x = torch.randn(case["batch"], case["in_ch"], case["height"], case["width"], dtype=case["dtype"])
     with torch.no_grad():
         expected = block(x)
     fused = reparameterize_model(block)
-    assert fused.is_fused and not block.is_fused
+    assert is_plain(fused) and isinstance(fused.fused, nn.Conv2d) and not block.is_fused
     with torch.no_grad():
         actual = fused(x)
     assert actual.shape == expected.shape
@@ -98,8 +103,8 @@ def test_textbook_case_conv_biases_no_bn() -> None:
     """conv3x3(x) + conv1x1(x) + x, all convs with bias, no BN."""
     torch.manual_seed(1)
     block = RepVGGBlock(6, 6, norm_layer=None, act=nn.Identity()).double()
-    conv3, conv1 = block.conv_kxk.conv, block.conv_1x1.conv
-    assert conv3.bias is not None and conv1.bias is not None and isinstance(block.identity, nn.Identity)
+    conv3, conv1 = block.branches["conv_kxk"].conv, block.branches["conv_1x1"].conv
+    assert conv3.bias is not None and conv1.bias is not None and block.branches["identity"].bn is None
     x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         expected = conv3(x) + conv1(x) + x
@@ -113,7 +118,9 @@ def test_textbook_case_three_batchnorms() -> None:
     x = torch.randn(3, 5, 9, 7, dtype=torch.float64)
     with torch.no_grad():
         expected = (
-            block.conv_kxk.bn(block.conv_kxk.conv(x)) + block.conv_1x1.bn(block.conv_1x1.conv(x)) + block.identity(x)
+            block.branches["conv_kxk"].bn(block.branches["conv_kxk"].conv(x))
+            + block.branches["conv_1x1"].bn(block.branches["conv_1x1"].conv(x))
+            + block.branches["identity"].bn(x)
         )
         assert (reparameterize_model(block)(x) - expected).abs().max() <= 1e-12
 
@@ -169,12 +176,12 @@ def test_reparameterize_model_leaves_input_untouched_unless_inplace() -> None:
     assert not fused.training and fused is not model
     assert not any(b.is_fused for b in model) and model.training
     same = reparameterize_model(model, inplace=True)
-    assert same is model and all(b.is_fused for b in model)
+    assert same is model and is_plain(model) and all(isinstance(b.fused, nn.Conv2d) for b in model)
 
 
 def test_reparameterize_model_names_bn_without_running_stats() -> None:
     model = nn.Sequential(nn.Identity(), RepVGGBlock(4, 4, norm_layer=lambda c: nn.BatchNorm2d(c, track_running_stats=False)))
-    with pytest.raises(ValueError, match=r"'1\.conv_kxk\.bn'.*track_running_stats"):
+    with pytest.raises(ValueError, match=r"'1\.branches\.conv_kxk\.bn'.*track_running_stats"):
         reparameterize_model(model)
 
 
@@ -191,7 +198,7 @@ def test_user_block_joins_by_defining_reparameterize() -> None:
             return 2 * x
 
     fused = reparameterize_model(nn.Sequential(Doubler(), RepVGGBlock(2, 2)))
-    assert fused[0].fused and fused[1].is_fused
+    assert fused[0].fused and isinstance(fused[1].fused, nn.Conv2d) and is_plain(fused[1])
 
 
 def test_deploy_model_loads_fused_state_dict_strictly() -> None:
@@ -200,7 +207,7 @@ def test_deploy_model_loads_fused_state_dict_strictly() -> None:
         train_form = randomize_bn(RepVGGBlock(4, 6, **kwargs))
         fused = reparameterize_model(train_form)
         deploy = RepVGGBlock(4, 6, deploy=True, **kwargs)
-        deploy.load_state_dict(fused.state_dict(), strict=True)
+        deploy.load_state_dict(fused.state_dict(), strict=True)  # Sequential(fused, act) and the block share keys
         x = torch.randn(2, 4, 11, 11)
         assert torch.equal(deploy.eval()(x), fused(x))
         verify_equivalence(train_form, deploy, x)
@@ -231,10 +238,10 @@ def test_invalid_block_configs_fail_at_construction(kwargs: dict, message: str) 
 
 
 def test_identity_is_automatic_only_where_possible() -> None:
-    assert RepVGGBlock(4, 4).identity is not None
-    assert RepVGGBlock(4, 8).identity is None
-    assert RepVGGBlock(4, 4, stride=2).identity is None
-    assert RepVGGBlock(4, 4, use_identity=False).identity is None
+    assert "identity" in RepVGGBlock(4, 4).branches
+    assert "identity" not in RepVGGBlock(4, 8).branches
+    assert "identity" not in RepVGGBlock(4, 4, stride=2).branches
+    assert "identity" not in RepVGGBlock(4, 4, use_identity=False).branches
 
 
 def test_nonlinear_part_stays_outside_the_sum() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..artifact import CONFIG, WEIGHTS, read_fused_artifact
 from ..blocks import FormMismatchError
@@ -94,21 +95,19 @@ def load_for_deploy(path: str | Path, expected_num_classes: int | None = None) -
 
 
 def plain_vgg_like(fused: nn.Module) -> nn.Sequential:
-    """Conv + ReLU only, with the fused model's convs and head: the speed limit of the fused form.
+    """One flat ``Sequential`` of the fused model's convs and activations, then pool and head: its speed limit.
 
-    It carries the fused weights (not random ones: random weights through 20+ layers without BN drive
-    activations into denormal floats, which are many times slower on CPUs and would make the limit a lie),
-    so it also computes exactly the fused model's function.
+    Works for every block kind (a mobileone block contributes its depthwise and pointwise convs). It carries
+    the fused weights (not random ones: random weights through 20+ layers without BN drive activations into
+    denormal floats, which are many times slower on CPUs and would make the limit a lie), so it also computes
+    exactly the fused model's function.
     """
     import copy
 
-    from ..blocks import RepVGGBlock
-
-    layers: list[nn.Module] = []
-    for m in fused.modules():
-        if isinstance(m, RepVGGBlock):
-            if m.fused is None:
-                raise ValueError("plain_vgg_like needs a fused model; call reparameterize_model first")
-            layers += [copy.deepcopy(m.fused), copy.deepcopy(m.act)]
+    if not isinstance(fused, RepVGG):
+        raise ValueError(f"plain_vgg_like needs a fused RepVGG-family model, got {type(fused).__name__}")
+    if not fused.is_fused or any(isinstance(m, _BatchNorm) for m in fused.stages.modules()):
+        raise ValueError("plain_vgg_like needs a fused model; call reparameterize_model first")
+    layers = [copy.deepcopy(m) for m in fused.stages.modules() if not list(m.children())]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), copy.deepcopy(fused.head)]
     return nn.Sequential(*layers).eval()

@@ -4,6 +4,10 @@ Stages and widths follow the paper: stage widths ``[min(64, 64a), 64a, 128a, 256
 ``A: 1,2,4,14,1``, ``B: 1,4,6,16,1``. On ImageNet every stage downsamples (224 -> 7); on CIFAR's
 32x32 that would leave a 1x1 map, so by default stages 0 and 1 keep the resolution and stages 2-4
 halve it: 32 -> 32 -> 32 -> 16 -> 8 -> 4, then global average pooling and a linear classifier.
+
+Any registered block kind fills the layout (``block``: repvgg, qarepvgg, acnet, dbb, mobileone, ...), so
+every kind is compared on the same stages and all fuse to the same plain-VGG shape (mobileone: a
+depthwise + pointwise pair per block).
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
-from ..blocks import RepVGGBlock
+from ..blocks import BLOCKS, FormMismatchError, MultiBranchBlock, make_block, state_dict_form
 
-__all__ = ["VARIANTS", "RepVGGSpec", "RepVGG", "build_model"]
+__all__ = ["VARIANTS", "RepVGGSpec", "RepVGG", "build_repvgg"]
 
 # variant -> (depths per stage 1..4, width multiplier a, width multiplier b); stage 0 has depth 1.
 VARIANTS: dict[str, tuple[tuple[int, int, int, int], float, float]] = {
@@ -44,6 +48,9 @@ class RepVGGSpec:
     depths: list[int] | None = None
     strides: list[int] = field(default_factory=lambda: list(DEFAULT_STRIDES))
     arch: str = "repvgg"
+    # the block kind of every stage (reparam.blocks registry) and its extra options, e.g. num_conv_branches
+    block: str = "repvgg"
+    block_options: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, spec: Mapping) -> RepVGGSpec:
@@ -51,7 +58,9 @@ class RepVGGSpec:
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ValueError(f"unknown model option(s) {unknown}; known options are {sorted(known)}")
-        return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in spec.items()})
+        spec = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in spec.items()}
+        spec["block_options"] = dict(spec.get("block_options") or {})
+        return cls(**spec)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +68,9 @@ class RepVGGSpec:
     def resolved(self) -> tuple[list[int], list[int]]:
         """(widths, depths) for stages 0..4 after applying the variant and the overrides."""
         if self.arch != "repvgg":
-            raise ValueError(f"unknown arch '{self.arch}'; this package builds 'repvgg'")
+            raise ValueError(f"unknown arch '{self.arch}'; this family builds 'repvgg' (model=custom for any nn.Module)")
+        if self.block not in BLOCKS:
+            raise ValueError(f"unknown block kind '{self.block}'; choose one of {sorted(BLOCKS)} (model.block=...)")
         if self.variant is None:
             if self.widths is None or self.depths is None:
                 raise ValueError("model.variant=null needs both model.widths and model.depths (5 entries each)")
@@ -81,7 +92,10 @@ class RepVGGSpec:
 
 
 class RepVGG(nn.Module):
-    """RepVGG: five stages of :class:`RepVGGBlock`, global average pooling and a linear head."""
+    """RepVGG: five stages of multi-branch blocks (``spec.block``), global average pooling and a linear head.
+
+    ``deploy=True`` builds the fused form: every block already its plain ``Conv2d`` + ReLU.
+    """
 
     def __init__(self, spec: RepVGGSpec, deploy: bool = False) -> None:
         super().__init__()
@@ -92,7 +106,9 @@ class RepVGG(nn.Module):
         for width, depth, stride in zip(widths, depths, spec.strides):
             blocks = []
             for i in range(depth):
-                blocks.append(RepVGGBlock(in_ch, width, 3, stride=stride if i == 0 else 1, deploy=deploy))
+                block = make_block(spec.block, in_ch, width, 3, stride=stride if i == 0 else 1, deploy=deploy,
+                                   **spec.block_options)
+                blocks.append(block.fused_form() if deploy else block)
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -104,11 +120,22 @@ class RepVGG(nn.Module):
 
     @property
     def is_fused(self) -> bool:
-        return all(m.is_fused for m in self.modules() if isinstance(m, RepVGGBlock))
+        return not any(isinstance(m, MultiBranchBlock) and not m.is_fused for m in self.modules())
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001
+        holds = state_dict_form(state_dict)
+        if holds == "train" and self.is_fused:
+            raise FormMismatchError(
+                "the state_dict holds train-form (multi-branch) weights but the model is in fused form; build it "
+                "with deploy=False, load, then call reparam.reparameterize_model()"
+            )
+        if holds == "fused" and not self.is_fused:
+            raise FormMismatchError("the state_dict holds fused weights but the model is in train form; build the "
+                                    "model with deploy=True to load fused weights")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def build_model(spec: RepVGGSpec | Mapping, deploy: bool = False) -> RepVGG:
-    """The one place a network is built from its saved description (train, callback and deploy use it)."""
+def build_repvgg(spec: RepVGGSpec | Mapping, deploy: bool = False) -> RepVGG:
     if not isinstance(spec, RepVGGSpec):
         spec = RepVGGSpec.from_dict(spec)
     return RepVGG(spec, deploy=deploy)
