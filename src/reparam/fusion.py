@@ -147,13 +147,8 @@ def avgpool_kernel(
     Shape ``(C, C/g, k, k)``; ``K[i, i mod (C/g), :, :] = 1 / k^2``, zeros elsewhere: each channel is
     averaged with itself only, zero padding counted in the divisor as ``count_include_pad`` does.
     """
-    if channels % groups:
-        raise ValueError(f"groups={groups} does not divide channels={channels}")
-    per_group = channels // groups
-    kernel = torch.zeros(channels, per_group, kernel_size, kernel_size, dtype=dtype, device=device)
-    out = torch.arange(channels, device=device)
-    kernel[out, out % per_group] = 1.0 / kernel_size**2
-    return kernel
+    identity = identity_kernel(channels, 1, groups, dtype=dtype, device=device)
+    return identity.repeat(1, 1, kernel_size, kernel_size) / kernel_size**2
 
 
 def regroup_kernel(kernel: torch.Tensor, groups: int, new_groups: int) -> torch.Tensor:
