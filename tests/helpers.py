@@ -25,6 +25,23 @@ def randomize_bn(model: nn.Module, generator: torch.Generator | None = None) -> 
     return model
 
 
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Realistic BN: running statistics measured on data, then random gammas/betas; activations stay O(1)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration passes
+            if m.affine:
+                m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
+    model.train()
+    for _ in range(2):
+        model(x)
+    return model.eval()
+
+
 def write_fake_cifar(root, name: str = "cifar10", per_batch: int = 40, n_test: int = 40, seed: int = 0):
     """Small files in the official ``cifar-10-batches-py`` / ``cifar-100-python`` pickle layout.
 

@@ -1,5 +1,10 @@
 """The fused artifact: a folder holding ``model.safetensors``, ``config.json`` and ``verification.json``.
 
+For a ``model=custom`` network (fused by ``auto_fuse``) it also holds ``model.pt2``, a ``torch.export`` program of
+the fused graph, for runtimes that do not have the network's source. reparam itself never loads the ``.pt2``
+(``torch.export.load`` may fall back to full unpickling): it rebuilds the graph from the recorded spec with
+``auto_fuse`` and loads the safetensors weights into it.
+
 Written atomically: everything goes into a hidden temporary folder beside the target, is flushed to
 disk, and only then renamed into place, so a crash leaves either the previous artifact or none,
 never a partial one. Read back with safetensors and JSON only: nothing is unpickled.
@@ -7,6 +12,7 @@ never a partial one. Read back with safetensors and JSON only: nothing is unpick
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -21,14 +27,14 @@ from safetensors.torch import load_file, save_file
 
 from .blocks import FormMismatchError
 from .errors import UserError
-from .models import RepVGG, build_model
+from .models import build_model, fuse_model, input_size, is_custom
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "FusedArtifact", "write_fused_artifact", "read_fused_artifact", "atomic_write_text",
-           "atomic_write_json", "update_fused_metrics"]
+           "atomic_write_json", "update_fused_metrics", "readable_by_umask"]
 
 FORMAT = "reparam.fused"
 FORMAT_VERSION = 1
-WEIGHTS, CONFIG, VERIFICATION = "model.safetensors", "config.json", "verification.json"
+WEIGHTS, CONFIG, VERIFICATION, PROGRAM = "model.safetensors", "config.json", "verification.json", "model.pt2"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -44,12 +50,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask (os has no getter: set and restore)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def readable_by_umask(path: Path, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would: mkstemp/mkdtemp make 0600/0700 regardless of umask,
+    which would hide results from teammates on a shared machine."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a temporary file and a rename; the file's mode follows the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        readable_by_umask(Path(tmp))
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -70,11 +90,12 @@ def atomic_write_json(path: str | Path, obj: dict) -> Path:
     return atomic_write_text(path, _json(obj))
 
 
-def write_fused_artifact(directory: str | Path, fused: torch.nn.Module, config: dict, verification: dict) -> Path:
+def write_fused_artifact(directory: str | Path, fused: torch.nn.Module, config: dict, verification: dict,
+                         example_inputs: torch.Tensor | None = None) -> Path:
     """Write a fused model as an artifact folder, atomically; replaces an existing one at ``directory``.
 
     ``config`` must hold ``model`` (the spec ``build_model`` takes); ``format``/``format_version``/``form``
-    are added here.
+    are added here. A custom network's folder also gets ``model.pt2`` (exported with ``example_inputs``).
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -84,10 +105,16 @@ def write_fused_artifact(directory: str | Path, fused: torch.nn.Module, config: 
     state = {k: v.detach().to("cpu").contiguous() for k, v in fused.state_dict().items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
+        readable_by_umask(tmp, directory=True)
         save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT, "form": "fused", "format_version": str(FORMAT_VERSION)})
         for name, obj in ((CONFIG, config), (VERIFICATION, verification)):
             (tmp / name).write_text(_json(obj))
-        for name in (WEIGHTS, CONFIG, VERIFICATION):
+        files = [WEIGHTS, CONFIG, VERIFICATION]
+        if is_custom(config["model"]):
+            _export_program(fused, config["model"], example_inputs, tmp / PROGRAM)
+            files.append(PROGRAM)
+        for name in files:
+            readable_by_umask(tmp / name)  # safetensors writes 0600 whatever the umask
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -105,6 +132,17 @@ def write_fused_artifact(directory: str | Path, fused: torch.nn.Module, config: 
     return directory
 
 
+def _export_program(fused: torch.nn.Module, spec: dict, example_inputs: torch.Tensor | None, path: Path) -> None:
+    param = next(fused.parameters(), None)
+    if example_inputs is None:
+        example_inputs = torch.zeros(2, *input_size(spec))
+    example = example_inputs.to("cpu", param.dtype if param is not None else torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    module = copy.deepcopy(fused).to("cpu").eval()
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+
+
 def update_fused_metrics(directory: str | Path, metrics: dict) -> None:
     """Add metrics measured after fusing (e.g. the test accuracy) to ``config.json``, atomically."""
     path = Path(directory) / CONFIG
@@ -116,7 +154,7 @@ def update_fused_metrics(directory: str | Path, metrics: dict) -> None:
 @dataclass
 class FusedArtifact:
     path: Path
-    model: RepVGG
+    model: torch.nn.Module
     config: dict
     verification: dict
 
@@ -147,10 +185,23 @@ def read_fused_artifact(directory: str | Path, map_location: str | torch.device 
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f"{directory / WEIGHTS} cannot be read ({err}); the artifact is damaged, re-export it") from err
     try:
-        model = build_model(config["model"], deploy=True)
+        model = _fused_skeleton(config["model"])
         model.load_state_dict(state, strict=True)
     except (ValueError, KeyError, RuntimeError, FormMismatchError) as err:
         raise UserError(f"{directory}: weights do not match the recorded model ({str(err).splitlines()[0]})") from err
     verification_path = directory / VERIFICATION
     verification = json.loads(verification_path.read_text()) if verification_path.is_file() else {}
     return FusedArtifact(directory, model.to(map_location).eval(), config, verification)
+
+
+def _fused_skeleton(spec: dict) -> torch.nn.Module:
+    """The fused model's structure, weights still to load: the deploy constructor, or for a custom network its
+    train form fused again by ``auto_fuse`` (whose decisions depend on the structure only, not the weights)."""
+    if not is_custom(spec):
+        return build_model(spec, deploy=True)
+    try:
+        train_form = build_model(spec).eval()
+    except ValueError as err:
+        raise UserError(f"the network of this artifact cannot be built ({err}); install the package that defines "
+                        f"it, or run {PROGRAM} with a torch.export runtime") from err
+    return fuse_model(spec, train_form)

@@ -13,9 +13,9 @@ import torch
 from . import __version__
 from .artifact import write_fused_artifact
 from .checkpoint import net_state, read_checkpoint
-from .convert import reparameterize_model, verify_equivalence
+from .convert import verify_equivalence
 from .errors import UserError
-from .models import build_model
+from .models import build_model, fuse_model
 
 __all__ = ["ReparameterizeCallback", "FiniteLossGuard", "DivergenceError", "FINAL_WEIGHTS"]
 
@@ -84,11 +84,11 @@ class ReparameterizeCallback(L.Callback):
         train_form = build_model(spec)
         train_form.load_state_dict(state, strict=True)
         train_form.eval()
-        fused = reparameterize_model(train_form)
         inputs = self._validation_inputs(trainer)
+        fused = fuse_model(spec, train_form, inputs[:2])  # the blocks' own fusion, or auto_fuse for model=custom
         fp32 = verify_equivalence(train_form, fused, inputs, atol=self.atol, rtol=self.rtol)
         train_form64 = copy.deepcopy(train_form).double()
-        fp64 = verify_equivalence(train_form64, reparameterize_model(train_form64), inputs.double())
+        fp64 = verify_equivalence(train_form64, fuse_model(spec, train_form64, inputs[:2].double()), inputs.double())
 
         datamodule = trainer.datamodule
         best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
@@ -104,7 +104,7 @@ class ReparameterizeCallback(L.Callback):
         }
         verification = {"inputs": f"{len(inputs)} validation images", "float32": fp32.to_dict(), "float64": fp64.to_dict()}
         root = Path(self.output_dir or trainer.default_root_dir)
-        path = write_fused_artifact(root / self.dirname, fused, config, verification)
+        path = write_fused_artifact(root / self.dirname, fused, config, verification, example_inputs=inputs[:2])
         self.result = {"path": str(path), "source": source, "float32": fp32.to_dict(), "float64": fp64.to_dict()}
         for name, report in (("fp32", fp32), ("fp64", fp64)):
             for key in ("max_abs_diff", "argmax_agreement"):

@@ -10,11 +10,46 @@ relative to the output's scale, which stays meaningful where single elements are
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["Tolerance", "Comparison", "ComparisonReport", "compare"]
+__all__ = ["Tolerance", "Comparison", "ComparisonReport", "compare", "strict_fp32", "tf32_enabled"]
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 convolutions or matmuls on CUDA may run in TF32 right now (cuDNN convs do by default)."""
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    matmul = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if conv is not None and matmul is not None:
+        return conv == "tf32" or matmul == "tf32" or (matmul == "none" and torch.backends.cuda.matmul.allow_tf32)
+    return bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+
+
+@contextmanager
+def strict_fp32() -> Iterator[None]:
+    """True IEEE float32 for convolutions and matmuls inside the block (TF32 off), restored afterwards.
+
+    On Ampere and later GPUs cuDNN runs float32 convolutions in TF32 (10-bit mantissa) by default, which alone
+    exceeds a float32 equivalence tolerance; equivalence checks run inside this, benchmarks need not.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9: the precision API
+        saved = (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+        conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @dataclass(frozen=True)

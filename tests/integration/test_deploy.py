@@ -86,7 +86,10 @@ def test_deploy_from_fused_folder_matches_recorded_accuracy(trained_run, tmp_pat
 def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -> None:
     report = run_deploy(trained_run["run_dir"], tmp_path, "benchmark.enabled=false", "export.onnx=false",
                         "export.torch_export=false")
-    assert report["checkpoint"].endswith("last.ckpt")
+    # the weights fused/ was built from (the best checkpoint), not last.ckpt: deploy and the artifact agree
+    fused_from = json.loads((Path(trained_run["run_dir"]) / "fused" / "config.json").read_text())["source_checkpoint"]
+    assert report["checkpoint"] == fused_from and not fused_from.endswith("last.ckpt")
+    assert report["weights_chosen_because"].startswith("the checkpoint fused/ was built from")
 
 
 def _bad(tmp_path: Path, name: str, content: bytes) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TINY_SPEC, randomize_bn
+from helpers import TINY_SPEC, calibrate_bn, randomize_bn
 from torch import nn
 
 from reparam import Tolerance, auto_fuse, reparameterize_model
@@ -16,22 +16,6 @@ PLAIN = (nn.Conv2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear)
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def calibrate_bn(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
-    """Realistic BN: running statistics measured on data, then random gammas/betas; activations stay O(1)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration passes
-            m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
-            m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
-    model.train()
-    for _ in range(2):
-        model(x)
-    return model.eval()
 
 
 @pytest.mark.parametrize("kind", ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone"])

@@ -11,6 +11,8 @@ import torch.utils.benchmark as tbench
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..compare import tf32_enabled
+
 __all__ = ["BenchmarkResult", "benchmark_forms", "count_flops", "resolve_device", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -32,6 +34,7 @@ class BenchmarkResult:
     params: int
     flops_per_image: int
     peak_memory_mb: float | None
+    tf32: bool | None = None  # CUDA float32 timings: whether TF32 was allowed (cuDNN's default on Ampere+)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +113,7 @@ def benchmark_forms(
                 channels_last=channels_last, compiled=compile, threads=torch.get_num_threads(),
                 latency_ms_median=m.median * 1e3, latency_ms_iqr=m.iqr * 1e3, throughput_ips=batch_size / m.median,
                 runs=len(m.times) * m.number_per_run, params=params, flops_per_image=flops, peak_memory_mb=peak,
+                tf32=tf32_enabled() if device.type == "cuda" and dtype == "float32" else None,
             ))
     return results
 

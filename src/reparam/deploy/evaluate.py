@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..compare import Comparison, ComparisonReport, Tolerance
+
 __all__ = ["Evaluation", "evaluate_forms"]
 
 
@@ -16,41 +18,33 @@ class Evaluation:
     num_images: int
     correct: dict[str, int]
     accuracy: dict[str, float]
-    disagreements: int | None  # images whose predicted class differs between the two forms
-    max_abs_logit_diff: float | None
-    max_abs_logit: float
+    comparison: ComparisonReport | None  # the second form against the first, over every test image
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @torch.inference_mode()
-def evaluate_forms(
-    forms: Mapping[str, nn.Module], batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
-) -> Evaluation:
-    """Run every form on every batch (in eval mode, on ``device``); the first two forms are compared."""
+def evaluate_forms(forms: Mapping[str, nn.Module], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   device: torch.device, tolerance: Tolerance | None = None) -> Evaluation:
+    """Run every form on every batch (in eval mode, on ``device``); the second form is compared with the first."""
     names = list(forms)
     for model in forms.values():
         model.eval().to(device)
     correct = dict.fromkeys(names, 0)
-    n, disagreements, max_diff, max_logit = 0, 0, 0.0, 0.0
+    comparison = Comparison(tolerance) if len(names) >= 2 else None
+    n = 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         logits = {name: forms[name](x).float() for name in names}
         for name in names:
             correct[name] += int((logits[name].argmax(1) == y).sum())
-        if len(names) >= 2:
-            a, b = logits[names[0]], logits[names[1]]
-            disagreements += int((a.argmax(1) != b.argmax(1)).sum())
-            max_diff = max(max_diff, float((a - b).abs().max()))
-        max_logit = max(max_logit, float(logits[names[0]].abs().max()))
+        if comparison is not None:
+            comparison.update(logits[names[0]], logits[names[1]])
         n += len(y)
-    compared = len(names) >= 2
     return Evaluation(
         num_images=n,
         correct=correct,
         accuracy={name: (c / n if n else 0.0) for name, c in correct.items()},
-        disagreements=disagreements if compared else None,
-        max_abs_logit_diff=max_diff if compared else None,
-        max_abs_logit=max_logit,
+        comparison=comparison.report() if comparison is not None else None,
     )

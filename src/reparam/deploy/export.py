@@ -19,6 +19,8 @@ import torch
 import torch.utils.benchmark as tbench
 from torch import nn
 
+from ..compare import ComparisonReport, Tolerance, compare
+
 __all__ = ["ExportResult", "export_onnx", "export_program"]
 
 
@@ -26,13 +28,20 @@ __all__ = ["ExportResult", "export_onnx", "export_program"]
 class ExportResult:
     format: str
     path: str
-    max_abs_diff: float
-    ok: bool
+    parity: ComparisonReport  # the exported file, run by its own runtime, against the PyTorch model
     latency_ms_median: float | None = None  # runtime's own timing at the checked batch size
     batch_size: int | None = None
 
+    @property
+    def ok(self) -> bool:
+        return self.parity.passed
+
+    @property
+    def max_abs_diff(self) -> float:
+        return self.parity.max_abs_diff
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "ok": self.ok, "max_abs_diff": self.max_abs_diff}
 
 
 def _quiet():
@@ -52,11 +61,7 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _check(diff: float, reference: torch.Tensor, atol: float, rtol: float) -> bool:
-    return diff <= atol + rtol * float(reference.abs().max())
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, atol: float = 1e-4, rtol: float = 1e-4,
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, tolerance: Tolerance = Tolerance(1e-4, 1e-4),
                 opset: int = 18, min_run_time: float = 0.5) -> ExportResult:
     """ONNX with a dynamic batch axis; parity and latency checked in onnxruntime (CPU)."""
     import onnx
@@ -71,7 +76,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, atol:
         with _quiet(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
                 model, (example,), str(tmp), input_names=["images"], output_names=["logits"], opset_version=opset,
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
                 external_data=False,
             )
         onnx.checker.check_model(str(tmp))
@@ -80,19 +85,18 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, atol:
         (onnx_out,) = session.run(None, feed)
         with torch.no_grad():
             reference = model(example)
-        diff = float(np.abs(onnx_out - reference.numpy()).max())
-        ok = _check(diff, reference, atol, rtol)
+        parity = compare(reference, torch.from_numpy(np.asarray(onnx_out)), tolerance)
         timing = tbench.Timer("session.run(None, feed)", globals={"session": session, "feed": feed}).blocked_autorange(
             min_run_time=min_run_time)
-        if ok:
+        if parity.passed:
             os.replace(tmp, path)
-        return ExportResult("onnx", str(path), diff, ok, timing.median * 1e3, len(example))
+        return ExportResult("onnx", str(path), parity, timing.median * 1e3, len(example))
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def export_program(model: nn.Module, example: torch.Tensor, path: str | Path, atol: float = 1e-5,
-                   rtol: float = 1e-5) -> ExportResult:
+def export_program(model: nn.Module, example: torch.Tensor, path: str | Path,
+                   tolerance: Tolerance = Tolerance(1e-5, 1e-5)) -> ExportResult:
     """A ``torch.export`` program (``.pt2``) with a dynamic batch axis, reloaded and checked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,14 +105,13 @@ def export_program(model: nn.Module, example: torch.Tensor, path: str | Path, at
     example = example.cpu().float()
     try:
         with _quiet(), torch.no_grad():
-            program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
             torch.export.save(program, str(tmp))
             reloaded = torch.export.load(str(tmp)).module()
             out, reference = reloaded(example), model(example)
-        diff = float((out - reference).abs().max())
-        ok = _check(diff, reference, atol, rtol)
-        if ok:
+        parity = compare(reference, out, tolerance)
+        if parity.passed:
             os.replace(tmp, path)
-        return ExportResult("torch_export", str(path), diff, ok, None, len(example))
+        return ExportResult("torch_export", str(path), parity, None, len(example))
     finally:
         tmp.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,9 +12,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..artifact import CONFIG, WEIGHTS, read_fused_artifact
 from ..blocks import FormMismatchError
 from ..checkpoint import net_state, read_checkpoint
-from ..convert import reparameterize_model
 from ..errors import UserError
-from ..models import RepVGG, build_model
+from ..models import RepVGG, build_model, fuse_model
 
 __all__ = ["Loaded", "load_for_deploy", "plain_vgg_like"]
 
@@ -24,23 +24,47 @@ class Loaded:
 
     source: Path
     kind: str  # "checkpoint" | "fused"
-    fused: RepVGG
-    train_form: RepVGG | None
+    fused: nn.Module
+    train_form: nn.Module | None
     spec: dict
     data: dict = field(default_factory=dict)  # the training run's datamodule hyperparameters
     recorded: dict = field(default_factory=dict)  # metrics recorded at training time
     input_info: dict = field(default_factory=dict)
+    chosen_because: str = "given on the command line"  # why these weights, when a run directory was given
 
 
-def _find_checkpoint(directory: Path) -> Path | None:
+def _weights_in_run(directory: Path) -> tuple[Path | None, str]:
+    """The weights of a run directory that ``fused/`` was built from, so deploy and the artifact agree.
+
+    ``fused/config.json`` names its source checkpoint (the best one by default); without a fused folder the best
+    checkpoint of ``summary.json``, then ``last.ckpt``. ``(None, why)`` means: use ``fused/`` itself.
+    """
+    fused_config = directory / "fused" / CONFIG
+    if fused_config.is_file():
+        try:
+            source = json.loads(fused_config.read_text()).get("source_checkpoint")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            source = None
+        if source and Path(source).is_file():
+            return Path(source), f"the checkpoint fused/ was built from ({Path(source).name})"
+        if source:
+            return None, f"fused/ was built from {source}, which is not a checkpoint file here: evaluating fused/"
+    summary = directory / "summary.json"
+    if summary.is_file():
+        try:
+            best = json.loads(summary.read_text()).get("best_checkpoint")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            best = None
+        if best and Path(best).is_file():
+            return Path(best), "the best checkpoint (summary.json)"
     for candidate in (directory / "last.ckpt", directory / "checkpoints" / "last.ckpt"):
         if candidate.is_file():
-            return candidate
+            return candidate, "last.ckpt (no fused/ or best checkpoint recorded)"
     ckpts = sorted(directory.glob("*.ckpt")) + sorted(directory.glob("checkpoints/*.ckpt"))
-    return ckpts[-1] if ckpts else None
+    return (ckpts[-1], "the newest checkpoint") if ckpts else (None, "no checkpoint: evaluating fused/")
 
 
-def _load_train_form(ckpt: dict, path: Path) -> tuple[RepVGG, dict]:
+def _load_train_form(ckpt: dict, path: Path) -> tuple[nn.Module, dict]:
     spec = dict(ckpt["hyper_parameters"]["net"])
     try:
         model = build_model(spec)
@@ -67,8 +91,9 @@ def load_for_deploy(path: str | Path, expected_num_classes: int | None = None) -
     source = Path(str(path)).expanduser()
     if not source.exists():
         raise UserError(f"ckpt={source} does not exist; pass a checkpoint file or a fused/ folder written by train.py")
-    if source.is_dir() and not (source / WEIGHTS).exists():  # a run directory: prefer a checkpoint (both forms)
-        found = _find_checkpoint(source)
+    chosen_because = "given on the command line"
+    if source.is_dir() and not (source / WEIGHTS).exists():  # a run directory: the weights fused/ was built from
+        found, chosen_because = _weights_in_run(source)
         if found is None and not (source / "fused" / WEIGHTS).exists():
             raise UserError(
                 f"{source} holds no checkpoint (*.ckpt) and no fused model ({WEIGHTS} + {CONFIG}); "
@@ -83,13 +108,14 @@ def load_for_deploy(path: str | Path, expected_num_classes: int | None = None) -
     else:
         ckpt = read_checkpoint(source)
         train_form, spec = _load_train_form(ckpt, source)
-        loaded = Loaded(source, "checkpoint", reparameterize_model(train_form), train_form, spec,
+        loaded = Loaded(source, "checkpoint", fuse_model(spec, train_form), train_form, spec,
                         dict(ckpt.get("datamodule_hyper_parameters") or {}),
                         {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")})
+    loaded.chosen_because = chosen_because
     if expected_num_classes is not None and loaded.spec.get("num_classes") != expected_num_classes:
         raise UserError(
             f"{loaded.source} is a {loaded.spec.get('num_classes')}-class model but the test data has "
-            f"{expected_num_classes} classes; pass the matching data (data.dataset=...) or checkpoint"
+            f"{expected_num_classes} classes; pass the matching data (data.dataset=cifar10|cifar100|digits) or checkpoint"
         )
     return loaded
 

@@ -9,7 +9,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import ImageDataModule
+from ..compare import Tolerance, strict_fp32, tf32_enabled
 from ..errors import UserError, reraise_as_user_error
+from ..models import RepVGG
 from .benchmark import benchmark_forms, resolve_device, speedups
 from .evaluate import evaluate_forms
 from .export import export_onnx, export_program
@@ -26,7 +28,7 @@ def build_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataModu
     params.update({k: v for k, v in overrides.items() if v is not None})
     params.pop("num_classes", None)  # deploy compares the model's class count itself, with its own message
     if "dataset" not in params:
-        raise UserError(f"{loaded.source} records no data config; pass data.dataset=cifar10|cifar100|digits and data.data_dir=...")
+        raise UserError(f"{loaded.source} records no data config; pass data.dataset=cifar10|cifar100|digits (and data.data_dir=/path/to/data for CIFAR)")
     with reraise_as_user_error("data", ValueError, TypeError):
         dm = ImageDataModule(**params)
     dm.setup("test")
@@ -44,31 +46,40 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     if loaded.spec.get("num_classes") != dm.num_classes:
         raise UserError(
             f"{loaded.source} is a {loaded.spec.get('num_classes')}-class model but {dm.hparams.dataset} has "
-            f"{dm.num_classes} classes; pass the checkpoint that was trained on it, or data.dataset=..."
+            f"{dm.num_classes} classes; pass the checkpoint that was trained on it, or data.dataset=cifar10|cifar100|digits"
         )
 
     forms = {"train_form": loaded.train_form, "fused": loaded.fused} if loaded.train_form is not None else {"fused": loaded.fused}
-    evaluation = evaluate_forms(forms, dm.test_dataloader(), device)
+    tolerance = Tolerance(float(cfg.tolerance.atol), float(cfg.tolerance.rtol))
+    with strict_fp32():  # TF32 alone would exceed an fp32 tolerance on Ampere+ GPUs
+        evaluation = evaluate_forms(forms, dm.test_dataloader(), device, tolerance)
+        precision = "float32, TF32 off" if not tf32_enabled() else "float32 with TF32"
+    comparison = evaluation.comparison
     report: dict[str, Any] = {
         "checkpoint": str(loaded.source),
         "source_kind": loaded.kind,
+        "weights_chosen_because": loaded.chosen_because,
         "dataset": dm.hparams.dataset,
         "num_test_images": evaluation.num_images,
         "accuracy": {"train_form": evaluation.accuracy.get("train_form"), "fused": evaluation.accuracy["fused"]},
         "correct": {"train_form": evaluation.correct.get("train_form"), "fused": evaluation.correct["fused"]},
-        "disagreements": evaluation.disagreements,
-        "max_abs_logit_diff": evaluation.max_abs_logit_diff,
-        "max_abs_logit": evaluation.max_abs_logit,
+        "disagreements": comparison.disagreements if comparison else None,
+        "max_abs_logit_diff": comparison.max_abs_diff if comparison else None,
+        "max_abs_logit": comparison.max_abs_reference if comparison else None,
+        "comparison": comparison.to_dict() if comparison else None,
+        "comparison_device": str(device),
+        "comparison_precision": precision,
         "recorded_test_acc": loaded.recorded.get("test_acc"),
         "model": loaded.spec,
-        "tolerance": {"atol": cfg.tolerance.atol, "rtol": cfg.tolerance.rtol},
+        "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol},
     }
 
     bench_cfg = cfg.benchmark
     results = []
     if bench_cfg.enabled:
         bench_forms = dict(forms)
-        bench_forms["plain_vgg"] = plain_vgg_like(loaded.fused)
+        if isinstance(loaded.fused, RepVGG):  # a custom network has no plain-VGG counterpart
+            bench_forms["plain_vgg"] = plain_vgg_like(loaded.fused)
         with reraise_as_user_error("benchmark", ValueError, KeyError):
             results = benchmark_forms(
                 bench_forms, list(bench_cfg.batch_sizes), device, bench_cfg.dtype, bench_cfg.channels_last,
@@ -88,8 +99,10 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
 
     report["plot_path"] = str(plot_benchmark(report["benchmark"], out_dir / "plot.png")) if results else None
     report["report_path"] = str(out_dir / "report.json")
-    report["equivalent"] = _equivalent(report, cfg)
+    report["equivalent"] = None if comparison is None else bool(
+        comparison.passed and report["correct"]["train_form"] == report["correct"]["fused"])
     write_report(report, out_dir)
+    _log_report(report, cfg)
 
     failed_exports = [fmt for fmt, r in exports.items() if not r.ok]
     if report["equivalent"] is False:
@@ -103,9 +116,31 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def _equivalent(report: dict, cfg: DictConfig) -> bool | None:
-    if report["accuracy"]["train_form"] is None:
-        return None  # fused folder alone: nothing to compare against but the recorded accuracy
-    limit = cfg.tolerance.atol + cfg.tolerance.rtol * report["max_abs_logit"]
-    same_counts = report["correct"]["train_form"] == report["correct"]["fused"]
-    return bool(same_counts and report["max_abs_logit_diff"] <= limit)
+def _numbers(prefix: str, value: Any) -> dict[str, float]:
+    """The report's numeric leaves as flat ``deploy/a/b`` metrics (lists of benchmark rows by form and batch)."""
+    if isinstance(value, bool) or value is None:
+        return {}
+    if isinstance(value, (int, float)):
+        return {prefix: float(value)}
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _numbers(f"{prefix}/{key}", item).items()}
+    if isinstance(value, list) and all(isinstance(r, dict) and "form" in r for r in value):
+        return {k: v for r in value for k, v in _numbers(f"{prefix}/{r['form']}/batch{r.get('batch_size')}", r).items()}
+    return {}
+
+
+def _log_report(report: dict[str, Any], cfg: DictConfig) -> None:
+    """Send the report to the loggers of ``logger=...`` (none by default)."""
+    from ..training import instantiate_group
+
+    loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:
+        return
+    numbers = {k: v for key in ("accuracy", "correct", "disagreements", "max_abs_logit_diff", "speedup",
+                                "speedup_vs_plain_vgg", "benchmark", "exports")
+               for k, v in _numbers(f"deploy/{key}", report.get(key)).items()}
+    for logger in loggers:
+        logger.log_hyperparams({"checkpoint": report["checkpoint"], "dataset": report["dataset"],
+                                "model": report["model"], "tolerance": report["tolerance"]})
+        logger.log_metrics(numbers, step=0)
+        logger.finalize("success")

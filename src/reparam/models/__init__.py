@@ -1,18 +1,32 @@
-"""Model families. ``build_model`` is the single way a network is rebuilt from its spec."""
+"""Model families. ``build_model`` is the single way a network is rebuilt from its spec, ``fuse_model`` the single
+way it is fused."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import torch
 from torch import nn
 
+from ..autofuse import auto_fuse
+from ..convert import reparameterize_model
 from .custom import build_custom
 from .repvgg import VARIANTS, RepVGG, RepVGGSpec, build_repvgg
 
-__all__ = ["VARIANTS", "RepVGG", "RepVGGSpec", "build_model", "is_custom"]
+__all__ = ["VARIANTS", "RepVGG", "RepVGGSpec", "build_model", "fuse_model", "input_size", "is_custom"]
+
+DEFAULT_INPUT_SIZE = (3, 32, 32)
 
 
 def is_custom(spec: Mapping | RepVGGSpec) -> bool:
     """A spec of ``model=custom``: any nn.Module, fused by ``auto_fuse`` rather than by its blocks."""
     return isinstance(spec, Mapping) and spec.get("arch") == "custom"
+
+
+def input_size(spec: Mapping | RepVGGSpec) -> tuple[int, ...]:
+    """(channels, height, width) of one input image, as the spec records it."""
+    if isinstance(spec, Mapping) and spec.get("input_size"):
+        return tuple(int(v) for v in spec["input_size"])
+    channels = spec.in_channels if isinstance(spec, RepVGGSpec) else int(spec.get("in_channels", 3))
+    return (channels, *DEFAULT_INPUT_SIZE[1:])
 
 
 def build_model(spec: Mapping | RepVGGSpec, deploy: bool = False) -> nn.Module:
@@ -26,3 +40,19 @@ def build_model(spec: Mapping | RepVGGSpec, deploy: bool = False) -> nn.Module:
             raise ValueError("a custom model's fused form is built by reparam.auto_fuse, not by deploy=True")
         return build_custom(spec)
     return build_repvgg(spec, deploy=deploy)
+
+
+def fuse_model(spec: Mapping | RepVGGSpec, model: nn.Module, example_inputs: torch.Tensor | Sequence | None = None,
+               ) -> nn.Module:
+    """The fused copy of ``model`` (eval mode): its blocks' own fusion, or ``auto_fuse`` for a custom network.
+
+    ``auto_fuse`` traces with ``example_inputs`` (default: zeros of the spec's input size); the callers verify.
+    """
+    if not is_custom(spec):
+        return reparameterize_model(model)
+    if example_inputs is None:
+        param = next(model.parameters(), None)
+        example_inputs = torch.zeros(1, *input_size(spec), dtype=param.dtype if param is not None else None,
+                                     device=param.device if param is not None else None)
+    fused, _ = auto_fuse(model, example_inputs, verify=False)
+    return fused

@@ -19,6 +19,8 @@ def build_custom(spec: Mapping) -> nn.Module:
     net = spec.get("net")
     if not isinstance(net, Mapping) or not net.get("_target_"):
         raise ValueError("model=custom needs model.net._target_=<module.Class> (any nn.Module) and its arguments")
+    if not isinstance(spec.get("num_classes"), int) or spec["num_classes"] < 2:
+        raise ValueError(f"model=custom needs model.num_classes >= 2, got {spec.get('num_classes')}")
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
