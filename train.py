@@ -1,4 +1,4 @@
-"""Train a RepVGG-style network, fuse it at the end, and print a summary.
+"""Train a multi-branch network, fuse it at the end, and print a summary (also installed as ``reparam-train``).
 
     python train.py                                  # RepVGG-A0 on CIFAR-10 (data in ./data)
     python train.py experiment=demo                  # offline demo on embedded digits
@@ -8,17 +8,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from reparam.cli import guarded
-from reparam.report import print_train_summary
-from reparam.training import optimized_metric, train
+from reparam.entrypoints import train_task
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-@guarded
 def main(cfg: DictConfig) -> float | None:
-    summary = train(cfg)
-    print_train_summary(summary)
-    return optimized_metric(cfg, summary)  # what a Hydra sweeper (e.g. Optuna) maximizes
+    return train_task(cfg)
 
 
 if __name__ == "__main__":

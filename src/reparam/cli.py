@@ -1,4 +1,10 @@
-"""The one place user errors become one clear line and a non-zero exit, for both entry points."""
+"""The one place user errors become one clear line and a non-zero exit, for both entry points.
+
+A single run exits at once (2 for a user error, 143 after SIGTERM). Inside a ``-m`` sweep the error instead ends only
+its own job: the line is printed, the job's ``summary.json`` says ``failed``, and :class:`JobFailed` tells Hydra the job
+failed, so the sweep (and sweepers such as Optuna, with their ``max_failure_rate``) goes on; the sweep summary ends
+the process non-zero once every job has run.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +18,11 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from .blocks import FormMismatchError
 from .convert import EquivalenceError
-from .errors import UserError
+from .errors import EXIT_USER_ERROR, UserError
 
-__all__ = ["guarded", "find_user_error", "EXIT_USER_ERROR"]
+__all__ = ["guarded", "find_user_error", "JobFailed", "EXIT_USER_ERROR", "FAILED_SUMMARY"]
 
-EXIT_USER_ERROR = 2
+FAILED_SUMMARY = "summary.json"
 USER_ERRORS = (UserError, FormMismatchError, EquivalenceError, MisconfigurationException)
 T = TypeVar("T")
 
@@ -41,10 +47,26 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
-def guarded(main: Callable[..., T]) -> Callable[..., T]:
-    """Run ``main``; print a user error as ``error: ...`` on stderr and exit 2, without a traceback.
+class JobFailed(Exception):
+    """One job of a ``-m`` sweep failed with a user error (already printed); Hydra records it as FAILED."""
 
-    Set ``REPARAM_DEBUG=1`` to get the full traceback instead. Bugs (anything else) keep theirs.
+
+def _multirun_output_dir() -> str | None:
+    """This job's directory when running inside a Hydra multirun, else ``None``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    config = HydraConfig.get()
+    return config.runtime.output_dir if config.mode == RunMode.MULTIRUN else None
+
+
+def guarded(main: Callable[..., T]) -> Callable[..., T]:
+    """Run ``main``; print a user error as ``error: ...`` on stderr and exit with its code, without a traceback.
+
+    In a multirun the job fails instead of the process (see the module docstring). Set ``REPARAM_DEBUG=1`` to get the
+    full traceback. Bugs (anything else) keep theirs.
     """
 
     @functools.wraps(main)
@@ -55,7 +77,16 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             user_error = find_user_error(err)
             if user_error is None or os.environ.get("REPARAM_DEBUG"):
                 raise
-            print(f"error: {_one_line(user_error)}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_USER_ERROR)
+            line = _one_line(user_error)
+            print(f"error: {line}", file=sys.stderr, flush=True)
+            job_dir = _multirun_output_dir()
+            if job_dir is None:
+                sys.exit(getattr(user_error, "exit_code", EXIT_USER_ERROR))
+            from pathlib import Path
+
+            from .artifact import atomic_write_json
+
+            atomic_write_json(Path(job_dir) / FAILED_SUMMARY, {"status": "failed", "error": line, "run_dir": job_dir})
+            raise JobFailed(line) from None
 
     return wrapper

@@ -5,11 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["UserError", "DataNotFoundError", "reraise_as_user_error"]
+__all__ = ["UserError", "DataNotFoundError", "Preempted", "reraise_as_user_error", "EXIT_USER_ERROR", "EXIT_SIGTERM"]
+
+EXIT_USER_ERROR = 2
+EXIT_SIGTERM = 143  # 128 + SIGTERM: what schedulers (SLURM) and Lightning expect from a terminated job
 
 
 class UserError(Exception):
     """A mistake in the input (config, path, file) rather than a bug; shown without a traceback."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class Preempted(UserError):
+    """The run received SIGTERM (preemption, scancel, timeout); checkpoints allow resuming."""
+
+    exit_code = EXIT_SIGTERM
 
 
 class DataNotFoundError(UserError):

@@ -14,10 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from .artifact import atomic_write_json, update_fused_metrics
 from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback
 from .checkpoint import read_checkpoint
-from .errors import UserError, reraise_as_user_error
+from .errors import Preempted, UserError, reraise_as_user_error
 from .module import ClassifierModule
 
-__all__ = ["train", "build_components", "optimized_metric", "SUMMARY_FILE", "SUMMARY_METRICS"]
+__all__ = ["train", "build_components", "instantiate_group", "optimized_metric", "SUMMARY_FILE", "SUMMARY_METRICS"]
 
 SUMMARY_FILE = "summary.json"
 # the numbers in a training summary that a sweep may rank by, and which way is better
@@ -25,7 +25,8 @@ SUMMARY_METRICS = {"best_val_acc": "max", "test_acc": "max", "fusion_argmax_agre
                    "fusion_fp32_max_abs_diff": "min", "fusion_fp64_max_abs_diff": "min"}
 
 
-def _instantiate_group(group: DictConfig | None) -> list[Any]:
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Every ``_target_`` node of a config group such as ``logger`` or ``callbacks``, instantiated."""
     if not group:
         return []
     return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
@@ -43,8 +44,8 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             **OmegaConf.to_container(cfg.module, resolve=True),
         )
-    loggers = _instantiate_group(cfg.get("logger"))
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     with reraise_as_user_error("trainer config", ValueError, TypeError):
@@ -71,10 +72,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build_components(cfg)
+    if trainer.loggers:  # the whole resolved config, not only the module's hyperparameters
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config.pop("hydra", None)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
-    except SIGTERMException as err:  # a SystemExit with code 0: a scheduler would think the run finished
-        raise UserError(
+    except SIGTERMException as err:  # a SystemExit with code 0: a scheduler would think the run finished; exit 143
+        raise Preempted(
             f"training stopped by SIGTERM at epoch {trainer.current_epoch}, global step {trainer.global_step}; "
             f"no fused model was written. Resume with ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'} "
             f"or auto_resume=true hydra.run.dir={cfg.paths.output_dir}"
@@ -83,6 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = trainer.checkpoint_callback
     best_path = getattr(checkpoint, "best_model_path", "") or ""
     summary: dict[str, Any] = {
+        "status": "completed",
         "run_dir": str(cfg.paths.output_dir),
         "epochs": trainer.current_epoch,
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None,
@@ -107,7 +114,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # what a sweep summary (reparam.sweep) and other tools read back
         atomic_write_json(Path(cfg.paths.output_dir) / SUMMARY_FILE, summary)
     summary["is_global_zero"] = trainer.is_global_zero
+    _close_loggers(trainer)
     return summary
+
+
+def _close_loggers(trainer: L.Trainer) -> None:
+    """Lightning leaves a wandb run open (for reuse in the same script): finish it so an offline run is complete
+    on disk (``wandb sync`` needs that) and a sweep's next job starts a run of its own."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            logger.experiment.finish()
 
 
 def _check_optimized_metric(cfg: DictConfig) -> str | None:

@@ -57,3 +57,9 @@ def test_every_experiment_runs_under_fast_dev_run(experiment: str, cifar_root: P
     assert Path(summary["fused_dir"], "model.safetensors").is_file()
     assert summary["fusion_argmax_agreement"] == 1.0
     assert summary["test_acc"] is not None
+
+
+def test_default_sweeper_tolerates_failures_and_another_can_be_chosen(tmp_path: Path) -> None:
+    assert compose_config("train", [], run_dir=tmp_path).hydra.sweeper._target_.endswith("FailTolerantSweeper")
+    chosen = compose_config("train", ["hydra/sweeper=basic"], run_dir=tmp_path).hydra.sweeper._target_
+    assert chosen == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"

@@ -78,3 +78,22 @@ def test_multirun_sweep_ends_with_a_summary_of_every_run(cifar_root: Path, tmp_p
     scores = [run["summary"]["best_val_acc"] for run in report["runs"]]
     assert all(isinstance(v, float) for v in scores) and scores == sorted(scores, reverse=True)
     assert "sweep of 2 runs" in proc.stdout and str(sweep / "sweep_summary.json") in proc.stdout
+
+
+def test_sweep_survives_a_diverging_job(cifar_root: Path, tmp_path: Path, run_env) -> None:
+    """A user error ends only its own job: the other job runs, the table lists both, the exit code says so."""
+    sweep = tmp_path / "sweep"
+    proc = run_entry("train.py", ["-m", *TINY, f"paths.data_dir={cifar_root}", "optimizer.lr=1e8,0.1",
+                                  f"hydra.sweep.dir={sweep}"], run_env, timeout=400)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: training diverged" in proc.stderr
+    assert "error: 1 of 2 sweep jobs failed (job 0: training diverged" in proc.stderr
+    report = json.loads((sweep / "sweep_summary.json").read_text())
+    by_job = {run["job"]: run for run in report["runs"]}
+    assert report["failed"] == 1 and by_job[0]["status"] == "FAILED" and "training diverged" in by_job[0]["error"]
+    assert by_job[1]["status"] == "COMPLETED" and (sweep / "1" / "fused" / "model.safetensors").is_file()
+    failed = json.loads((sweep / "0" / "summary.json").read_text())
+    assert failed["status"] == "failed" and failed["error"].startswith("training diverged")
+    assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "completed"
+    assert "FAILED: training diverged" in proc.stdout.replace("\n", " ") or "FAILED" in proc.stdout

@@ -2,11 +2,12 @@
 
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import InjectNaN, ROOT, compose_config, run_entry
+from helpers import TINY_SPEC, InjectNaN, ROOT, compose_config, run_entry
 from safetensors.torch import load_file
 
 from reparam.artifact import read_fused_artifact, write_fused_artifact
@@ -46,7 +47,8 @@ def test_killed_run_resumes_to_the_same_fused_model(signal_name, uninterrupted, 
     killed = run_entry("train.py", [*args, "+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.step=6",
                                     f"+callbacks.kill.signal={signal_name}"], run_env)
     assert killed.returncode != 0
-    if signal_name == "SIGTERM":
+    if signal_name == "SIGTERM":  # 128 + 15, what SLURM and Lightning expect of a terminated job (not 2, not 0)
+        assert killed.returncode == 143, killed.stderr[-2000:]
         assert "error: training stopped by SIGTERM at epoch 1, global step 6" in killed.stderr
         assert "Traceback" not in killed.stderr
     assert not (tmp_path / "fused").exists()
@@ -68,13 +70,13 @@ def test_nan_loss_stops_training_with_the_step_and_writes_nothing(cifar_root, tm
     cfg = compose_config("train", [*RUN, f"paths.data_dir={cifar_root}"], run_dir=tmp_path)
     from reparam import training
 
-    original = training._instantiate_group
-    training._instantiate_group = lambda group: original(group) + ([InjectNaN(step=5)] if group is cfg.callbacks else [])
+    original = training.instantiate_group
+    training.instantiate_group = lambda group: original(group) + ([InjectNaN(step=5)] if group is cfg.callbacks else [])
     try:
         with pytest.raises(DivergenceError, match=r"loss became nan at epoch 1, batch 1 \(global step 5\)"):
             train(cfg)
     finally:
-        training._instantiate_group = original
+        training.instantiate_group = original
     assert not (tmp_path / "fused").exists()
 
 
@@ -105,15 +107,15 @@ def test_crash_while_writing_leaves_the_previous_artifact_or_none(tmp_path, monk
 def test_callback_refuses_an_artifact_that_fails_verification(cifar_root, tmp_path, monkeypatch) -> None:
     from reparam import callbacks
 
-    real = callbacks.reparameterize_model
+    real = callbacks.fuse_model
 
-    def broken(model, inplace=False):  # a fusion bug: the fused head is off by one
-        fused = real(model)
+    def broken(spec, model, example_inputs=None):  # a fusion bug: the fused head is off by one
+        fused = real(spec, model, example_inputs)
         with torch.no_grad():
             fused.head.bias.add_(1.0)
         return fused
 
-    monkeypatch.setattr(callbacks, "reparameterize_model", broken)
+    monkeypatch.setattr(callbacks, "fuse_model", broken)
     from reparam.convert import EquivalenceError
 
     with pytest.raises(EquivalenceError, match="fused model differs"):
@@ -145,3 +147,22 @@ def test_corrupt_cifar_file_from_the_command_line(cifar_root, tmp_path, run_env)
     proc = run_entry("train.py", [*RUN, f"paths.data_dir={data}", f"hydra.run.dir={tmp_path / 'run'}"], run_env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "data_batch_2 is not a readable CIFAR pickle" in proc.stderr
+
+
+def test_results_follow_the_umask(tmp_path) -> None:
+    """Atomic writes use mkstemp/mkdtemp (0600/0700); the results must still be readable as the umask allows."""
+    from reparam.artifact import atomic_write_json, write_fused_artifact
+    from reparam.models import build_model
+
+    old = os.umask(0o022)
+    try:
+        report = atomic_write_json(tmp_path / "report.json", {"a": 1})
+        fused = write_fused_artifact(tmp_path / "fused", build_model(TINY_SPEC, deploy=True), {"model": TINY_SPEC}, {})
+        os.umask(0o027)
+        private = atomic_write_json(tmp_path / "team.json", {"b": 2})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(report.stat().st_mode) == 0o644
+    assert stat.S_IMODE(fused.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in fused.iterdir())
+    assert stat.S_IMODE(private.stat().st_mode) == 0o640

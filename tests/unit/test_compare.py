@@ -40,3 +40,52 @@ def test_non_finite_output_never_passes() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="shapes differ"):
         compare(torch.ones(2, 3), torch.ones(3, 2))
+
+
+def test_strict_fp32_turns_tf32_off_and_restores_it() -> None:
+    from reparam.compare import strict_fp32, tf32_enabled
+
+    conv = torch.backends.cudnn.conv
+    saved = conv.fp32_precision
+    conv.fp32_precision = "tf32"  # cuDNN's default on Ampere and later
+    try:
+        assert tf32_enabled()
+        with strict_fp32():
+            assert not tf32_enabled() and conv.fp32_precision == "ieee"
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert tf32_enabled() and conv.fp32_precision == "tf32"
+        with pytest.raises(RuntimeError), strict_fp32():
+            raise RuntimeError("restored even on error")
+        assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision = saved
+
+
+def test_deploy_compares_the_forms_in_strict_fp32(monkeypatch, tmp_path) -> None:
+    """deploy's equivalence check runs with TF32 off whatever the process allows; its report says so."""
+    from reparam.compare import tf32_enabled
+    from reparam.deploy import run as deploy_run
+
+    seen = []
+    real = deploy_run.evaluate_forms
+
+    def spy(*args, **kwargs):
+        seen.append(tf32_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deploy_run, "evaluate_forms", spy)
+    from helpers import compose_config
+
+    from reparam.training import train
+
+    summary = train(compose_config("train", ["experiment=demo", "debug=fast_dev_run"], run_dir=tmp_path / "t"))
+    conv = torch.backends.cudnn.conv
+    saved, conv.fp32_precision = conv.fp32_precision, "tf32"
+    try:
+        report = deploy_run.deploy(compose_config("deploy", [
+            f"ckpt={summary['fused_dir']}", "benchmark.enabled=false", "export.onnx=false", "export.torch_export=false"],
+            run_dir=tmp_path / "d"))
+        assert tf32_enabled()  # restored for the benchmarks, which may use TF32 (and say so)
+    finally:
+        conv.fp32_precision = saved
+    assert seen == [False] and report["comparison_precision"] == "float32, TF32 off"

@@ -58,12 +58,17 @@ class EpochSeededSampler(Sampler[int]):
         return iter(order.tolist())
 
 
+# held-out validation images when data.val_size is not given (a run that recorded no data config, say)
+DEFAULT_VAL_SIZE: dict[str, int | float] = {"cifar10": 5000, "cifar100": 5000, "digits": 0.1}
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train/val/test splits of a small-image dataset with the standard CIFAR augmentation.
 
     ``num_classes``: what the model was configured for; checked against the dataset in ``setup``.
     ``val_size``: images held out of the official train split for validation (an int), or a fraction
-    (a float < 1); the split is drawn with ``split_seed``, independent of the training seed.
+    (a float < 1), or None for the dataset's default (5000 for CIFAR, 10% of digits); the split is drawn with
+    ``split_seed``, independent of the training seed.
     ``hflip``: mirror half the training images (right for CIFAR; wrong for digits or text).
     ``pipeline='standard'`` uses DataLoader workers and torchvision transforms (any transform works);
     ``pipeline='fast'`` keeps uint8 tensors on the training device and augments whole batches.
@@ -78,7 +83,7 @@ class ImageDataModule(L.LightningDataModule):
         download: bool = False,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
-        val_size: int | float = 5000,
+        val_size: int | float | None = None,
         split_seed: int = 0,
         augment: bool = True,
         crop_padding: int = 4,
@@ -90,7 +95,8 @@ class ImageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if dataset not in SOURCES:
-            raise UserError(f"unknown dataset '{dataset}'; choose data=cifar10, cifar100 or digits")
+            raise UserError(f"unknown dataset '{dataset}'; choose cifar10, cifar100 or digits "
+                            "(train.py: data=cifar10; deploy.py: data.dataset=cifar10)")
         if pipeline not in ("standard", "fast"):
             raise UserError(f"data.pipeline must be 'standard' or 'fast', got '{pipeline}'")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -140,9 +146,10 @@ class ImageDataModule(L.LightningDataModule):
                 "remove the override or fix it"
             )
         n = len(arrays.train_labels)
-        n_val = int(round(hp.val_size * n)) if isinstance(hp.val_size, float) and hp.val_size < 1 else int(hp.val_size)
+        val_size = DEFAULT_VAL_SIZE.get(hp.dataset, 0.1) if hp.val_size is None else hp.val_size
+        n_val = int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
         if not 0 <= n_val < n:
-            raise UserError(f"data.val_size={hp.val_size} leaves no training images out of {n}; use a smaller value")
+            raise UserError(f"data.val_size={val_size} leaves no training images out of {n}; use a smaller value")
         order = np.random.default_rng(hp.split_seed).permutation(n)
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         self._splits = {

@@ -208,7 +208,8 @@ def load_source(name: str, data_dir: str | Path, download: bool = False) -> Imag
     if name == "digits":
         return load_digits32()
     if name not in CIFAR:
-        raise UserError(f"unknown dataset '{name}'; choose one of {list(SOURCES)} (data=cifar10|cifar100|digits)")
+        raise UserError(f"unknown dataset '{name}'; choose one of {list(SOURCES)} "
+                        "(train.py: data=cifar10; deploy.py: data.dataset=cifar10)")
     if download:
         download_cifar(data_dir, name)
     return read_cifar(data_dir, name)

@@ -1,0 +1,64 @@
+"""What ``train.py`` / ``deploy.py`` run, and the console commands ``reparam-train`` / ``reparam-deploy``.
+
+The console commands read the Hydra configs of the checkout reparam was installed from (``pip install -e .``), or
+``$REPARAM_CONFIG_DIR``, or ``./configs``; every override works as with the scripts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from .cli import guarded
+
+__all__ = ["train_task", "deploy_task", "train_main", "deploy_main", "config_dir"]
+
+
+@guarded
+def train_task(cfg: DictConfig) -> float | None:
+    from .report import print_train_summary
+    from .training import optimized_metric, train
+
+    summary = train(cfg)
+    print_train_summary(summary)
+    return optimized_metric(cfg, summary)  # what a Hydra sweeper (e.g. Optuna) optimizes
+
+
+@guarded
+def deploy_task(cfg: DictConfig) -> None:
+    from .deploy import deploy
+    from .deploy.report import print_deploy_summary
+
+    print_deploy_summary(deploy(cfg))
+
+
+def config_dir() -> Path:
+    """``$REPARAM_CONFIG_DIR``, else ``./configs``, else the ``configs/`` of the checkout this package lives in."""
+    candidates = [Path(os.environ["REPARAM_CONFIG_DIR"])] if os.environ.get("REPARAM_CONFIG_DIR") else []
+    candidates += [Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"]
+    for candidate in candidates:
+        if (candidate / "train.yaml").is_file():
+            return candidate.resolve()
+    print("error: no reparam configs found (looked in $REPARAM_CONFIG_DIR, ./configs and the checkout reparam was "
+          "installed from); run from a clone of reparam or set REPARAM_CONFIG_DIR=/path/to/reparam/configs",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def _run(task, config_name: str) -> None:  # noqa: ANN001
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)()
+
+
+def train_main() -> None:
+    """``reparam-train [overrides]``: the same as ``python train.py [overrides]``."""
+    _run(train_task, "train")
+
+
+def deploy_main() -> None:
+    """``reparam-deploy ckpt=... [overrides]``: the same as ``python deploy.py ckpt=... [overrides]``."""
+    _run(deploy_task, "deploy")
