@@ -3,7 +3,8 @@
     python benchmarks/zoo.py [--rounds 3] [--train-steps 3] [--batch 32] [--kinds repvgg dbb ...] [--no-timm]
 
 Part 1, one row per block kind: train-form and fused params, training images/s (SGD steps, forward + backward),
-fused inference images/s, conversion time. The kinds are timed round-robin (every kind once per round, several
+fused inference images/s (BN statistics measured on the inputs first, so every kind runs on realistic values),
+conversion time. The kinds are timed round-robin (every kind once per round, several
 rounds) so a noisy shared machine slows them alike; each speed is the median over rounds, and each kind's ratio
 to repvgg is given with its min..max over rounds.
 
@@ -62,7 +63,9 @@ def zoo_table(kinds: list[str], rounds: int, steps: int, batch: int) -> None:
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     models, fused, optimizers, convert_ms = {}, {}, {}, {}
     for kind in kinds:
-        models[kind] = build_model({"variant": "A0", "block": kind}).train()
+        # BN statistics measured on the inputs: random-init weights alone drive 22 layers of activations toward
+        # denormal floats, which CPUs process many times slower, and each kind would be timed on different values
+        models[kind] = calibrate_bn(build_model({"variant": "A0", "block": kind}), x).train()
         optimizers[kind] = torch.optim.SGD(models[kind].parameters(), lr=1e-3, momentum=0.9)
         train_ips(models[kind], optimizers[kind], x, y, 1)  # warm-up
         timer = tbench.Timer("f(m)", globals={"f": reparameterize_model, "m": models[kind].eval()})
