@@ -43,6 +43,9 @@ SUGGESTED = {
     "model.widths": [("train", "model.widths=[8,8,16,16,32]")],
     "model.depths": [("train", "model.depths=[1,1,1,1,1]")],
     "model.net._target_": [("train", "model=custom model.net._target_=reparam.models.examples.AsymmetricNet")],
+    "quantize": [("deploy", "quantize=int8")],
+    "quantize.method": [("deploy", "quantize=int8 quantize.method=percentile")],
+    "quantize.max_drop": [("deploy", "quantize=int8 quantize.max_drop=2.0")],
 }
 CONFIG_KEYS = {"trainer", "data", "experiment", "ckpt_path", "auto_resume", "hydra", "ckpt", "device", "optimizer",
                "scheduler", "optimized_metric", "callbacks", "model", "logger", "benchmark", "export", "tolerance",

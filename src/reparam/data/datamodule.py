@@ -164,6 +164,16 @@ class ImageDataModule(L.LightningDataModule):
         self.std = [float(v) for v in train_images.reshape(-1, 3).std(0) / 255.0]
         self.arrays = arrays
 
+    def calibration_images(self, count: int, seed: int = 0) -> torch.Tensor:
+        """``count`` training-split images, normalized like every batch but not augmented, drawn with ``seed``:
+        what post-training quantization calibrates its activation ranges on."""
+        self._require_setup()
+        images = self._splits["train"][0]
+        idx = np.sort(np.random.default_rng(seed).permutation(len(images))[: max(int(count), 1)])
+        x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255.0
+        mean, std = torch.tensor(self.mean).reshape(1, 3, 1, 1), torch.tensor(self.std).reshape(1, 3, 1, 1)
+        return (x - mean) / std
+
     def split_sizes(self) -> dict[str, int]:
         return {k: len(v[1]) for k, v in self._splits.items()}
 

@@ -52,6 +52,11 @@ def plot_benchmark(benchmark: list[dict], path: str | Path) -> Path | None:
     return path
 
 
+def _ratio(r: dict) -> str:
+    spread = f"{r['min']:.2f}..{r['max']:.2f}"
+    return f"{r['median']:.2f}x ({spread})" if r["measurable"] else f"no measurable difference ({spread})"
+
+
 def print_deploy_summary(report: dict) -> None:
     acc, correct = report["accuracy"], report["correct"]
     table = Table(title=f"reparam deploy: {report['checkpoint']}", title_justify="left")
@@ -73,12 +78,23 @@ def print_deploy_summary(report: dict) -> None:
             bench.add_column(col, justify="right")
         for r in report["benchmark"]:
             peak = r.get("peak_memory_mb")
+            params, flops = r.get("params"), r.get("flops_per_image")
             bench.add_row(r["form"], str(r["batch_size"]), f"{r['latency_ms_median']:.3f}", f"{r['latency_ms_iqr']:.3f}",
-                          f"{r['throughput_ips']:.0f}", f"{r['params'] / 1e6:.2f}M", f"{r['flops_per_image'] / 1e6:.1f}",
-                          "-" if peak is None else f"{peak:.0f}")
+                          f"{r['throughput_ips']:.0f}", "-" if params is None else f"{params / 1e6:.2f}M",
+                          "-" if flops is None else f"{flops / 1e6:.1f}", "-" if peak is None else f"{peak:.0f}")
         console.print(bench)
-        if report.get("speedup"):
-            console.print("speedup fused / train form: " + ", ".join(f"batch {bs}: {s:.2f}x" for bs, s in report["speedup"].items()))
+        if report.get("speedup_spread"):
+            console.print("fused / train form (median over rounds, min..max): "
+                          + ", ".join(f"batch {bs}: {_ratio(r)}" for bs, r in report["speedup_spread"].items()))
+    int8 = report.get("int8")
+    if int8:
+        console.print(f"INT8 ({int8['method']}, {int8['calibration_images']} calibration images, reduce_range="
+                      f"{int8['reduce_range']}): accuracy {pct(int8['accuracy'])} vs fp32 {pct(int8['fp32_accuracy'])} "
+                      f"(drop {int8['accuracy_drop']:.2f} points), {int8['disagreements_vs_fp32']} predictions differ; "
+                      f"{int8['model_path']}")
+        if int8.get("speedup_vs_fp32"):
+            console.print("INT8 (ONNX Runtime) / fused fp32 (torch eager): "
+                          + ", ".join(f"batch {bs}: {_ratio(r)}" for bs, r in int8["speedup_vs_fp32"].items()))
     for fmt, exp in report.get("exports", {}).items():
         extra = f", {exp['latency_ms_median']:.2f} ms/batch of {exp['batch_size']} in onnxruntime" if exp.get("latency_ms_median") else ""
         console.print(f"export {fmt}: {exp['path']} (max |diff| {exp['max_abs_diff']:.1e}{extra})")

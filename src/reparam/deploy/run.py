@@ -6,16 +6,18 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import ImageDataModule
 from ..compare import Tolerance, strict_fp32, tf32_enabled
 from ..errors import UserError, reraise_as_user_error
 from ..models import RepVGG
-from .benchmark import benchmark_forms, resolve_device, speedups
+from .benchmark import benchmark_forms, ratios, resolve_device, speedups
 from .evaluate import evaluate_forms
 from .export import export_onnx, export_program
 from .load import Loaded, load_for_deploy, plain_vgg_like
+from .quantize import OrtModel, quantize_int8
 from .report import plot_benchmark, write_report
 
 __all__ = ["deploy", "build_datamodule"]
@@ -74,28 +76,48 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
         "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol},
     }
 
+    exports = {}
+    example = next(iter(dm.test_dataloader()))[0][: cfg.export.check_batch_size]
+    quantize = cfg.get("quantize") or {}
+    if cfg.export.onnx or quantize.get("mode"):
+        exports["onnx"] = export_onnx(loaded.fused, example, out_dir / "model.onnx", opset=cfg.export.opset)
+    if cfg.export.torch_export:
+        exports["torch_export"] = export_program(loaded.fused, example, out_dir / "model.pt2")
+    report["exports"] = {fmt: r.to_dict() for fmt, r in exports.items()}
+
+    runtimes = {}
+    onnx_ok = "onnx" in exports and exports["onnx"].ok
+    if onnx_ok and cfg.benchmark.get("onnxruntime", True):
+        runtimes["onnxruntime_fp32"] = OrtModel(exports["onnx"].path, cfg.benchmark.threads)
+    if quantize.get("mode") == "int8":
+        if not onnx_ok:
+            raise UserError("quantize=int8 needs the fp32 ONNX export, which failed its parity check; see the report")
+        runtimes["onnxruntime_int8"] = _quantize(loaded, dm, exports["onnx"].path, quantize, out_dir, report, cfg)
+
     bench_cfg = cfg.benchmark
     results = []
     if bench_cfg.enabled:
         bench_forms = dict(forms)
         if isinstance(loaded.fused, RepVGG):  # a custom network has no plain-VGG counterpart
             bench_forms["plain_vgg"] = plain_vgg_like(loaded.fused)
+        bench_forms.update(runtimes)
         with reraise_as_user_error("benchmark", ValueError, KeyError):
             results = benchmark_forms(
                 bench_forms, list(bench_cfg.batch_sizes), device, bench_cfg.dtype, bench_cfg.channels_last,
                 bench_cfg.compile, bench_cfg.threads, bench_cfg.min_run_time, dm.deploy_info()["size"],
+                rounds=int(bench_cfg.get("rounds", 3)),
             )
     report["benchmark"] = [r.to_dict() for r in results]
     report["speedup"] = {str(bs): s for bs, s in speedups(results).items()} if "train_form" in forms else {}
+    report["speedup_spread"] = {str(bs): r.to_dict() for bs, r in ratios(results, "fused", "train_form").items()}
     report["speedup_vs_plain_vgg"] = {str(bs): s for bs, s in speedups(results, "fused", "plain_vgg").items()}
-
-    exports = {}
-    example = next(iter(dm.test_dataloader()))[0][: cfg.export.check_batch_size]
-    if cfg.export.onnx:
-        exports["onnx"] = export_onnx(loaded.fused, example, out_dir / "model.onnx", opset=cfg.export.opset)
-    if cfg.export.torch_export:
-        exports["torch_export"] = export_program(loaded.fused, example, out_dir / "model.pt2")
-    report["exports"] = {fmt: r.to_dict() for fmt, r in exports.items()}
+    if "int8" in report:
+        report["int8"]["throughput"] = {str(r.batch_size): r.throughput_ips for r in results
+                                        if r.form == "onnxruntime_int8"}
+        report["int8"]["speedup_vs_fp32"] = {str(bs): r.to_dict() for bs, r in
+                                             ratios(results, "onnxruntime_int8", "fused").items()}
+        report["int8"]["speedup_vs_onnxruntime_fp32"] = {
+            str(bs): r.to_dict() for bs, r in ratios(results, "onnxruntime_int8", "onnxruntime_fp32").items()}
 
     report["plot_path"] = str(plot_benchmark(report["benchmark"], out_dir / "plot.png")) if results else None
     report["report_path"] = str(out_dir / "report.json")
@@ -105,6 +127,7 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
     _log_report(report, cfg)
 
     failed_exports = [fmt for fmt, r in exports.items() if not r.ok]
+    int8 = report.get("int8")
     if report["equivalent"] is False:
         raise UserError(
             f"the fused model is NOT equivalent to the train form: correct {report['correct']['train_form']} vs "
@@ -113,7 +136,32 @@ def deploy(cfg: DictConfig) -> dict[str, Any]:
         )
     if failed_exports:
         raise UserError(f"export parity failed for {', '.join(failed_exports)}; see {report['report_path']}")
+    if int8 is not None and int8["accuracy_drop"] > int8["max_drop"]:
+        raise UserError(
+            f"INT8 accuracy dropped {int8['accuracy_drop']:.2f} points (fp32 {int8['fp32_accuracy']:.2%} -> INT8 "
+            f"{int8['accuracy']:.2%}), more than quantize.max_drop={int8['max_drop']}; train with model.block=qarepvgg, "
+            f"whose fused weights quantize well, or try quantize.method=percentile; see {report['report_path']}"
+        )
     return report
+
+
+def _quantize(loaded: Loaded, dm: ImageDataModule, fp32_onnx: str, quantize: DictConfig, out_dir: Path,
+              report: dict[str, Any], cfg: DictConfig) -> OrtModel:
+    """INT8 model of the fused form, evaluated on the whole test split against the fp32 fused model (CPU)."""
+    calibration = dm.calibration_images(int(quantize.calibration_images))
+    path = out_dir / "model.int8.onnx"
+    with reraise_as_user_error("quantize", ValueError):
+        settings = quantize_int8(fp32_onnx, path, calibration, str(quantize.method), quantize.reduce_range)
+    int8 = OrtModel(path, cfg.benchmark.threads)
+    evaluation = evaluate_forms({"fused": loaded.fused, "int8": int8}, dm.test_dataloader(), torch.device("cpu"))
+    fp32_acc, int8_acc = evaluation.accuracy["fused"], evaluation.accuracy["int8"]
+    report["int8"] = {
+        "accuracy": int8_acc, "fp32_accuracy": fp32_acc, "accuracy_drop": (fp32_acc - int8_acc) * 100,
+        "correct": evaluation.correct["int8"], "disagreements_vs_fp32": evaluation.comparison.disagreements,
+        "max_abs_logit_diff_vs_fp32": evaluation.comparison.max_abs_diff, "max_drop": float(quantize.max_drop),
+        "model_path": str(path), **settings,
+    }
+    return int8
 
 
 def _numbers(prefix: str, value: Any) -> dict[str, float]:

@@ -1,0 +1,112 @@
+"""Post-training static INT8 quantization of the fused model, with ONNX Runtime.
+
+The fused fp32 ONNX file is pre-processed (``quant_pre_process``: shape inference, graph optimization), then
+``quantize_static`` writes a QDQ model: per-channel int8 weights, uint8 activations whose ranges come from
+calibration images of the training split (``minmax``, ``entropy`` or ``percentile``). On x86 CPUs without VNNI
+instructions the u8 x s8 products can saturate in the 16-bit intermediate of AVX2 kernels, so ``reduce_range``
+(7-bit weights) is used there, as ONNX Runtime recommends; ``auto`` decides from the CPU flags.
+
+Why ONNX Runtime and not PT2E (torchao): ORT ships a tuned x86 INT8 kernel set and is already the deployment runtime
+of the exported file; PT2E's x86 path lowers through Inductor, which needs a C++ compiler at run time and was not
+measured here (docs/benchmarks.md says so).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["OrtModel", "quantize_int8", "cpu_has_vnni", "METHODS"]
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI (AVX512-VNNI or AVX-VNNI) int8 dot products; False where it cannot tell."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+class OrtModel:
+    """An ONNX Runtime session used like a model: ``model(x)`` takes and returns torch tensors (CPU)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (out,) = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})
+        return torch.from_numpy(out)
+
+    def eval(self) -> OrtModel:  # the nn.Module calls evaluation and benchmarking make
+        return self
+
+    def to(self, *args, **kwargs) -> OrtModel:  # noqa: ANN002, ANN003 - always CPU
+        return self
+
+
+def _calibration_reader(images: torch.Tensor, input_name: str, batch_size: int = 32):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rewind()
+
+        def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+            for start in range(0, len(images), batch_size):
+                yield {input_name: images[start:start + batch_size].float().contiguous().numpy()}
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.iterator, None)
+
+        def rewind(self) -> None:
+            self.iterator = self._batches()
+
+    return Reader()
+
+
+def quantize_int8(fp32_onnx: str | Path, path: str | Path, calibration: torch.Tensor, method: str = "minmax",
+                  reduce_range: bool | str = "auto") -> dict:
+    """Write a static INT8 (QDQ) model of ``fp32_onnx`` to ``path``, atomically; returns the settings used."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in METHODS:
+        raise ValueError(f"quantize.method must be one of {', '.join(METHODS)}, got '{method}'")
+    if reduce_range == "auto":
+        reduce_range = platform.machine().lower() in ("x86_64", "amd64") and not cpu_has_vnni()
+    path = Path(path)
+    pre = path.with_name(f".{path.stem}.pre-{os.getpid()}.onnx")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        input_name = OrtModel(pre).input_name
+        quantize_static(
+            str(pre), str(tmp), _calibration_reader(calibration, input_name), quant_format=QuantFormat.QDQ,
+            per_channel=True, reduce_range=bool(reduce_range), activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+        )
+        os.replace(tmp, path)
+    finally:
+        pre.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        for leftover in path.parent.glob("augmented_model*.onnx"):  # calibration's scratch model
+            leftover.unlink(missing_ok=True)
+    return {"method": method, "calibration_images": len(calibration), "per_channel": True,
+            "reduce_range": bool(reduce_range), "format": "QDQ, uint8 activations, int8 weights"}
