@@ -33,30 +33,29 @@ class Loaded:
     chosen_because: str = "given on the command line"  # why these weights, when a run directory was given
 
 
+def _recorded(path: Path, key: str) -> str | None:
+    """``key`` of the JSON object in ``path``; None when the file is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text()).get(key)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _weights_in_run(directory: Path) -> tuple[Path | None, str]:
     """The weights of a run directory that ``fused/`` was built from, so deploy and the artifact agree.
 
     ``fused/config.json`` names its source checkpoint (the best one by default); without a fused folder the best
     checkpoint of ``summary.json``, then ``last.ckpt``. ``(None, why)`` means: use ``fused/`` itself.
     """
-    fused_config = directory / "fused" / CONFIG
-    if fused_config.is_file():
-        try:
-            source = json.loads(fused_config.read_text()).get("source_checkpoint")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            source = None
-        if source and Path(source).is_file():
-            return Path(source), f"the checkpoint fused/ was built from ({Path(source).name})"
-        if source:
-            return None, f"fused/ was built from {source}, which is not a checkpoint file here: evaluating fused/"
-    summary = directory / "summary.json"
-    if summary.is_file():
-        try:
-            best = json.loads(summary.read_text()).get("best_checkpoint")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            best = None
-        if best and Path(best).is_file():
-            return Path(best), "the best checkpoint (summary.json)"
+    source = _recorded(directory / "fused" / CONFIG, "source_checkpoint")
+    if source and Path(source).is_file():
+        return Path(source), f"the checkpoint fused/ was built from ({Path(source).name})"
+    if source:
+        return None, f"fused/ was built from {source}, which is not a checkpoint file here: evaluating fused/"
+    best = _recorded(directory / "summary.json", "best_checkpoint")
+    if best and Path(best).is_file():
+        return Path(best), "the best checkpoint (summary.json)"
     for candidate in (directory / "last.ckpt", directory / "checkpoints" / "last.ckpt"):
         if candidate.is_file():
             return candidate, "last.ckpt (no fused/ or best checkpoint recorded)"
