@@ -20,9 +20,8 @@ from .blocks import FormMismatchError
 from .convert import EquivalenceError
 from .errors import EXIT_USER_ERROR, UserError
 
-__all__ = ["guarded", "find_user_error", "JobFailed", "EXIT_USER_ERROR", "FAILED_SUMMARY"]
+__all__ = ["guarded", "find_user_error", "JobFailed", "EXIT_USER_ERROR"]
 
-FAILED_SUMMARY = "summary.json"
 USER_ERRORS = (UserError, FormMismatchError, EquivalenceError, MisconfigurationException)
 T = TypeVar("T")
 
@@ -85,8 +84,9 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             from pathlib import Path
 
             from .artifact import atomic_write_json
+            from .training import SUMMARY_FILE
 
-            atomic_write_json(Path(job_dir) / FAILED_SUMMARY, {"status": "failed", "error": line, "run_dir": job_dir})
+            atomic_write_json(Path(job_dir) / SUMMARY_FILE, {"status": "failed", "error": line, "run_dir": job_dir})
             raise JobFailed(line) from None
 
     return wrapper

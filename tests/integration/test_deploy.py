@@ -46,8 +46,13 @@ def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: 
     assert on_disk["disagreements"] == 0 and on_disk["max_abs_logit_diff"] < 1e-4
     assert on_disk["equivalent"] is True
     forms = {(r["form"], r["batch_size"]) for r in on_disk["benchmark"]}
-    assert forms == {(f, b) for f in ("train_form", "fused", "plain_vgg") for b in (1, 4)}
+    # every runtime on one table: torch eager forms and the exported file in ONNX Runtime
+    assert forms == {(f, b) for f in ("train_form", "fused", "plain_vgg", "onnxruntime_fp32") for b in (1, 4)}
     assert set(on_disk["speedup"]) == {"1", "4"} and all(s > 0 for s in on_disk["speedup"].values())
+    spread = on_disk["speedup_spread"]["4"]
+    assert spread["min"] <= spread["median"] <= spread["max"] and isinstance(spread["measurable"], bool)
+    ort_row = next(r for r in on_disk["benchmark"] if r["form"] == "onnxruntime_fp32")
+    assert ort_row["params"] is None and ort_row["throughput_ips"] > 0
     fused_row = next(r for r in on_disk["benchmark"] if r["form"] == "fused")
     train_row = next(r for r in on_disk["benchmark"] if r["form"] == "train_form")
     assert fused_row["params"] < train_row["params"] and fused_row["flops_per_image"] < train_row["flops_per_image"]
@@ -80,7 +85,7 @@ def test_deploy_from_fused_folder_matches_recorded_accuracy(trained_run, tmp_pat
     # same number of correct images (the recorded value went through float32)
     n = report["num_test_images"]
     assert round(report["accuracy"]["fused"] * n) == round(report["recorded_test_acc"] * n)
-    assert {r["form"] for r in report["benchmark"]} == {"fused", "plain_vgg"}
+    assert {r["form"] for r in report["benchmark"]} == {"fused", "plain_vgg", "onnxruntime_fp32"}
 
 
 def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -> None:
