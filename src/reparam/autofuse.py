@@ -122,9 +122,6 @@ class _Map:
     def pointwise(self) -> bool:
         return self.kernel.shape[2:] == (1, 1) and self.stride == (1, 1)
 
-    def params(self) -> int:
-        return self.kernel.numel() + (0 if self.bias is None else self.bias.numel())
-
 
 def _pair(v) -> Pair:  # noqa: ANN001
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
@@ -296,12 +293,16 @@ class _Pass:
             return own
         return _identity(node, shape[1], self.device)
 
+    def absorb(self, node: fx.Node, base: _Map) -> None:
+        """``base`` was ``node``'s own map and a consumer extended it: ``node`` needs no conv of its own."""
+        if base is self.maps.get(node):
+            self.absorbed.add(node)
+
     def pass_through(self, node: fx.Node, source: fx.Node) -> None:
         """``node`` computes what ``source`` does (identity, dropout in eval, ``0 + x``)."""
         base = self.input_map(source, node)
         if base is not None:
-            if base is self.maps.get(source):
-                self.absorbed.add(source)
+            self.absorb(source, base)
             self.maps[node] = _Map(**{**base.__dict__, "nodes": base.nodes + [node]})
 
     def extend(self, node: fx.Node, op: _Map | None, reason_if_none: str | None = None) -> None:
@@ -317,8 +318,8 @@ class _Pass:
             merged = _compose(_identity(source, self.shape(source)[1], self.device), op)
             if isinstance(merged, str):
                 return
-        elif source in self.maps and len(source.users) == 1:
-            self.absorbed.add(source)
+        else:
+            self.absorb(source, base)
         self.maps[node] = merged
 
     def op_map(self, node: fx.Node) -> tuple[_Map | None, str | None]:
@@ -370,8 +371,7 @@ class _Pass:
         if base is None or not base.pointwise or base.bias is not None:
             self.report.skipped.append(Skipped(node.name, "zero padding after an op with a bias or a spatial kernel"))
             return
-        if a["input"] in self.maps and base is self.maps[a["input"]]:
-            self.absorbed.add(a["input"])
+        self.absorb(a["input"], base)
         self.maps[node] = _Map(base.source, base.kernel, None, base.stride,
                                (base.padding[0] + pad[2], base.padding[1] + pad[0]), base.dilation, base.groups,
                                base.nodes + [node], base.ops + 1, base.weights)
@@ -399,8 +399,7 @@ class _Pass:
             self.report.skipped.append(Skipped(node.name, merged))
             return
         for t, m in zip(tensors, maps):
-            if self.maps.get(t) is m:
-                self.absorbed.add(t)
+            self.absorb(t, m)
         self.maps[node] = merged
 
     def run(self) -> int:
