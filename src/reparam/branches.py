@@ -125,15 +125,14 @@ class OneByOneKxK(nn.Module):
 
 class AvgPoolBranch(nn.Module):
     """DBB's pooling branch: ``BN(avgpool_kxk(x'))``, ``x' = BNAndPad(conv_1x1(x))`` unless the block is
-    depthwise (then the input is pooled directly, zero-padded; ``count_include_pad=True`` either way)."""
+    depthwise with ``in_channels == out_channels`` (then the input is pooled directly, zero-padded; ``count_include_pad=True`` either way)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
                  norm_layer: NormFactory = nn.BatchNorm2d) -> None:
         super().__init__()
         self.channels, self.kernel_size, self.groups = out_channels, kernel_size, groups
-        pointwise = groups < out_channels
-        if not pointwise and in_channels != out_channels:
-            raise ValueError("a depthwise pooling branch needs in_channels == out_channels")
+        # depthwise (one channel per group, in == out): pool the input itself; otherwise map it to out_channels first
+        pointwise = not groups == in_channels == out_channels
         self.conv1 = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=False) if pointwise else None
         self.pad = BNAndPad(out_channels, kernel_size // 2, norm_layer) if pointwise else None
         self.pool = nn.AvgPool2d(kernel_size, stride, 0 if pointwise else kernel_size // 2)

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..compare import tf32_enabled
+from ..device import describe_device, resolve_device
 
 __all__ = ["BenchmarkResult", "Ratio", "benchmark_forms", "count_flops", "ratios", "resolve_device", "speedups", "DTYPES"]
 
@@ -40,18 +41,6 @@ class BenchmarkResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device='{device}' is not a device; use auto, cpu or cuda[:N]") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda asked for but no CUDA GPU is visible; use device=auto or device=cpu")
-    return dev
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
@@ -135,7 +124,7 @@ def benchmark_forms(
             q1, median, q3 = (float(v) for v in torch.tensor(times[name]).quantile(torch.tensor([0.25, 0.5, 0.75])))
             torch_form = isinstance(model, nn.Module)
             results.append(BenchmarkResult(
-                form=name, device=_device_name(device if torch_form else torch.device("cpu")), batch_size=batch_size,
+                form=name, device=describe_device(device if torch_form else "cpu"), batch_size=batch_size,
                 dtype=dtype if torch_form else "float32", channels_last=channels_last and torch_form,
                 compiled=compile and torch_form, threads=torch.get_num_threads(), latency_ms_median=median * 1e3,
                 latency_ms_iqr=(q3 - q1) * 1e3, throughput_ips=batch_size / median, runs=len(times[name]),
@@ -144,14 +133,6 @@ def benchmark_forms(
                 throughput_rounds=rates[name],
             ))
     return results
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 @dataclass(frozen=True)
