@@ -43,44 +43,10 @@ def calibrate_bn(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
 
 
 def write_fake_cifar(root, name: str = "cifar10", per_batch: int = 40, n_test: int = 40, seed: int = 0):
-    """Small files in the official ``cifar-10-batches-py`` / ``cifar-100-python`` pickle layout.
+    """Small files in the official CIFAR pickle layout (see :func:`reparam.data.synthetic.write_cifar_like`)."""
+    from reparam.data.synthetic import write_cifar_like
 
-    Like the originals: dicts with bytes keys, ``data`` a uint8 (N, 3072) array in CHW order, labels
-    a list of ints. Images carry a class-dependent colour so a model can learn something.
-    """
-    import pickle
-    from pathlib import Path
-
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    num_classes = 10 if name == "cifar10" else 100
-
-    def batch(n: int, label_key: bytes) -> dict:
-        labels = rng.integers(0, num_classes, n)
-        data = rng.integers(0, 60, (n, 3, 32, 32)).astype(np.uint8)
-        data[:, labels % 3] += np.uint8(150)  # a learnable cue
-        data = data.reshape(n, 3072)
-        return {b"batch_label": b"generated", label_key: labels.tolist(), b"data": data,
-                b"filenames": [f"img{i}.png".encode() for i in range(n)]}
-
-    if name == "cifar10":
-        folder = Path(root) / "cifar-10-batches-py"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(1, 6):
-            (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_batch, b"labels"), protocol=2))
-        (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test, b"labels"), protocol=2))
-        meta = {b"label_names": [n.encode() for n in ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                                     "frog", "horse", "ship", "truck"]], b"num_cases_per_batch": per_batch}
-        (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    else:
-        folder = Path(root) / "cifar-100-python"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "train").write_bytes(pickle.dumps(batch(per_batch * 5, b"fine_labels"), protocol=2))
-        (folder / "test").write_bytes(pickle.dumps(batch(n_test, b"fine_labels"), protocol=2))
-        meta = {b"fine_label_names": [f"class{i}".encode() for i in range(100)], b"coarse_label_names": []}
-        (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return folder
+    return write_cifar_like(root, name, per_batch, n_test, seed)
 
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -105,12 +71,15 @@ def compose_config(config_name: str, overrides: list[str], run_dir=None):
     return cfg
 
 
-def run_entry(script: str, args: list[str], env: dict, timeout: int = 300):
-    """Run train.py / deploy.py as a user would; returns the CompletedProcess."""
+def run_entry(script: str, args: list[str], env: dict, timeout: int = 300, cwd=None):
+    """Run train.py / deploy.py as a user would, from a directory outside the checkout (``cwd``, default a new
+    temporary one); returns the CompletedProcess."""
     import subprocess
     import sys
+    import tempfile
 
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
+    cwd = cwd or tempfile.mkdtemp(prefix="reparam-user-")
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -118,17 +87,25 @@ import lightning as _L  # noqa: E402
 
 
 class KillAtStep(_L.Callback):
-    """Test-only: the process sends itself ``signal`` in the middle of a training step."""
+    """Test-only: the process sends itself ``signal`` in the middle of a training step (``phase="train"``) or of
+    the first test batch (``phase="test"``)."""
 
-    def __init__(self, step: int, signal: str = "SIGKILL") -> None:
-        self.step, self.signal = step, signal
+    def __init__(self, step: int = 0, signal: str = "SIGKILL", phase: str = "train") -> None:
+        self.step, self.signal, self.phase = step, signal, phase
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+    def _kill(self) -> None:
         import os
         import signal
 
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), getattr(signal, self.signal))
+        os.kill(os.getpid(), getattr(signal, self.signal))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.phase == "train" and trainer.global_step == self.step:
+            self._kill()
+
+    def on_test_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.phase == "test":
+            self._kill()
 
 
 class InjectNaN(_L.Callback):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import logging
 import platform
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,14 +16,29 @@ import torch
 from . import __version__
 from .artifact import write_fused_artifact
 from .checkpoint import net_state, read_checkpoint
+from .compare import ComparisonReport
 from .convert import verify_equivalence
+from .device import synchronize
 from .errors import UserError
-from .models import build_model, fuse_model
+from .models import build_model, fuse_model, fuse_model_with_report
 
-__all__ = ["ReparameterizeCallback", "FiniteLossGuard", "DivergenceError", "FINAL_WEIGHTS"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ReparameterizeCallback", "FusionResult", "FiniteLossGuard", "SpeedMonitor", "DivergenceError",
+           "FINAL_WEIGHTS"]
 
 
 FINAL_WEIGHTS = "final weights (end of fit)"
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    """What the callback wrote: the fused folder, the weights it holds, and their verification in fp32 and fp64."""
+
+    path: str
+    source: str  # a checkpoint path, or FINAL_WEIGHTS
+    float32: ComparisonReport
+    float64: ComparisonReport
 
 
 class DivergenceError(UserError):
@@ -52,7 +70,7 @@ class ReparameterizeCallback(L.Callback):
             raise UserError(f"callbacks.reparameterize.source must be 'best' or 'last', got '{source}'")
         self.output_dir, self.dirname, self.source = output_dir, dirname, source
         self.verify_samples, self.atol, self.rtol = verify_samples, atol, rtol
-        self.result: dict | None = None
+        self.result: FusionResult | None = None
 
     def _weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict, str]:
         ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
@@ -85,7 +103,10 @@ class ReparameterizeCallback(L.Callback):
         train_form.load_state_dict(state, strict=True)
         train_form.eval()
         inputs = self._validation_inputs(trainer)
-        fused = fuse_model(spec, train_form, inputs[:2])  # the blocks' own fusion, or auto_fuse for model=custom
+        # the blocks' own fusion, or auto_fuse for model=custom (its report says what it merged and left alone)
+        fused, fuse_report = fuse_model_with_report(spec, train_form, inputs[:2])
+        if fuse_report is not None:
+            log.info(fuse_report.summary())
         fp32 = verify_equivalence(train_form, fused, inputs, atol=self.atol, rtol=self.rtol)
         train_form64 = copy.deepcopy(train_form).double()
         fp64 = verify_equivalence(train_form64, fuse_model(spec, train_form64, inputs[:2].double()), inputs.double())
@@ -103,9 +124,11 @@ class ReparameterizeCallback(L.Callback):
             "versions": {"reparam": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
         verification = {"inputs": f"{len(inputs)} validation images", "float32": fp32.to_dict(), "float64": fp64.to_dict()}
+        if fuse_report is not None:
+            verification["auto_fuse"] = fuse_report.to_dict()
         root = Path(self.output_dir or trainer.default_root_dir)
         path = write_fused_artifact(root / self.dirname, fused, config, verification, example_inputs=inputs[:2])
-        self.result = {"path": str(path), "source": source, "float32": fp32.to_dict(), "float64": fp64.to_dict()}
+        self.result = FusionResult(str(path), source, fp32, fp64)
         for name, report in (("fp32", fp32), ("fp64", fp64)):
             for key in ("max_abs_diff", "argmax_agreement"):
                 value = getattr(report, key)
@@ -136,3 +159,90 @@ class FiniteLossGuard(L.Callback):
                 f"batch {batch_idx} (global step {max(trainer.global_step - 1, 0)}); lower optimizer.lr, add warm-up "
                 "(scheduler.warmup_epochs) or clip gradients (trainer.gradient_clip_val=1.0). No fused model was written."
             )
+
+
+class SpeedMonitor(L.Callback):
+    """Training images/s and epoch time, logged as ``speed/*`` and kept for the run summary.
+
+    The rate is sampled every ``every_n_steps`` steps: one device sync per sample (a sync per step would stop the
+    CPU from queueing work ahead of a fast GPU, the very thing being measured). The training clock runs from the
+    first batch of an epoch (or after a validation) to the next validation or the epoch's end, so validation and
+    checkpointing count in the epoch time, not in the training rate. Counts are global: the per-process batch times
+    the world size.
+    """
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every = max(int(every_n_steps), 1)
+        self.train_images = 0
+        self.train_time_s = 0.0
+        self.time_to_best_s: float | None = None
+        self._fit_start = self._epoch_start = self._segment_start = self._window_start = 0.0
+        self._running = False
+        self._window_images = self._epoch_images = 0
+        self._epoch_train_time = 0.0
+        self._best_path: str | None = None
+        self._last_epoch_end: float | None = None
+
+    @property
+    def train_images_per_s(self) -> float | None:
+        return self.train_images / self.train_time_s if self.train_time_s > 0 else None
+
+    @staticmethod
+    def _now(pl_module: L.LightningModule) -> float:
+        synchronize(pl_module.device)  # the clock must not run ahead of the queued GPU work
+        return time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+        self._running, self._epoch_images, self._epoch_train_time = False, 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:  # noqa: ANN001
+        if not self._running:  # the first batch of the epoch, or the first after a validation
+            self._segment_start = self._window_start = self._now(pl_module)
+            self._running, self._window_images = True, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+        images = len(batch[0]) * trainer.world_size  # from the shape: no sync
+        self._window_images += images
+        self._epoch_images += images
+        if (batch_idx + 1) % self.every == 0:
+            now = self._now(pl_module)
+            if now > self._window_start:
+                self._log(trainer, {"speed/images_per_s": self._window_images / (now - self._window_start)})
+            self._window_start, self._window_images = now, 0
+
+    def _stop_clock(self, pl_module: L.LightningModule) -> None:
+        if self._running:
+            self._epoch_train_time += self._now(pl_module) - self._segment_start
+            self._running = False
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.training and not trainer.sanity_checking:
+            self._stop_clock(pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_clock(pl_module)
+        now = time.perf_counter()
+        self.train_images += self._epoch_images
+        self.train_time_s += self._epoch_train_time
+        rate = self._epoch_images / self._epoch_train_time if self._epoch_train_time > 0 else 0.0
+        self._log(trainer, {"speed/epoch_time_s": now - self._epoch_start, "speed/epoch_images_per_s": rate})
+        self._last_epoch_end = now
+        self._note_best(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._note_best(trainer)  # a checkpoint callback that saved after this callback's epoch end
+
+    def _note_best(self, trainer: L.Trainer) -> None:
+        best = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
+        if best and best != self._best_path and self._last_epoch_end is not None:
+            self._best_path = best
+            self.time_to_best_s = self._last_epoch_end - self._fit_start
+
+    @staticmethod
+    def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        for logger in trainer.loggers:  # floats, straight to the loggers: nothing for Lightning to reduce or sync
+            logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,16 +1,18 @@
 """The one place user errors become one clear line and a non-zero exit, for both entry points.
 
-A single run exits at once (2 for a user error, 143 after SIGTERM). Inside a ``-m`` sweep the error instead ends only
+A single run exits at once (2 for a user error, 143 after SIGTERM, 130 after Ctrl-C). Inside a ``-m`` sweep the error instead ends only
 its own job: the line is printed, the job's ``summary.json`` says ``failed``, and :class:`JobFailed` tells Hydra the job
 failed, so the sweep (and sweepers such as Optuna, with their ``max_failure_rate``) goes on; the sweep summary ends
-the process non-zero once every job has run.
+the process non-zero once every job has run. Ctrl-C and SIGTERM end the whole sweep at once.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -18,7 +20,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from .blocks import FormMismatchError
 from .convert import EquivalenceError
-from .errors import EXIT_USER_ERROR, UserError
+from .errors import EXIT_SIGINT, EXIT_USER_ERROR, Stopped, UserError
 
 __all__ = ["guarded", "find_user_error", "JobFailed", "EXIT_USER_ERROR"]
 
@@ -46,6 +48,35 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
+# Messages that say nothing about the user's run: a deprecation inside Lightning's own code, and advertisements.
+_NOISE_WARNINGS = [r"`isinstance\(treespec, LeafSpec\)` is deprecated"]
+_NOISE_LOG_PREFIXES = ("\N{ELECTRIC LIGHT BULB} Tip:",)
+
+
+def quiet_known_noise() -> None:
+    """Silence messages a user reads as a problem but can do nothing about (real warnings stay)."""
+    for pattern in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropPrefixes) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropPrefixes(_NOISE_LOG_PREFIXES))
+
+
+class _DropPrefixes(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def _say(line: str) -> None:
+    """The one ``error:`` line, on stderr and in the run's log file (``train.log`` / ``deploy.log``)."""
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    logging.getLogger("reparam.file").error(f"error: {line}")
+
+
 class JobFailed(Exception):
     """One job of a ``-m`` sweep failed with a user error (already printed); Hydra records it as FAILED."""
 
@@ -70,23 +101,29 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        quiet_known_noise()
         try:
             return main(*args, **kwargs)
+        except KeyboardInterrupt:  # Ctrl-C outside training (which says more: reparam.training)
+            if os.environ.get("REPARAM_DEBUG"):
+                raise
+            _say("stopped by Ctrl-C before it finished; run the same command again (results are written atomically: nothing half-written was left)")
+            sys.exit(EXIT_SIGINT)
         except Exception as err:  # noqa: BLE001
             user_error = find_user_error(err)
             if user_error is None or os.environ.get("REPARAM_DEBUG"):
                 raise
             line = _one_line(user_error)
-            print(f"error: {line}", file=sys.stderr, flush=True)
+            _say(line)
             job_dir = _multirun_output_dir()
-            if job_dir is None:
+            if job_dir is None or isinstance(user_error, Stopped):  # Ctrl-C / SIGTERM end a whole sweep
                 sys.exit(getattr(user_error, "exit_code", EXIT_USER_ERROR))
             from pathlib import Path
 
             from .artifact import atomic_write_json
-            from .training import SUMMARY_FILE
+            from .summary import SUMMARY_FILE, TrainSummary
 
-            atomic_write_json(Path(job_dir) / SUMMARY_FILE, {"status": "failed", "error": line, "run_dir": job_dir})
+            atomic_write_json(Path(job_dir) / SUMMARY_FILE, TrainSummary("failed", job_dir, error=line).to_dict())
             raise JobFailed(line) from None
 
     return wrapper

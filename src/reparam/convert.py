@@ -58,8 +58,15 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     ``model`` are swapped; use the returned module).
 
     Raises ``ValueError`` naming the module when a BatchNorm inside a block keeps no running
-    statistics (``track_running_stats=False``).
+    statistics (``track_running_stats=False``), and when the model holds nothing to fuse (a silent copy would look
+    like success).
     """
+    if not any(_reparameterizable(m) for m in model.modules()):
+        raise ValueError(
+            f"reparameterize_model: {type(model).__name__} holds no block to fuse (no module with fused_form() or "
+            "reparameterize()); it is plain already, or use reparam.auto_fuse(model, example_inputs), which fuses "
+            "conv/BN branches of any nn.Module"
+        )
     _check_running_stats(model)
     if not inplace:
         model = copy.deepcopy(model)

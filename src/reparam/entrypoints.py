@@ -19,12 +19,25 @@ __all__ = ["train_task", "deploy_task", "train_main", "deploy_main", "config_dir
 
 @guarded
 def train_task(cfg: DictConfig) -> float | None:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     from .report import print_train_summary
     from .training import optimized_metric, train
 
     summary = train(cfg)
-    print_train_summary(summary)
+    if rank_zero_only.rank == 0:  # under DDP every process runs this; one table is enough
+        print_train_summary(summary, _sibling_command("deploy"))
     return optimized_metric(cfg, summary)  # what a Hydra sweeper (e.g. Optuna) optimizes
+
+
+def _sibling_command(name: str) -> str:
+    """How to run the other entry point the way this one was started: ``python <dir>/deploy.py`` after
+    ``python <dir>/train.py``, ``reparam-deploy`` after ``reparam-train``."""
+    script = Path(sys.argv[0])
+    if script.suffix == ".py":
+        sibling = script.with_name(f"{name}.py")
+        return f"python {sibling}" if sibling.is_file() else f"reparam-{name}"
+    return f"reparam-{name}"
 
 
 @guarded

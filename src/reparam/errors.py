@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["UserError", "DataNotFoundError", "Preempted", "reraise_as_user_error", "EXIT_USER_ERROR", "EXIT_SIGTERM"]
+__all__ = ["UserError", "DataNotFoundError", "Stopped", "Preempted", "Interrupted", "reraise_as_user_error",
+           "EXIT_USER_ERROR", "EXIT_SIGTERM", "EXIT_SIGINT"]
 
 EXIT_USER_ERROR = 2
 EXIT_SIGTERM = 143  # 128 + SIGTERM: what schedulers (SLURM) and Lightning expect from a terminated job
+EXIT_SIGINT = 130  # 128 + SIGINT: what shells expect after Ctrl-C
 
 
 class UserError(Exception):
@@ -17,10 +19,20 @@ class UserError(Exception):
     exit_code = EXIT_USER_ERROR
 
 
-class Preempted(UserError):
+class Stopped(UserError):
+    """The process was told to stop; it ends the whole process, a ``-m`` sweep included."""
+
+
+class Preempted(Stopped):
     """The run received SIGTERM (preemption, scancel, timeout); checkpoints allow resuming."""
 
     exit_code = EXIT_SIGTERM
+
+
+class Interrupted(Stopped):
+    """The user pressed Ctrl-C (SIGINT); checkpoints allow resuming."""
+
+    exit_code = EXIT_SIGINT
 
 
 class DataNotFoundError(UserError):

@@ -13,7 +13,6 @@ which skips the end-of-sweep table). Other sweepers (``hydra/sweeper=optuna``) k
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from .artifact import atomic_write_json
-from .report import console, pct, text
-from .training import SUMMARY_FILE, SUMMARY_METRICS
+from .report import console, pct, rate, seconds, text
+from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
 __all__ = ["SweepSummary", "SWEEP_SUMMARY_FILE", "rank_runs"]
 
@@ -65,9 +64,8 @@ class SweepSummary(Callback):
         metric = config.get("optimized_metric")
         runs = []
         for job in self.jobs:
-            path = Path(job["run_dir"]) / SUMMARY_FILE
-            summary = json.loads(path.read_text()) if path.is_file() else {}
-            runs.append({**job, "summary": summary})
+            summary = TrainSummary.read(Path(job["run_dir"]) / SUMMARY_FILE)
+            runs.append({**job, "summary": summary.to_dict() if summary else {}})
         report = {"sweep_dir": str(self.sweep_dir), "optimized_metric": metric, "runs": rank_runs(runs, metric),
                   "failed": sum(job["status"] == "FAILED" for job in self.jobs)}
         atomic_write_json(self.sweep_dir / SWEEP_SUMMARY_FILE, report)
@@ -78,7 +76,7 @@ class SweepSummary(Callback):
             return
         report = self._write(config)
         print_sweep_summary(report)
-        console.print(f"sweep summary: {self.sweep_dir / SWEEP_SUMMARY_FILE}")
+        console.print(f"sweep summary: {self.sweep_dir / SWEEP_SUMMARY_FILE}", soft_wrap=True)
         failed = [job for job in self.jobs if job["status"] == "FAILED"]
         if failed:
             first = failed[0]
@@ -100,11 +98,13 @@ def rank_runs(runs: list[dict[str, Any]], metric: str | None) -> list[dict[str, 
 def print_sweep_summary(report: dict[str, Any]) -> None:
     table = Table(title=f"reparam: sweep of {len(report['runs'])} runs "
                         f"(sorted by {report['optimized_metric'] or 'job'})", title_justify="left")
-    for column in ("job", "overrides", "status", "best val acc", "test acc", "fused argmax agreement", "run dir"):
+    for column in ("job", "overrides", "status", "best val acc", "test acc", "fused argmax agreement", "img/s",
+                   "total time", "run dir"):
         table.add_column(column, overflow="fold")
     for run in report["runs"]:
         s = run["summary"]
         status = run["status"] if run["status"] != "FAILED" else f"FAILED: {run.get('error') or '?'}"
         table.add_row(text(run["job"]), " ".join(run["overrides"]) or "-", status, pct(s.get("best_val_acc")),
-                      pct(s.get("test_acc")), pct(s.get("fusion_argmax_agreement")), run["run_dir"])
+                      pct(s.get("test_acc")), pct(s.get("fusion_argmax_agreement")), rate(s.get("train_images_per_s")),
+                      seconds(s.get("total_time_s")), run["run_dir"])
     console.print(table)

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from .artifact import atomic_write_json, update_fused_metrics
-from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback
-from .checkpoint import read_checkpoint
-from .errors import Preempted, UserError, reraise_as_user_error
+from .blocks import FormMismatchError
+from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback, SpeedMonitor
+from .checkpoint import net_state, read_checkpoint
+from .errors import Interrupted, Preempted, UserError, reraise_as_user_error
+from .loggers import ResumePoint
 from .module import ClassifierModule
+from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
 __all__ = ["train", "build_components", "instantiate_group", "optimized_metric", "SUMMARY_FILE", "SUMMARY_METRICS"]
-
-SUMMARY_FILE = "summary.json"
-# the numbers in a training summary that a sweep may rank by, and which way is better
-SUMMARY_METRICS = {"best_val_acc": "max", "test_acc": "max", "fusion_argmax_agreement": "max", "epochs": "max",
-                   "fusion_fp32_max_abs_diff": "min", "fusion_fp64_max_abs_diff": "min"}
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -53,69 +56,138 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
     return datamodule, module, trainer
 
 
-def _resume_path(cfg: DictConfig) -> str | None:
+def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str | None, ResumePoint | None]:
+    """The checkpoint to resume from (``ckpt_path``, or the run's ``last.ckpt`` with ``auto_resume``), checked to be
+    readable, safe and of this run's network before Lightning touches it; and where it resumes."""
     path = cfg.get("ckpt_path")
     if path is None and cfg.get("auto_resume"):
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if path is None:
-        return None
-    if not Path(path).is_file():
+        path = str(last) if last.is_file() else None
+        if path is None:
+            return None, None
+    elif path is None:
+        return None, None
+    elif not Path(path).is_file():
         raise UserError(f"ckpt_path={path} does not exist; point it at a checkpoint such as <run>/checkpoints/last.ckpt")
-    read_checkpoint(Path(path))  # refuses unsafe, corrupt or foreign files with one clear line
-    return str(path)
+    ckpt = read_checkpoint(Path(path))  # refuses unsafe, corrupt or foreign files with one clear line
+    try:
+        copy.deepcopy(module.net).load_state_dict(net_state(ckpt), strict=True)
+    except (RuntimeError, FormMismatchError) as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line or "Missing" in line
+                       or "Unexpected" in line), str(err).splitlines()[0])
+        raise UserError(
+            f"ckpt_path={path} holds another network than this config builds ({detail[:200]}); resume with the "
+            "model/data settings of the run that wrote it (its .hydra/overrides.yaml), or drop ckpt_path to start anew"
+        ) from err
+    return str(path), ResumePoint(int(ckpt.get("epoch") or 0), int(ckpt.get("global_step") or 0))
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, fuse (through ReparameterizeCallback), test; return a summary of what was produced."""
+def train(cfg: DictConfig) -> TrainSummary:
+    """Fit, fuse (through ReparameterizeCallback), test; return what was produced.
+
+    ``summary.json`` is written as soon as there is something to record (after fit) and again after testing, so a
+    run stopped during the test phase still describes its fused model. Ctrl-C and SIGTERM end in :class:`Interrupted`
+    / :class:`Preempted` (exit 130 / 143) naming the command that resumes.
+    """
+    started = time.perf_counter()
     _check_optimized_metric(cfg)  # before hours of training, not after
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build_components(cfg)
+    resume_path, resume_point = _resume_checkpoint(cfg, module)
+    for logger in trainer.loggers:  # a resumed run continues its metrics files instead of replacing them
+        if resume_point is not None and hasattr(logger, "resume_at"):
+            logger.resume_at(resume_point)
     if trainer.loggers:  # the whole resolved config, not only the module's hyperparameters
         config = OmegaConf.to_container(cfg, resolve=True)
         config.pop("hydra", None)
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
-    except SIGTERMException as err:  # a SystemExit with code 0: a scheduler would think the run finished; exit 143
-        raise Preempted(
-            f"training stopped by SIGTERM at epoch {trainer.current_epoch}, global step {trainer.global_step}; "
-            f"no fused model was written. Resume with ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'} "
-            f"or auto_resume=true hydra.run.dir={cfg.paths.output_dir}"
-        ) from err
+    run_dir = Path(cfg.paths.output_dir)
+    with _stops_cleanly(trainer, run_dir, "training", "no fused model was written"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
-    checkpoint = trainer.checkpoint_callback
-    best_path = getattr(checkpoint, "best_model_path", "") or ""
-    summary: dict[str, Any] = {
-        "status": "completed",
-        "run_dir": str(cfg.paths.output_dir),
-        "epochs": trainer.current_epoch,
-        "best_val_acc": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None,
-        "best_checkpoint": best_path or None,
-        "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint and checkpoint.dirpath and (Path(checkpoint.dirpath) / "last.ckpt").is_file() else None,
-    }
-    fuser = next((c for c in trainer.callbacks if isinstance(c, ReparameterizeCallback)), None)
-    if fuser is not None and fuser.result is not None:
-        summary["fused_dir"] = fuser.result["path"]
-        summary["fusion_fp32_max_abs_diff"] = fuser.result["float32"]["max_abs_diff"]
-        summary["fusion_fp64_max_abs_diff"] = fuser.result["float64"]["max_abs_diff"]
-        summary["fusion_argmax_agreement"] = fuser.result["float32"]["argmax_agreement"]
+    summary = _fit_summary(trainer, run_dir)
+    summary.total_time_s = time.perf_counter() - started
+    _write_summary(trainer, run_dir, summary)
     if cfg.get("test"):
-        ckpt = "best" if best_path else None  # fast_dev_run saves no checkpoint: test the final weights
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        summary["test_acc"] = float(results[0]["test/acc"]) if results else None
-        summary["tested_weights"] = tested = best_path or FINAL_WEIGHTS
-        if trainer.is_global_zero and fuser is not None and fuser.result and fuser.result["source"] == tested:
+        best = summary.best_checkpoint
+        stopped = f"the fused model is in {summary.fused_dir}; its test accuracy was not measured"
+        with _stops_cleanly(trainer, run_dir, "the test phase", stopped, summary):
+            results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
+        summary.test_acc = float(results[0]["test/acc"]) if results else None
+        summary.tested_weights = best or FINAL_WEIGHTS  # fast_dev_run saves no checkpoint: the final weights
+        if trainer.is_global_zero and summary.fused_dir and summary.fused_weights == summary.tested_weights:
             # the fused model holds exactly the weights just tested: record their test accuracy with it
-            update_fused_metrics(fuser.result["path"], {"test_acc": summary["test_acc"]})
-    if trainer.is_global_zero:
-        # what a sweep summary (reparam.sweep) and other tools read back
-        atomic_write_json(Path(cfg.paths.output_dir) / SUMMARY_FILE, summary)
-    summary["is_global_zero"] = trainer.is_global_zero
+            update_fused_metrics(summary.fused_dir, {"test_acc": summary.test_acc})
+    summary.total_time_s = time.perf_counter() - started
+    _write_summary(trainer, run_dir, summary)
     _close_loggers(trainer)
     return summary
+
+
+def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
+    checkpoint = trainer.checkpoint_callback
+    last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint is not None and checkpoint.dirpath else None
+    best_score = getattr(checkpoint, "best_model_score", None)
+    summary = TrainSummary(
+        status="completed",
+        run_dir=str(run_dir),
+        epochs=trainer.current_epoch,
+        best_val_acc=float(best_score) if best_score is not None else None,
+        best_checkpoint=getattr(checkpoint, "best_model_path", "") or None,
+        last_checkpoint=str(last) if last is not None and last.is_file() else None,
+    )
+    speed = next((c for c in trainer.callbacks if isinstance(c, SpeedMonitor)), None)
+    if speed is not None:
+        summary.train_images_per_s, summary.train_time_s = speed.train_images_per_s, speed.train_time_s
+        summary.time_to_best_s = speed.time_to_best_s
+    fuser = next((c for c in trainer.callbacks if isinstance(c, ReparameterizeCallback)), None)
+    if fuser is not None and fuser.result is not None:
+        summary.fused_dir, summary.fused_weights = fuser.result.path, fuser.result.source
+        summary.fusion_fp32_max_abs_diff = fuser.result.float32.max_abs_diff
+        summary.fusion_fp64_max_abs_diff = fuser.result.float64.max_abs_diff
+        summary.fusion_argmax_agreement = fuser.result.float32.argmax_agreement
+    return summary
+
+
+def _write_summary(trainer: L.Trainer, run_dir: Path, summary: TrainSummary) -> None:
+    if trainer.is_global_zero:  # what a sweep summary (reparam.sweep) and other tools read back
+        atomic_write_json(run_dir / SUMMARY_FILE, summary.to_dict())
+
+
+@contextmanager
+def _stops_cleanly(trainer: L.Trainer, run_dir: Path, phase: str, consequence: str,
+                   summary: TrainSummary | None = None) -> Iterator[None]:
+    """Turn Ctrl-C and SIGTERM during ``phase`` into one clear error that says how to resume.
+
+    Lightning answers Ctrl-C with ``sys.exit(1)`` after its own shutdown, and SIGTERM with a ``SystemExit`` of code 0
+    that a scheduler would take for success; both become exit codes a shell or SLURM understands (130, 143).
+    """
+    try:
+        yield
+    except SIGTERMException as err:
+        cause: type[UserError] = Preempted
+        how, error = "SIGTERM", err
+    except SystemExit as err:
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        cause, how, error = Interrupted, "Ctrl-C", err
+    except KeyboardInterrupt as err:  # outside Lightning's own handling (e.g. while fusing)
+        cause, how, error = Interrupted, "Ctrl-C", err
+    else:
+        return
+    last = run_dir / "checkpoints" / "last.ckpt"
+    message = (f"{phase} stopped by {how} at epoch {trainer.current_epoch}, global step {trainer.global_step}; "
+               f"{consequence}.")
+    if summary is not None:
+        summary.status, summary.error = "interrupted", message
+        _write_summary(trainer, run_dir, summary)
+        resume = f" Measure it with: python deploy.py ckpt={summary.fused_dir}" if summary.fused_dir else ""
+    else:
+        resume = (f" Resume with ckpt_path={last} or auto_resume=true hydra.run.dir={run_dir}" if last.is_file()
+                  else " No checkpoint was saved yet: run the command again to start over.")
+    raise cause(message + resume) from error
 
 
 def _close_loggers(trainer: L.Trainer) -> None:
@@ -134,10 +206,7 @@ def _check_optimized_metric(cfg: DictConfig) -> str | None:
     return name or None
 
 
-def optimized_metric(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
+def optimized_metric(cfg: DictConfig, summary: TrainSummary) -> float | None:
     """The summary value named by ``cfg.optimized_metric``, returned to Hydra sweepers (e.g. Optuna)."""
     name = _check_optimized_metric(cfg)
-    if name is None:
-        return None
-    value = summary.get(name)
-    return None if value is None else float(value)
+    return None if name is None else summary.value(name)

@@ -6,7 +6,8 @@ import pytest
 from helpers import CONFIGS, compose_config
 from omegaconf import OmegaConf, open_dict
 
-GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug", "paths", "hydra"]
+GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug", "speed",
+          "paths", "hydra"]
 
 
 def options(group: str) -> list[str]:
@@ -54,9 +55,9 @@ def test_every_experiment_runs_under_fast_dev_run(experiment: str, cifar_root: P
         run_dir=tmp_path,
     )
     summary = train(cfg)
-    assert Path(summary["fused_dir"], "model.safetensors").is_file()
-    assert summary["fusion_argmax_agreement"] == 1.0
-    assert summary["test_acc"] is not None
+    assert Path(summary.fused_dir, "model.safetensors").is_file()
+    assert summary.fusion_argmax_agreement == 1.0
+    assert summary.test_acc is not None
 
 
 def test_default_sweeper_tolerates_failures_and_another_can_be_chosen(tmp_path: Path) -> None:

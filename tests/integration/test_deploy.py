@@ -37,7 +37,7 @@ def run_deploy(ckpt, tmp_path: Path, *overrides: str) -> dict:
 
 
 def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: Path) -> None:
-    report = run_deploy(trained_run["last_checkpoint"], tmp_path)
+    report = run_deploy(trained_run.last_checkpoint, tmp_path)
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert REPORT_KEYS <= set(on_disk)
     assert on_disk["num_test_images"] == 40 and on_disk["dataset"] == "cifar10"
@@ -63,8 +63,8 @@ def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: 
 def test_onnx_export_matches_pytorch_on_test_images(trained_run, cifar_root, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    run_deploy(trained_run["last_checkpoint"], tmp_path, "benchmark.enabled=false", "export.torch_export=false")
-    fused = load_for_deploy(trained_run["fused_dir"]).fused
+    run_deploy(trained_run.last_checkpoint, tmp_path, "benchmark.enabled=false", "export.torch_export=false")
+    fused = load_for_deploy(trained_run.fused_dir).fused
     dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, eval_batch_size=40)
     dm.setup()
     x, _ = next(iter(dm.test_dataloader()))
@@ -79,9 +79,9 @@ def test_onnx_export_matches_pytorch_on_test_images(trained_run, cifar_root, tmp
 
 
 def test_deploy_from_fused_folder_matches_recorded_accuracy(trained_run, tmp_path: Path) -> None:
-    report = run_deploy(trained_run["fused_dir"], tmp_path, "benchmark.batch_sizes=[2]")
+    report = run_deploy(trained_run.fused_dir, tmp_path, "benchmark.batch_sizes=[2]")
     assert report["source_kind"] == "fused" and report["accuracy"]["train_form"] is None
-    assert report["recorded_test_acc"] == pytest.approx(trained_run["test_acc"])
+    assert report["recorded_test_acc"] == pytest.approx(trained_run.test_acc)
     # same number of correct images (the recorded value went through float32)
     n = report["num_test_images"]
     assert round(report["accuracy"]["fused"] * n) == round(report["recorded_test_acc"] * n)
@@ -89,10 +89,10 @@ def test_deploy_from_fused_folder_matches_recorded_accuracy(trained_run, tmp_pat
 
 
 def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -> None:
-    report = run_deploy(trained_run["run_dir"], tmp_path, "benchmark.enabled=false", "export.onnx=false",
+    report = run_deploy(trained_run.run_dir, tmp_path, "benchmark.enabled=false", "export.onnx=false",
                         "export.torch_export=false")
     # the weights fused/ was built from (the best checkpoint), not last.ckpt: deploy and the artifact agree
-    fused_from = json.loads((Path(trained_run["run_dir"]) / "fused" / "config.json").read_text())["source_checkpoint"]
+    fused_from = json.loads((Path(trained_run.run_dir) / "fused" / "config.json").read_text())["source_checkpoint"]
     assert report["checkpoint"] == fused_from and not fused_from.endswith("last.ckpt")
     assert report["weights_chosen_because"].startswith("the checkpoint fused/ was built from")
 
@@ -115,7 +115,7 @@ def expect_one_line(capsys, tmp_path: Path, ckpt, *fragments: str, overrides=())
 
 
 def test_bad_inputs_each_get_one_clear_line(trained_run, tmp_path: Path, capsys) -> None:
-    last = Path(trained_run["last_checkpoint"])
+    last = Path(trained_run.last_checkpoint)
     expect_one_line(capsys, tmp_path, "/no/such/file.ckpt", "does not exist")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -139,7 +139,7 @@ def test_corrupt_fused_folder_is_refused(trained_run, tmp_path: Path, capsys) ->
     import shutil
 
     broken = tmp_path / "fused"
-    shutil.copytree(trained_run["fused_dir"], broken)
+    shutil.copytree(trained_run.fused_dir, broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     expect_one_line(capsys, tmp_path, broken, "model.safetensors cannot be read")

@@ -50,7 +50,8 @@ def test_missing_cifar_explains_where_it_looked(tmp_path: Path, run_env) -> None
 )
 def test_bad_settings_end_with_one_line(override: str, fragment: str, cifar_root: Path, tmp_path: Path, run_env) -> None:
     proc = run_entry("train.py", [*TINY, f"paths.data_dir={cifar_root}", override, f"hydra.run.dir={tmp_path}"], run_env)
-    assert_one_clear_line(proc, fragment)
+    line = assert_one_clear_line(proc, fragment)
+    assert line in (tmp_path / "train.log").read_text()  # the run's log says what went wrong too
 
 
 def test_unknown_config_option_fails_with_hydras_message(tmp_path: Path, run_env) -> None:
@@ -60,10 +61,11 @@ def test_unknown_config_option_fails_with_hydras_message(tmp_path: Path, run_env
 
 
 def test_multirun_sweep_ends_with_a_summary_of_every_run(cifar_root: Path, tmp_path: Path, run_env) -> None:
-    sweep = tmp_path / "sweep"
-    proc = run_entry("train.py", ["-m", *TINY, f"paths.data_dir={cifar_root}", "optimizer.lr=0.3,0.001",
-                                  f"hydra.sweep.dir={sweep}"], run_env, timeout=400)
+    # the default sweep directory (no hydra.sweep.dir): logs/train/multiruns/<time> under the working directory
+    proc = run_entry("train.py", ["-m", *TINY, f"paths.data_dir={cifar_root}", "optimizer.lr=0.3,0.001"], run_env,
+                     timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     report = json.loads((sweep / "sweep_summary.json").read_text())
     assert report["optimized_metric"] == "best_val_acc" and len(report["runs"]) == 2
     by_job = {run["job"]: run for run in report["runs"]}

@@ -24,8 +24,8 @@ def qarepvgg_demo(tmp_path_factory) -> dict:
 
 
 def test_qarepvgg_trains_fuses_exactly_and_quantizes_within_max_drop(qarepvgg_demo: dict, tmp_path: Path) -> None:
-    assert qarepvgg_demo["fusion_argmax_agreement"] == 1.0 and qarepvgg_demo["fusion_fp64_max_abs_diff"] <= 1e-10
-    report = deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo['best_checkpoint']}", *INT8], run_dir=tmp_path))
+    assert qarepvgg_demo.fusion_argmax_agreement == 1.0 and qarepvgg_demo.fusion_fp64_max_abs_diff <= 1e-10
+    report = deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo.best_checkpoint}", *INT8], run_dir=tmp_path))
     int8 = report["int8"]
     assert {"accuracy", "accuracy_drop", "disagreements_vs_fp32", "throughput", "speedup_vs_fp32",
             "model_path"} <= set(int8)
@@ -48,7 +48,7 @@ def test_a_broken_calibration_trips_the_drop_check(qarepvgg_demo: dict, tmp_path
     real = ImageDataModule.calibration_images
     monkeypatch.setattr(ImageDataModule, "calibration_images", lambda self, n, seed=0: real(self, n, seed) * 50)
     with pytest.raises(UserError, match=r"INT8 accuracy dropped \d+\.\d\d points .* model\.block=qarepvgg") as info:
-        deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo['best_checkpoint']}", *INT8,
+        deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo.best_checkpoint}", *INT8,
                                          "benchmark.enabled=false"], run_dir=tmp_path))
     assert "more than quantize.max_drop=1.0" in str(info.value)
     assert (tmp_path / "report.json").is_file()  # the numbers are kept for the post-mortem
@@ -56,7 +56,7 @@ def test_a_broken_calibration_trips_the_drop_check(qarepvgg_demo: dict, tmp_path
 
 def test_unknown_quantize_method_is_one_clear_line(qarepvgg_demo: dict, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="quantize.method must be one of minmax, entropy, percentile"):
-        deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo['fused_dir']}", *INT8, "quantize.method=kl",
+        deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo.fused_dir}", *INT8, "quantize.method=kl",
                                          "benchmark.enabled=false"], run_dir=tmp_path))
 
 

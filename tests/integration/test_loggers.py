@@ -25,7 +25,7 @@ def test_mlflow_gets_the_config_and_the_deploy_report(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     summary = train(compose_config("train", [*QUICK, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"],
                                    run_dir=tmp_path / "train"))
-    deploy(compose_config("deploy", [f"ckpt={summary['best_checkpoint']}", *EVALUATE_ONLY, "logger=mlflow",
+    deploy(compose_config("deploy", [f"ckpt={summary.best_checkpoint}", *EVALUATE_ONLY, "logger=mlflow",
                                      f"logger.mlflow.tracking_uri={uri}"], run_dir=tmp_path / "deploy"))
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("reparam").experiment_id], order_by=["start_time ASC"])
@@ -61,6 +61,8 @@ def test_console_commands_run_like_the_scripts_from_any_directory(tmp_path: Path
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert f"next: reparam-deploy ckpt={run_dir / 'fused'}" in proc.stdout  # not a deploy.py the user does not have
+    assert (run_dir / "train.log").is_file() and not list(run_dir.glob("entrypoints.log"))
     proc = subprocess.run([deploy_cmd, f"ckpt={run_dir}", *EVALUATE_ONLY, f"hydra.run.dir={tmp_path / 'deploy'}"],
                           cwd=where, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,5 +1,6 @@
 """Nothing lost, nothing unsafe loaded: interruption, determinism, divergence, crashes while writing."""
 
+import json
 import os
 import pickle
 import stat
@@ -39,7 +40,10 @@ def uninterrupted(cifar_root, tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}  # 128 + the signal: what SLURM and shells expect (not 1, 2 or 0)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_killed_run_resumes_to_the_same_fused_model(signal_name, uninterrupted, cifar_root, tmp_path, run_env) -> None:
     run_env = {**run_env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), run_env.get("PYTHONPATH", "")])}
     args = [*RUN, f"paths.data_dir={cifar_root}", f"hydra.run.dir={tmp_path}", "data.num_workers=0"]
@@ -47,16 +51,44 @@ def test_killed_run_resumes_to_the_same_fused_model(signal_name, uninterrupted, 
     killed = run_entry("train.py", [*args, "+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.step=6",
                                     f"+callbacks.kill.signal={signal_name}"], run_env)
     assert killed.returncode != 0
-    if signal_name == "SIGTERM":  # 128 + 15, what SLURM and Lightning expect of a terminated job (not 2, not 0)
-        assert killed.returncode == 143, killed.stderr[-2000:]
-        assert "error: training stopped by SIGTERM at epoch 1, global step 6" in killed.stderr
+    if signal_name in EXIT_CODES:
+        how = {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[signal_name]
+        assert killed.returncode == EXIT_CODES[signal_name], killed.stderr[-2000:]
+        errors = [line for line in killed.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and f"training stopped by {how} at epoch 1, global step 6" in errors[0]
+        assert f"auto_resume=true hydra.run.dir={tmp_path}" in errors[0]
         assert "Traceback" not in killed.stderr
+        assert "error: " + errors[0][7:] in (tmp_path / "train.log").read_text()  # the log says it too
     assert not (tmp_path / "fused").exists()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     resumed = run_entry("train.py", [*args, "auto_resume=true"], run_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
     assert_same_weights(fused_weights(uninterrupted), fused_weights(tmp_path))
+    # the resumed run continued its metrics: every epoch once, as in the run that was never stopped
+    metrics = lambda d: (d / "csv" / "metrics.csv").read_text()  # noqa: E731
+    assert metrics(tmp_path) == metrics(uninterrupted)
+
+
+def test_ctrl_c_during_the_test_phase_still_writes_the_summary(cifar_root, tmp_path, run_env) -> None:
+    run_env = {**run_env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), run_env.get("PYTHONPATH", "")])}
+    args = [*RUN, "trainer.max_epochs=1", "test=true", f"paths.data_dir={cifar_root}", f"hydra.run.dir={tmp_path}",
+            "+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.phase=test", "+callbacks.kill.signal=SIGINT"]
+    proc = run_entry("train.py", args, run_env)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the test phase stopped by Ctrl-C" in errors[0]
+    assert f"python deploy.py ckpt={tmp_path / 'fused'}" in errors[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["fused_dir"] == str(tmp_path / "fused")
+    assert summary["test_acc"] is None and summary["fusion_argmax_agreement"] == 1.0
+
+
+def test_resuming_with_a_checkpoint_of_another_network_is_one_clear_line(uninterrupted, cifar_root, tmp_path) -> None:
+    last = uninterrupted / "checkpoints" / "last.ckpt"  # a 10-class network, resumed into a 100-class config
+    with pytest.raises(UserError, match=r"holds another network than this config builds \(size mismatch for head"):
+        train(compose_config("train", [*RUN, f"paths.data_dir={cifar_root}", "data=cifar100", f"ckpt_path={last}"],
+                             run_dir=tmp_path))
 
 
 def test_deterministic_runs_are_identical(uninterrupted, cifar_root, tmp_path) -> None:

@@ -96,11 +96,11 @@ def test_the_deploy_data_suggestion_runs(tmp_path: Path) -> None:
 
     summary = train(compose_config("train", ["experiment=demo", "trainer.max_epochs=1", "test=false"],
                                    run_dir=tmp_path / "run"))
-    config_path = Path(summary["fused_dir"]) / "config.json"
+    config_path = Path(summary.fused_dir) / "config.json"
     config = json.loads(config_path.read_text())
     config.pop("data")
     config_path.write_text(json.dumps(config))
-    args = [f"ckpt={summary['fused_dir']}", "benchmark.enabled=false", "export.onnx=false", "export.torch_export=false"]
+    args = [f"ckpt={summary.fused_dir}", "benchmark.enabled=false", "export.onnx=false", "export.torch_export=false"]
     with pytest.raises(UserError, match=r"records no data config; pass data\.dataset=cifar10\|cifar100\|digits"):
         deploy(compose_config("deploy", args, run_dir=tmp_path / "d1"))
     report = deploy(compose_config("deploy", [*args, "data.dataset=digits"], run_dir=tmp_path / "d2"))

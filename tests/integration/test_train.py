@@ -23,39 +23,39 @@ TINY = ["model=repvgg_tiny", "model.widths=[8,8,16,16,32]", "debug=limit", "data
 def test_tiny_run_writes_a_fused_model_that_matches_the_trained_one(cifar_root: Path, tmp_path: Path) -> None:
     summary = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}"], run_dir=tmp_path))
     fused_dir = tmp_path / "fused"
-    assert summary["fused_dir"] == str(fused_dir)
+    assert summary.fused_dir == str(fused_dir)
     assert {p.name for p in fused_dir.iterdir()} == {"model.safetensors", "config.json", "verification.json"}
     config = json.loads((fused_dir / "config.json").read_text())
     assert config["form"] == "fused" and config["input"]["classes"][0] == "airplane"
-    assert config["source_checkpoint"] == summary["best_checkpoint"]
+    assert config["source_checkpoint"] == summary.best_checkpoint
     verification = json.loads((fused_dir / "verification.json").read_text())
     assert verification["float32"]["passed"] and verification["float64"]["max_abs_diff"] <= 1e-10
 
     artifact = read_fused_artifact(fused_dir)
     assert artifact.model.is_fused
     train_form = build_model(config["model"])
-    train_form.load_state_dict(net_state(read_checkpoint(Path(summary["best_checkpoint"]))))
+    train_form.load_state_dict(net_state(read_checkpoint(Path(summary.best_checkpoint))))
     dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, eval_batch_size=40)
     dm.setup()
     x, _ = next(iter(dm.test_dataloader()))
     report = verify_equivalence(train_form, artifact.model, x)
     assert report.argmax_agreement == 1.0
     # the checkpoint holds only primitives: it loads with weights_only=True
-    ckpt = torch.load(summary["last_checkpoint"], weights_only=True)
+    ckpt = torch.load(summary.last_checkpoint, weights_only=True)
     assert ckpt["hyper_parameters"]["net"]["widths"] == [8, 8, 16, 16, 32]
-    assert 0.0 <= summary["test_acc"] <= 1.0 and summary["epochs"] == 2
+    assert 0.0 <= summary.test_acc <= 1.0 and summary.epochs == 2
 
 
 def test_resume_from_last_checkpoint_continues_training(cifar_root: Path, tmp_path: Path) -> None:
     first = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=1", "test=false"],
                                  run_dir=tmp_path / "a"))
-    last = first["last_checkpoint"]
+    last = first.last_checkpoint
     assert torch.load(last, weights_only=True)["epoch"] == 0
     resumed = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=2",
                                              f"ckpt_path={last}", "test=false"], run_dir=tmp_path / "b"))
-    ckpt = torch.load(resumed["last_checkpoint"], weights_only=True)
+    ckpt = torch.load(resumed.last_checkpoint, weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * 4
-    assert Path(resumed["fused_dir"]).is_dir()
+    assert Path(resumed.fused_dir).is_dir()
 
 
 def test_optimizer_groups_skip_decay_on_bn_and_bias(cifar_root: Path, tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_optimizer_groups_skip_decay_on_bn_and_bias(cifar_root: Path, tmp_path: 
 def test_speed_options_train_fuse_and_keep_plain_checkpoint_keys(options, cifar_root: Path, tmp_path: Path) -> None:
     summary = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=1", *options],
                                    run_dir=tmp_path))
-    ckpt = torch.load(summary["last_checkpoint"], weights_only=True)
+    ckpt = torch.load(summary.last_checkpoint, weights_only=True)
     assert all(k.startswith(("net.stages", "net.head")) for k in ckpt["state_dict"]), list(ckpt["state_dict"])[:3]
-    assert summary["fusion_argmax_agreement"] == 1.0 and summary["fusion_fp64_max_abs_diff"] <= 1e-10
-    assert read_fused_artifact(summary["fused_dir"]).model.is_fused
+    assert summary.fusion_argmax_agreement == 1.0 and summary.fusion_fp64_max_abs_diff <= 1e-10
+    assert read_fused_artifact(summary.fused_dir).model.is_fused

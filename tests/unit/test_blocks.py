@@ -278,9 +278,17 @@ def test_verify_equivalence_restores_modes() -> None:
     assert a.training and b.training
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fuses_on_cuda_in_the_weights_device() -> None:
     block = randomize_bn(RepVGGBlock(8, 8, groups=2)).cuda()
     fused = reparameterize_model(block)
     assert fused.fused.weight.device.type == "cuda"
     verify_equivalence(block, fused, torch.randn(4, 8, 16, 16, device="cuda"))
+
+
+def test_reparameterize_model_refuses_a_model_with_nothing_to_fuse() -> None:
+    from reparam import reparameterize_model
+
+    with pytest.raises(ValueError, match=r"Sequential holds no block to fuse .*reparam.auto_fuse"):
+        reparameterize_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))

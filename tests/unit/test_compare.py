@@ -83,7 +83,7 @@ def test_deploy_compares_the_forms_in_strict_fp32(monkeypatch, tmp_path) -> None
     saved, conv.fp32_precision = conv.fp32_precision, "tf32"
     try:
         report = deploy_run.deploy(compose_config("deploy", [
-            f"ckpt={summary['fused_dir']}", "benchmark.enabled=false", "export.onnx=false", "export.torch_export=false"],
+            f"ckpt={summary.fused_dir}", "benchmark.enabled=false", "export.onnx=false", "export.torch_export=false"],
             run_dir=tmp_path / "d"))
         assert tf32_enabled()  # restored for the benchmarks, which may use TF32 (and say so)
     finally:

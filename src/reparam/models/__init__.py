@@ -6,12 +6,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..autofuse import auto_fuse
+from ..autofuse import FuseReport, auto_fuse
 from ..convert import reparameterize_model
+from ..device import device_of, place
 from .custom import build_custom
 from .repvgg import VARIANTS, RepVGG, RepVGGSpec, build_repvgg
 
-__all__ = ["VARIANTS", "RepVGG", "RepVGGSpec", "build_model", "fuse_model", "input_size", "is_custom"]
+__all__ = ["VARIANTS", "RepVGG", "RepVGGSpec", "build_model", "fuse_model", "fuse_model_with_report", "input_size",
+           "is_custom"]
 
 DEFAULT_INPUT_SIZE = (3, 32, 32)
 
@@ -48,11 +50,17 @@ def fuse_model(spec: Mapping | RepVGGSpec, model: nn.Module, example_inputs: tor
 
     ``auto_fuse`` traces with ``example_inputs`` (default: zeros of the spec's input size); the callers verify.
     """
+    return fuse_model_with_report(spec, model, example_inputs)[0]
+
+
+def fuse_model_with_report(spec: Mapping | RepVGGSpec, model: nn.Module,
+                           example_inputs: torch.Tensor | Sequence | None = None) -> tuple[nn.Module, FuseReport | None]:
+    """:func:`fuse_model`, plus ``auto_fuse``'s account of what it merged and left alone (None for block models,
+    whose blocks all fuse)."""
     if not is_custom(spec):
-        return reparameterize_model(model)
+        return reparameterize_model(model), None
     if example_inputs is None:
         param = next(model.parameters(), None)
-        example_inputs = torch.zeros(1, *input_size(spec), dtype=param.dtype if param is not None else None,
-                                     device=param.device if param is not None else None)
-    fused, _ = auto_fuse(model, example_inputs, verify=False)
-    return fused
+        example_inputs = place(torch.zeros(1, *input_size(spec)), device_of(model),
+                               dtype=param.dtype if param is not None else None)
+    return auto_fuse(model, example_inputs, verify=False)

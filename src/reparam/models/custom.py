@@ -27,8 +27,17 @@ def build_custom(spec: Mapping) -> nn.Module:
     try:
         model = instantiate(dict(net), _convert_="all")
     except InstantiationException as err:
-        first = " ".join(str(err).split())[:300]
-        raise ValueError(f"cannot build model.net._target_={net['_target_']}: {first}") from err
+        raise ValueError(f"cannot build model.net._target_={net['_target_']}: {_root_cause(err)}; the class must be "
+                         "importable where train.py runs (pip install -e your package) and accept the given "
+                         "arguments (REPARAM_DEBUG=1 shows the traceback)") from err
     if not isinstance(model, nn.Module):
         raise ValueError(f"model.net._target_={net['_target_']} built a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost error behind Hydra's wrapper ("No module named 'pkg'"), without Hydra's HYDRA_FULL_ERROR hint."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = " ".join(str(err).split()).split(", set env var HYDRA_FULL_ERROR")[0]
+    return f"{type(err).__name__}: {text}"[:300]
