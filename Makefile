@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= logs/demo-make
 
-.PHONY: install install-dev demo test test-fast clean
+.PHONY: install install-dev demo test test-fast gpu-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ test-fast: install-dev
 
 clean:
 	rm -rf logs .pytest_cache .hypothesis
+
+# every GPU path end to end on one GPU (generated data, ~5 min): train with each preset, fuse, deploy with each option
+gpu-check: install-dev
+	$(PY) scripts/gpu_check.py

@@ -10,9 +10,13 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .models import build_model
+from .device import device_of, place
+from .models import build_model, input_size
 
-__all__ = ["ClassifierModule", "parameter_groups"]
+__all__ = ["ClassifierModule", "parameter_groups", "COMPILE_MODES"]
+
+# torch.compile modes; reduce-overhead and max-autotune record CUDA graphs on a GPU
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -36,6 +40,12 @@ class ClassifierModule(L.LightningModule):
     Hyperparameters saved in checkpoints are primitives only (``net`` is a plain dict), so a
     checkpoint loads with ``torch.load(weights_only=True)``; the optimizer and scheduler factories are
     not saved (Hydra's config in the run directory records them).
+
+    ``compile=True`` compiles the inner network for the training step only (``compile_mode="reduce-overhead"``:
+    CUDA graphs on a GPU); evaluation runs the same weights eagerly, so validation and test batches of any size
+    never recompile. The compiled module is not a registered child: checkpoint keys stay plain.
+    ``step_metrics_in_progress_bar=False`` keeps the per-step loss out of the progress bar, whose every update
+    reads it back from the GPU (a host sync per step that stops the CPU from running ahead).
     """
 
     def __init__(
@@ -48,12 +58,19 @@ class ClassifierModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         compile_backend: str = "inductor",
+        compile_mode: str | None = None,
+        step_metrics_in_progress_bar: bool = True,
     ) -> None:
         super().__init__()
         net = dict(net)
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"module.compile_mode={compile_mode} is not a torch.compile mode; choose one of "
+                             f"{', '.join(str(m) for m in COMPILE_MODES)}")
         self.save_hyperparameters({"net": net, "label_smoothing": label_smoothing,
                                    "no_decay_bn_bias": no_decay_bn_bias, "channels_last": channels_last,
-                                   "compile": compile, "compile_backend": compile_backend})
+                                   "compile": compile, "compile_backend": compile_backend,
+                                   "compile_mode": compile_mode,
+                                   "step_metrics_in_progress_bar": step_metrics_in_progress_bar})
         self.net = build_model(net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -64,34 +81,61 @@ class ClassifierModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        if compile:
-            self.net.compile(backend=compile_backend)  # in place: state_dict keys stay free of '_orig_mod.'
+            self.net = place(self.net, device_of(self.net), channels_last=True)
+        # one image: Lightning's model summary shows layer shapes and FLOPs from it (run eagerly, in eval mode)
+        self.example_input_array = torch.zeros(1, *input_size(net))
+        # the training step's network; not a registered child, so state_dict keys stay free of '_orig_mod.'
+        object.__setattr__(self, "_train_net", None)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net(self._layout(x))
 
-    def _step(self, batch, metric: MulticlassAccuracy, stage: str) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = self.criterion(logits, y)
-        metric(logits, y)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step, sync_dist=not on_step,
-                 batch_size=len(y))
-        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        return loss
+    def training_net(self) -> nn.Module:
+        """The network the training step calls: compiled once (lazily, on first use) when ``compile`` is set."""
+        if self._train_net is None:
+            net = self.net
+            if self.hparams.compile:
+                # static shapes (training batches are all full: drop_last); recompiling per shape would re-record
+                net = torch.compile(self.net, backend=self.hparams.compile_backend, mode=self.hparams.compile_mode,
+                                    dynamic=False)
+            object.__setattr__(self, "_train_net", net)
+        return self._train_net
+
+    def _log_step(self, stage: str, loss: torch.Tensor, metric: MulticlassAccuracy, batch_size: int) -> None:
+        if stage == "train":
+            # the step value unsynchronized (no collective per step under DDP), the epoch mean across processes
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=batch_size,
+                     prog_bar=self.hparams.step_metrics_in_progress_bar)
+            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+        else:
+            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self.train_acc, "train")
+        x, y = batch
+        if self.hparams.compile:
+            # a new iteration for CUDA graph trees: the previous step's graph outputs may be overwritten from here
+            torch.compiler.cudagraph_mark_step_begin()
+        logits = self.training_net()(self._layout(x))
+        loss = self.criterion(logits, y)
+        self.train_acc.update(logits.detach(), y)  # read before the next replay reuses the logits' memory
+        self._log_step("train", loss, self.train_acc, len(y))
+        return loss
+
+    def _eval_step(self, batch, metric: MulticlassAccuracy, stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        metric.update(logits, y)
+        self._log_step(stage, self.criterion(logits, y), metric, len(y))
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, self.val_acc, "val")
+        self._eval_step(batch, self.val_acc, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, self.test_acc, "test")
+        self._eval_step(batch, self.test_acc, "test")
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:

@@ -34,6 +34,7 @@ def test_place_moves_modules_in_place() -> None:
     assert describe_device("cpu").startswith("cpu (")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_place_on_cuda_round_trip() -> None:
     model = place(nn.Conv2d(3, 4, 3), "cuda")
