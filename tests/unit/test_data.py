@@ -196,3 +196,40 @@ def test_under_ddp_the_order_goes_to_lightnings_distributed_sampler(cifar_root) 
     dm.setup()
     dm.trainer = SimpleNamespace(world_size=2)
     assert isinstance(dm.train_dataloader().sampler, RandomSampler)  # Lightning replaces it with DistributedSampler
+
+
+def test_random_erase_blanks_one_rectangle_per_chosen_image() -> None:
+    from reparam.data import random_erase
+
+    images = torch.ones(400, 3, 32, 32)
+    out = random_erase(images, 0.5, generator=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == images.dtype and torch.equal(images, torch.ones_like(images))
+    zero = out[:, 0] == 0
+    assert torch.equal(zero, (out == 0).all(1))  # every channel of an erased pixel
+    erased = zero.flatten(1).any(1)
+    assert 150 < int(erased.sum()) < 250  # about half the images
+    for mask in zero[erased][:50]:  # one axis-aligned rectangle whose area fraction is in torchvision's range
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        height, width = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        assert int(mask.sum()) == height * width
+        assert 0.01 <= height * width / 1024 <= 0.34
+    assert torch.equal(random_erase(images, 0.0), images)
+
+
+@pytest.mark.parametrize("pipeline", ["standard", "fast"])
+def test_erasing_reaches_both_pipelines_and_keeps_shapes_and_dtypes(pipeline: str, cifar_root) -> None:
+    kwargs = dict(val_size=40, num_workers=0, batch_size=64, pipeline=pipeline, crop_padding=0, hflip=False)
+    plain = ImageDataModule("cifar10", str(cifar_root), **kwargs)
+    erased = ImageDataModule("cifar10", str(cifar_root), erase_prob=1.0, **kwargs)
+    batches = []
+    for dm in (plain, erased):
+        dm.setup()
+        torch.manual_seed(0)
+        batches.append(next(iter(dm.train_dataloader())))
+    (x0, y0), (x1, y1) = batches
+    assert x1.shape == x0.shape and x1.dtype == x0.dtype == torch.float32 and y1.dtype == y0.dtype
+    assert torch.equal(y0, y1)
+    assert bool(((x1 == 0).flatten(1).sum(1) >= 3 * 20).all())  # every image lost a rectangle (>= 20 pixels)
+    assert bool(((x0 == 0).flatten(1).sum(1) < 3 * 20).all())  # without erasing, no such block of exact zeros
+    with pytest.raises(UserError, match="data.erase_prob must be a probability"):
+        ImageDataModule("cifar10", str(cifar_root), erase_prob=1.5)

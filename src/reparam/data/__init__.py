@@ -1,7 +1,7 @@
 """Data: CIFAR-10/100 (own safe pickle reader), the embedded digits demo, standard and fast pipelines."""
 
 from .datamodule import ArrayDataset, ImageDataModule
-from .fast import TensorBatchLoader, random_crop_flip
+from .fast import TensorBatchLoader, random_crop_flip, random_erase
 from .sources import CIFAR, ImageArrays, download_cifar, load_digits32, load_source, read_cifar
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "load_digits32",
     "load_source",
     "random_crop_flip",
+    "random_erase",
     "read_cifar",
 ]

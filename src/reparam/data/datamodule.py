@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from ..errors import UserError
-from .fast import TensorBatchLoader
+from .fast import ERASE_RATIO, ERASE_SCALE, TensorBatchLoader
 from .sources import SOURCES, ImageArrays, load_source
 
 __all__ = ["ImageDataModule", "ArrayDataset"]
@@ -70,6 +70,8 @@ class ImageDataModule(L.LightningDataModule):
     (a float < 1), or None for the dataset's default (5000 for CIFAR, 10% of digits); the split is drawn with
     ``split_seed``, independent of the training seed.
     ``hflip``: mirror half the training images (right for CIFAR; wrong for digits or text).
+    ``erase_prob``: random erasing (cutout) of one rectangle per training image with this probability, after
+    normalization (torchvision's ``RandomErasing``; batched on the device in the fast pipeline).
     ``pipeline='standard'`` uses DataLoader workers and torchvision transforms (any transform works);
     ``pipeline='fast'`` keeps uint8 tensors on the training device and augments whole batches.
     Normalization uses the per-channel mean/std of the training split, recorded for deployment.
@@ -88,6 +90,7 @@ class ImageDataModule(L.LightningDataModule):
         augment: bool = True,
         crop_padding: int = 4,
         hflip: bool = True,
+        erase_prob: float = 0.0,
         pipeline: str = "standard",
         num_workers: int = 2,
         pin_memory: bool = True,
@@ -101,6 +104,8 @@ class ImageDataModule(L.LightningDataModule):
             raise UserError(f"data.pipeline must be 'standard' or 'fast', got '{pipeline}'")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= erase_prob <= 1.0:
+            raise UserError(f"data.erase_prob must be a probability in [0, 1], got {erase_prob}")
         if num_workers < 0:
             raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
@@ -184,6 +189,8 @@ class ImageDataModule(L.LightningDataModule):
             if self.hparams.hflip:
                 steps.append(v2.RandomHorizontalFlip())
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        if train and self.hparams.augment and self.hparams.erase_prob > 0:  # after normalizing: erased = the mean
+            steps.append(v2.RandomErasing(self.hparams.erase_prob, ERASE_SCALE, ERASE_RATIO, value=0))
         return v2.Compose(steps)
 
     def _device(self) -> torch.device:
@@ -206,7 +213,7 @@ class ImageDataModule(L.LightningDataModule):
                 torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
                 torch.from_numpy(labels).to(device),
                 batch_size, self.mean, self.std, shuffle=train, augment=train and hp.augment, drop_last=train,
-                padding=hp.crop_padding, hflip=hp.hflip, seed=torch.initial_seed() % 2**31,
+                padding=hp.crop_padding, hflip=hp.hflip, erase_prob=hp.erase_prob, seed=torch.initial_seed() % 2**31,
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 epoch_source=self._current_epoch if trainer else None,
             )
