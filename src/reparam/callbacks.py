@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from typing import Any
+
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 
 from . import __version__
 from .artifact import write_fused_artifact
@@ -24,8 +28,8 @@ from .models import build_model, fuse_model, fuse_model_with_report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReparameterizeCallback", "FusionResult", "FiniteLossGuard", "SpeedMonitor", "DivergenceError",
-           "FINAL_WEIGHTS"]
+__all__ = ["ReparameterizeCallback", "FusionResult", "FiniteLossGuard", "SpeedMonitor", "EMAWeights",
+           "DivergenceError", "FINAL_WEIGHTS"]
 
 
 FINAL_WEIGHTS = "final weights (end of fit)"
@@ -246,3 +250,22 @@ class SpeedMonitor(L.Callback):
     def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers:  # floats, straight to the loggers: nothing for Lightning to reduce or sync
             logger.log_metrics(metrics, step=trainer.global_step)
+
+
+class EMAWeights(EMAWeightAveraging):
+    """Lightning's exponential moving average of the weights (``callbacks=ema``), with one fix.
+
+    Checkpoints hold the averaged weights in ``state_dict`` (the raw ones in ``current_model_state``), so checkpoint
+    selection, deploy and ``fused/`` all see the average. Lightning's callback also reloads the *raw* weights whenever
+    a checkpoint is loaded, so ``trainer.test(ckpt_path="best")`` after fit evaluated the raw weights, not the ones
+    selected and fused. Here only a resumed fit restores the raw weights (to continue training and averaging);
+    evaluating a checkpoint uses what its ``state_dict`` holds.
+    """
+
+    def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
+        super().__init__(decay=decay, **kwargs)
+        self.decay = decay
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

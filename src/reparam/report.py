@@ -52,6 +52,7 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
         ("best val accuracy", pct, "best_val_acc"),
         ("test accuracy", pct, "test_acc"),
         ("tested weights", text, "tested_weights"),
+        ("weight averaging", text, "averaged_weights"),
         ("fusion max |diff| fp32", sci, "fusion_fp32_max_abs_diff"),
         ("fusion max |diff| fp64", sci, "fusion_fp64_max_abs_diff"),
         ("fused argmax agreement", pct, "fusion_argmax_agreement"),

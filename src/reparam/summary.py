@@ -34,6 +34,8 @@ class TrainSummary:
     last_checkpoint: str | None = None
     fused_dir: str | None = None
     fused_weights: str | None = None  # which weights fused/ holds (a checkpoint path, or the final weights)
+    # "EMA (decay 0.999)" when a weight-averaging callback ran: checkpoints, test and fused/ then hold the average
+    averaged_weights: str | None = None
     fusion_fp32_max_abs_diff: float | None = None
     fusion_fp64_max_abs_diff: float | None = None
     fusion_argmax_agreement: float | None = None

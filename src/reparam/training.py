@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -108,6 +108,7 @@ def train(cfg: DictConfig) -> TrainSummary:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
     summary = _fit_summary(trainer, run_dir)
+    summary.averaged_weights = _averaging(trainer)
     summary.total_time_s = time.perf_counter() - started
     _write_summary(trainer, run_dir, summary)
     if cfg.get("test"):
@@ -149,6 +150,15 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
         summary.fusion_fp64_max_abs_diff = fuser.result.float64.max_abs_diff
         summary.fusion_argmax_agreement = fuser.result.float32.argmax_agreement
     return summary
+
+
+def _averaging(trainer: L.Trainer) -> str | None:
+    """What a weight-averaging callback (callbacks=ema) made of the weights that were checkpointed, tested, fused."""
+    averaging = next((c for c in trainer.callbacks if isinstance(c, WeightAveraging)), None)
+    if averaging is None:
+        return None
+    decay = getattr(averaging, "decay", None)
+    return ("EMA" if decay is not None else type(averaging).__name__) + (f" (decay {decay})" if decay else "")
 
 
 def _write_summary(trainer: L.Trainer, run_dir: Path, summary: TrainSummary) -> None:

@@ -198,3 +198,17 @@ def test_results_follow_the_umask(tmp_path) -> None:
     assert stat.S_IMODE(fused.stat().st_mode) == 0o755
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in fused.iterdir())
     assert stat.S_IMODE(private.stat().st_mode) == 0o640
+
+
+def test_a_resumed_ema_run_ends_with_the_same_averaged_weights(cifar_root, tmp_path) -> None:
+    # a constant learning rate: the schedule of a 1-epoch run and of a 2-epoch run must not differ
+    args = [*RUN, f"paths.data_dir={cifar_root}", "callbacks=ema", "callbacks.ema.decay=0.9", "scheduler=constant"]
+    train(compose_config("train", [*args, "trainer.max_epochs=2"], run_dir=tmp_path / "whole"))
+    train(compose_config("train", [*args, "trainer.max_epochs=1"], run_dir=tmp_path / "first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(compose_config("train", [*args, "trainer.max_epochs=2", f"ckpt_path={last}"], run_dir=tmp_path / "resumed"))
+    assert_same_weights(fused_weights(tmp_path / "whole"), fused_weights(tmp_path / "resumed"))
+    ckpt = lambda d: torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)  # noqa: E731
+    whole, resumed = ckpt(tmp_path / "whole"), ckpt(tmp_path / "resumed")
+    assert_same_weights(whole["state_dict"], resumed["state_dict"])  # the average
+    assert_same_weights(whole["current_model_state"], resumed["current_model_state"])  # the raw weights

@@ -89,3 +89,27 @@ def test_speed_options_train_fuse_and_keep_plain_checkpoint_keys(options, cifar_
     assert all(k.startswith(("net.stages", "net.head")) for k in ckpt["state_dict"]), list(ckpt["state_dict"])[:3]
     assert summary.fusion_argmax_agreement == 1.0 and summary.fusion_fp64_max_abs_diff <= 1e-10
     assert read_fused_artifact(summary.fused_dir).model.is_fused
+
+
+def test_ema_weights_are_what_gets_checkpointed_tested_and_fused(cifar_root: Path, tmp_path: Path) -> None:
+    summary = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "callbacks=ema",
+                                             "callbacks.ema.decay=0.8"], run_dir=tmp_path))
+    assert summary.averaged_weights == "EMA (decay 0.8)"
+    assert summary.tested_weights == summary.best_checkpoint == summary.fused_weights
+    ckpt = torch.load(summary.best_checkpoint, weights_only=True)
+    averaged = net_state(ckpt)  # what a checkpoint's state_dict holds under callbacks=ema
+    raw = {k[len("net."):]: v for k, v in ckpt["current_model_state"].items() if k.startswith("net.")}
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if averaged[k].is_floating_point())
+    # fused/ is the fusion of the averaged weights, and the test accuracy is theirs
+    spec = ckpt["hyper_parameters"]["net"]
+    dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, eval_batch_size=1000)
+    dm.setup("test")
+    x, y = next(iter(dm.test_dataloader()))
+    fused = read_fused_artifact(summary.fused_dir).model
+    for weights, name in ((averaged, "averaged"), (raw, "raw")):
+        model = build_model(spec)
+        model.load_state_dict(weights)
+        report = verify_equivalence(model.eval(), fused, x, raise_on_mismatch=False)
+        assert report.passed == (name == "averaged"), name
+    assert summary.test_acc == pytest.approx(float((fused(x).argmax(1) == y).float().mean()), abs=1e-6)
