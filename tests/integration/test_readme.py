@@ -1,0 +1,259 @@
+"""Every command and code snippet README.md shows, run the way a user types it.
+
+Each ``bash`` block line of the README is run from a directory outside the checkout (a user's project directory that
+holds CIFAR-10 in ./data, generated in the official format), in README order, with only these changes: the script
+path (``python train.py`` -> ``python <checkout>/train.py``), placeholders (``<run>``, ``ckpt=...``, a data path),
+one epoch and a few batches. No ``hydra.run.dir`` / ``hydra.sweep.dir`` is added: runs land where a user's would.
+Lines whose comment starts with ``GPU`` run only where enough CUDA GPUs are visible (``make gpu-check`` runs them there).
+The ``python`` blocks are run as written, with ``<run>`` filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, write_fake_cifar
+
+# the commands run once, in a module fixture: the per-test timeout covers all of them
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+README = ROOT / "README.md"
+BIN = Path(sys.executable).parent
+# the only additions: one epoch, a few batches (Lightning's limits), no sanity pass
+LIMITS = ["++trainer.limit_train_batches=2", "++trainer.limit_val_batches=2", "++trainer.limit_test_batches=2",
+          "trainer.num_sanity_val_steps=0"]
+
+
+@dataclass(frozen=True)
+class Command:
+    line: str  # as README shows it
+    comment: str
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.line)
+
+    def gpus_needed(self) -> int | None:
+        """None: runs anywhere; N: needs N CUDA GPUs (the comment starts with GPU); -1: needs several machines."""
+        if "num_nodes=" in self.line:
+            return -1
+        if not self.comment.startswith("GPU"):
+            return None
+        devices = re.search(r"trainer\.devices=(\d+)", self.line)
+        return int(devices.group(1)) if devices else 1
+
+
+def readme_commands() -> list[Command]:
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        for raw in block.splitlines():
+            if not raw.strip() or raw.lstrip().startswith("#"):
+                continue  # blank, or a comment continuing the line above
+            line, _, comment = raw.partition("  # ")
+            commands.append(Command(line.strip(), comment.strip()))
+    return commands
+
+
+def readme_snippets() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+COMMANDS = readme_commands()
+# the GPU lines carry the gpu marker: `pytest -m gpu` (make gpu-check) runs them on a GPU machine
+CASES = [pytest.param(c, id=c.line[:80], marks=[pytest.mark.gpu] if c.gpus_needed() else []) for c in COMMANDS]
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory) -> Path:
+    """A user's working directory outside the checkout, with CIFAR-10 where the default config looks (./data)."""
+    where = tmp_path_factory.mktemp("user")
+    # more training images than the default validation hold-out (5,000), as in the real dataset
+    write_fake_cifar(where / "data", "cifar10", per_batch=1040, n_test=200)
+    return where
+
+
+@pytest.fixture(scope="module")
+def env() -> dict:
+    # two commands run at a time (see `outcomes`), one CPU thread each: the cores are shared, not oversubscribed
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "OMP_NUM_THREADS": "1",
+            "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+
+
+@dataclass
+class Outcome:
+    what: str  # the line as README shows it, or what ran
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def explain(self) -> str:
+        return f"{self.what}\n(ran: {shlex.join(self.argv)})\n{self.stderr[-4000:]}"
+
+
+def execute(what: str, argv: list[str], cwd: Path, env: dict) -> Outcome:
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    return Outcome(what, argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+def skip_reason(command: Command) -> str | None:
+    needs = command.gpus_needed()
+    if needs == -1:
+        return "multi-node: runs on several machines at once"
+    if needs and torch.cuda.device_count() < needs:
+        return f"needs {needs} CUDA GPU(s); `make gpu-check` (pytest -m gpu) runs the GPU lines on a GPU machine"
+    if command.argv[:2] == ["make", "test"]:
+        return "make test runs this suite (CI runs it through .ci/run)"
+    return None
+
+
+def needs_a_run(text: str) -> bool:
+    return "<run>" in text or "ckpt=..." in text
+
+
+def as_run(command: Command, user_dir: Path, run: Path | None) -> list[str]:
+    """The argv to execute: the checkout's script or console command, placeholders filled, epochs and batches cut."""
+    argv = command.argv
+    if argv[0] == "python":
+        argv = [sys.executable, str(ROOT / argv[1]), *argv[2:]]
+    elif argv[0].startswith("reparam-"):
+        argv = [str(BIN / argv[0]), *argv[1:]]
+    else:
+        raise AssertionError(f"README shows a command this test does not know how to run: {command.line}")
+    if run is not None:  # <run>: the run of the README's first training command (python train.py)
+        rel = run.relative_to(user_dir)
+        argv = [a.replace("logs/train/runs/<run>", str(rel)) for a in argv]
+        argv = [f"ckpt={rel}/checkpoints/last.ckpt" if a == "ckpt=..." else a for a in argv]
+    argv = [a.replace("/elsewhere/cifar", str(user_dir / "data")) for a in argv]  # a data path
+    if "train.py" in argv[1] or argv[0].endswith("reparam-train"):
+        argv = [re.sub(r"^trainer\.max_epochs=\d+$", "trainer.max_epochs=1", a) for a in argv]
+        if not any(a.startswith("trainer.max_epochs=") for a in argv):
+            argv.append("trainer.max_epochs=1")
+        argv += LIMITS
+    return argv
+
+
+def make_target(target: str, user_dir: Path, env: dict) -> Outcome:
+    """``make <target>`` minus the install (this suite runs inside that install): the commands ``make -n`` prints,
+    with the output folder in ``user_dir`` and one epoch. Returns the first failure, or the last success."""
+    dry = subprocess.run(["make", "-n", target, f"DEMO_DIR={user_dir / 'demo-make'}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    outcome = None
+    for line in dry.splitlines():
+        argv = shlex.split(line)
+        if not argv or "pip" in argv or "venv" in argv or argv[0] == "rm":
+            continue  # the install and the clean-up
+        assert argv[0].endswith("bin/python"), f"make {target} runs something this test does not know: {line}"
+        argv = [sys.executable, *argv[1:]]
+        if argv[1] == "train.py":
+            argv += ["trainer.max_epochs=1", *LIMITS]
+        outcome = execute(f"make {target}: {line}", argv, ROOT, env)
+        if outcome.returncode != 0:
+            return outcome
+    assert outcome is not None, f"make {target} ran nothing:\n{dry}"
+    return outcome
+
+
+def run_dir_of(outcome: Outcome) -> Path:
+    found = re.search(r"next: .*? ckpt=(\S+)/fused", outcome.stdout)
+    assert found, f"no run directory in the output of {outcome.what}:\n{outcome.stdout[-2000:]}"
+    return Path(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def outcomes(user_dir: Path, env: dict) -> dict[str, Outcome]:
+    """Every runnable README command and snippet, run once, two at a time; those with ``<run>`` after the first
+    training run. Commands sharing the MLflow store (logs/mlflow.db) take turns."""
+    mlflow_store = threading.Lock()
+    snippets = dict(enumerate(readme_snippets()))
+
+    def command_task(command: Command, run: Path | None) -> Outcome:
+        if command.argv[0] == "make":
+            return make_target(command.argv[1], user_dir, env)
+        argv = as_run(command, user_dir, run)
+        if "logger=mlflow" in command.line:
+            with mlflow_store:
+                return execute(command.line, argv, user_dir, env)
+        return execute(command.line, argv, user_dir, env)
+
+    def snippet_task(index: int, run: Path | None) -> Outcome:
+        code = snippets[index]
+        if run is not None:
+            code = code.replace("logs/train/runs/<run>", str(run))
+        return execute(f"README python snippet {index}", [sys.executable, "-c", code], user_dir, env)
+
+    runnable = [c for c in COMMANDS if skip_reason(c) is None]
+    first = next(c for c in runnable if c.line == "python train.py")
+    results: dict[str, Outcome] = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        head = pool.submit(command_task, first, None)
+        later = {pool.submit(command_task, c, None): c.line for c in runnable
+                 if c is not first and not needs_a_run(c.line)}
+        later |= {pool.submit(snippet_task, i, None): f"snippet {i}" for i, code in snippets.items()
+                  if not needs_a_run(code)}
+        results[first.line] = head.result()
+        run = run_dir_of(results[first.line]) if results[first.line].returncode == 0 else None
+        if run is not None:
+            later |= {pool.submit(command_task, c, run): c.line for c in runnable if needs_a_run(c.line)}
+            later |= {pool.submit(snippet_task, i, run): f"snippet {i}" for i, code in snippets.items()
+                      if needs_a_run(code)}
+        for future, key in later.items():
+            results[key] = future.result()
+    return results
+
+
+@pytest.mark.parametrize("command", CASES)
+def test_readme_command_runs_as_typed(command: Command, outcomes: dict[str, Outcome]) -> None:
+    reason = skip_reason(command)
+    if reason:
+        pytest.skip(reason)
+    if command.line not in outcomes:
+        pytest.fail(f"not run: {command.line} needs <run>, and the README's first training command failed")
+    outcome = outcomes[command.line]
+    assert outcome.returncode == 0, outcome.explain()
+    assert "Traceback" not in outcome.stderr, outcome.explain()
+    if command.argv[1:2] == ["-m"]:  # a sweep: every job ran, and the table names its summary file
+        found = re.search(r"sweep summary: (\S+)", outcome.stdout)
+        assert found, outcome.stdout[-2000:]
+        report = json.loads(Path(found.group(1)).read_text())
+        assert report["failed"] == 0 and all(r["status"] == "COMPLETED" for r in report["runs"])
+        assert len(report["runs"]) == sweep_size(command.line)
+
+
+def sweep_size(line: str) -> int:
+    size = 1
+    for arg in shlex.split(line):
+        if "=" in arg and "," in arg.split("=", 1)[1] and "[" not in arg:
+            size *= len(arg.split("=", 1)[1].split(","))
+    return size
+
+
+@pytest.mark.parametrize("index", range(len(readme_snippets())))
+def test_readme_python_snippet_runs(index: int, outcomes: dict[str, Outcome]) -> None:
+    outcome = outcomes.get(f"snippet {index}")
+    if outcome is None:
+        pytest.fail("not run: the snippet needs <run>, and the README's first training command failed")
+    assert outcome.returncode == 0, outcome.explain()
+
+
+def test_the_readme_shows_what_this_test_runs() -> None:
+    """The parser sees the two commands, the sweeps, the deploy lines and the snippets (a silent parse is no test)."""
+    lines = [c.line for c in COMMANDS]
+    assert lines[:2] == ["make demo", "make test"]
+    assert "python train.py" in lines
+    assert sweep_size("python train.py -m a=1,2 b=x,y,z c=[1,2]") == 6
+    assert any(line.startswith("python train.py -m ") for line in lines)
+    assert any(line.startswith("python deploy.py ") for line in lines)
+    assert any(needs_a_run(line) for line in lines) and len(readme_snippets()) >= 2
+    assert [c.gpus_needed() for c in COMMANDS if "trainer=ddp" in c.line] == [4, -1]
