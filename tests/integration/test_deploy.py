@@ -245,12 +245,14 @@ def test_a_100_class_checkpoint_on_digits_names_the_class_mismatch(trained_run, 
     ckpt["hyper_parameters"]["net"]["num_classes"] = 100
     ckpt["datamodule_hyper_parameters"].update(dataset="cifar100", num_classes=100, val_size=5000)
     torch.save(ckpt, tmp_path / "cifar100.ckpt")
+    # with a CUDA toolkit and no GPU, importing torch.utils.benchmark used to log "No CUDA runtime is found" first
+    run_env["CUDA_HOME"] = str(tmp_path)
     proc = run_entry("deploy.py", [f"ckpt={tmp_path / 'cifar100.ckpt'}", "data.dataset=digits",
                                    f"hydra.run.dir={tmp_path / 'out'}"], run_env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "is a 100-class model but digits has 10 classes" in errors[0], proc.stderr[-2000:]
-    assert "val_size" not in proc.stderr and "No CUDA runtime" not in proc.stderr
+    assert "val_size" not in proc.stderr and "No CUDA runtime" not in proc.stderr, proc.stderr
 
 
 def test_user_error_class_is_used_for_deploy_errors() -> None:

@@ -1,9 +1,6 @@
 """Deploy targets without a trained run: the registry and its selection, device placement (on the meta device, which
 refuses any CPU tensor exactly as CUDA would), the one-pass evaluation, the gates, and the thread choice."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -52,7 +49,7 @@ def test_auto_picks_per_device_and_the_reference_comes_first() -> None:
 
 def test_unknown_target_is_one_line_listing_the_valid_ones() -> None:
     with pytest.raises(UserError, match=r"unknown target 'tensorrt'; choose from auto, train_form, fused, .*"
-                                        r"onnxruntime_int8 \(e\.g\. targets=\[auto,onnxruntime_int8\]\)"):
+                                        r"onnxruntime_int8, .* \(e\.g\. targets=\[auto,onnxruntime_int8\]\)"):
         select_targets(["auto", "tensorrt"], CPU, onnx_export=True)
 
 
@@ -176,15 +173,3 @@ def test_every_registered_target_says_what_it_is() -> None:
         assert cls.name == name and cls.precision in ("fp32", "bf16", "fp16", "int8")
         assert cls.settings_key, name
 
-
-def test_deploy_imports_without_the_cuda_home_warning(tmp_path: Path) -> None:
-    """torch.utils.benchmark imports torch.utils.cpp_extension, which warns "No CUDA runtime is found, using
-    CUDA_HOME=..." on a CPU machine with a CUDA toolkit; deploy never compiles an extension, so it must stay quiet."""
-    env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
-    code = ("import sys, reparam.deploy; print('MARK', file=sys.stderr, flush=True); "
-            "import torch.utils.cpp_extension as ext; ext._find_cuda_home()")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    during_import, _, afterwards = proc.stderr.partition("MARK")
-    assert "No CUDA runtime is found" not in during_import
-    assert "No CUDA runtime is found" in afterwards  # the environment does provoke it: this test can fail

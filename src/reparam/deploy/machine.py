@@ -1,8 +1,9 @@
 """CPU threads for deploy's measurements, and whether the machine was quiet enough for its timings to mean anything.
 
 Why threads matter: torch and ONNX Runtime split each operator over a pool of threads that meet at a barrier. When
-other processes keep the cores busy, one descheduled thread holds up the rest; measured on a 2-core VM with another
-process using both cores, the fused demo model at batch 1 took 129 ms with 2 threads and 1.0 ms with 1. So with
+other processes keep the cores busy, one descheduled thread holds up the rest: on the 2-core dev VM at load 9.7 the
+fused demo model at batch 1 took 52 ms with 2 threads and 3.9 ms with 1 (``benchmarks/threads.py``,
+docs/benchmarks.md). So with
 ``benchmark.threads=null`` deploy uses every usable core on a quiet machine, and only the cores the load average
 leaves free on a busy one (at least one). The load average counts every CPU of the machine and this process too;
 its share of the usable cores, less this process's own recent CPU use, estimates what the others take.

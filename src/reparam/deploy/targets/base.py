@@ -12,15 +12,16 @@ Adding a runtime is one class registered with :func:`register_target` and, when 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from ...errors import UserError
+from ...errors import UserError, reraise_as_user_error
 from ..export import ExportResult
 from ..gates import Gate
+from ..quantize import quantize_int8
 from ..load import Loaded
 
 __all__ = ["Target", "TargetContext", "TargetUnavailable", "Cost", "TARGETS", "register_target"]
@@ -46,14 +47,35 @@ class TargetContext:
     loaded: Loaded  # the fused model (CPU, float32), and the train form when deploy was given a checkpoint
     device: torch.device  # where torch targets run (ONNX Runtime runs on CPU)
     channels_last: bool
-    threads: int  # CPU threads for runtimes with their own pool (ONNX Runtime)
+    threads: int  # CPU threads for runtimes with their own pool (ONNX Runtime, OpenVINO)
     out_dir: Path  # where targets write their files (model.int8.onnx)
     onnx: ExportResult | None = None  # the checked fp32 ONNX export, where one was made
     calibration_images: Callable[[int], torch.Tensor] | None = None  # n training-split images, normalized
+    _int8: dict[tuple, tuple[Path, dict]] = field(default_factory=dict, repr=False)
+
+    def fp32_onnx(self) -> str:
+        """The fp32 export every ONNX-based target starts from, if it passed its parity check."""
+        if self.onnx is None:
+            raise TargetUnavailable("no ONNX export was made")
+        if not self.onnx.ok:
+            raise TargetUnavailable(f"the fp32 ONNX export failed its parity check ({self.onnx.parity.describe()})")
+        return self.onnx.path
+
+    def int8_onnx(self, settings: Mapping[str, Any]) -> tuple[Path, dict]:
+        """``model.int8.onnx`` (static INT8, QDQ) and its settings; quantized once, shared by every INT8 target."""
+        key = (int(settings["calibration_images"]), str(settings["method"]), str(settings["reduce_range"]))
+        if key not in self._int8:
+            path = self.out_dir / "model.int8.onnx"
+            with reraise_as_user_error("quantize", ValueError):
+                details = quantize_int8(self.fp32_onnx(), path, self.calibration_images(key[0]), key[1],
+                                        settings["reduce_range"])
+            self._int8[key] = (path, details)
+        return self._int8[key]
 
 
 class Target:
-    """One way of running the fused model. Subclasses set the class attributes and implement the four methods."""
+    """One way of running the fused model. Subclasses set the class attributes and implement build, prepare and
+    forward (and cost, where the runtime can say)."""
 
     # class defaults, which an instance may refine
     name: str = ""  # the registry key, set by register_target

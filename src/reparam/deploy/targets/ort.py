@@ -11,15 +11,19 @@ import torch
 
 from ...compare import Tolerance
 from ...device import place
-from ...errors import reraise_as_user_error
 from ..gates import Equivalence, Gate, MaxDrop
-from ..quantize import OrtModel, quantize_int8
-from .base import Target, TargetContext, TargetUnavailable, register_target
+from ..quantize import OrtModel
+from .base import Target, TargetContext, register_target
 
-__all__ = ["OnnxRuntimeTarget"]
+__all__ = ["OnnxRuntimeTarget", "int8_gate", "INT8_ADVICE"]
 
 INT8_ADVICE = ("train with model.block=qarepvgg, whose fused weights quantize well, or try quantize.method=percentile "
                "or more quantize.calibration_images")
+
+
+def int8_gate(settings: Mapping[str, Any]) -> MaxDrop:
+    """Every INT8 target's check: ``quantize.max_drop``."""
+    return MaxDrop(float(settings["max_drop"]), "quantize.max_drop", INT8_ADVICE)
 
 
 class OnnxRuntimeTarget(Target):
@@ -34,15 +38,6 @@ class OnnxRuntimeTarget(Target):
         self.session = OrtModel(path, threads)
         self.artifact = str(path) if wrote else None  # the fp32 file is the export's, reported there
         self.details = dict(details or {})
-
-    @staticmethod
-    def fp32_onnx(context: TargetContext) -> str:
-        """The checked fp32 export every ONNX Runtime target starts from."""
-        if context.onnx is None:
-            raise TargetUnavailable("no ONNX export was made")
-        if not context.onnx.ok:
-            raise TargetUnavailable(f"the fp32 ONNX export failed its parity check ({context.onnx.parity.describe()})")
-        return context.onnx.path
 
     def prepare(self, images: torch.Tensor) -> np.ndarray:
         return place(images, "cpu", torch.float32).contiguous().numpy()
@@ -59,7 +54,7 @@ class OnnxRuntimeFP32(OnnxRuntimeTarget):
 
     @classmethod
     def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> OnnxRuntimeFP32:
-        fp32 = cls.fp32_onnx(context)
+        fp32 = context.fp32_onnx()
         gate = Equivalence(Tolerance(float(settings["atol"]), float(settings["rtol"])), cls.settings_key,
                            advice="the exported graph differs from the torch model: please report it with report.json")
         return cls(fp32, context.threads, gate)
@@ -74,10 +69,5 @@ class OnnxRuntimeINT8(OnnxRuntimeTarget):
 
     @classmethod
     def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> OnnxRuntimeINT8:
-        fp32 = cls.fp32_onnx(context)
-        calibration = context.calibration_images(int(settings["calibration_images"]))
-        path = context.out_dir / "model.int8.onnx"
-        with reraise_as_user_error("quantize", ValueError):
-            details = quantize_int8(fp32, path, calibration, str(settings["method"]), settings["reduce_range"])
-        gate = MaxDrop(float(settings["max_drop"]), "quantize.max_drop", INT8_ADVICE)
-        return cls(path, context.threads, gate, details, wrote=True)
+        path, details = context.int8_onnx(settings)
+        return cls(path, context.threads, int8_gate(settings), details, wrote=True)
