@@ -46,7 +46,8 @@ class OpenVinoTarget(Target):
         core = ov.Core()
         self.model = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.request = self.model.create_infer_request()
-        arithmetic = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}[self.model.get_property("INFERENCE_PRECISION_HINT").get_type_name()]
+        hint = self.model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        arithmetic = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}[hint]
         self.precision = f"int8+{arithmetic}" if int8 and arithmetic != "fp32" else "int8" if int8 else arithmetic
 
     def prepare(self, images: torch.Tensor) -> np.ndarray:

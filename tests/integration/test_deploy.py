@@ -185,7 +185,8 @@ def test_bad_inputs_each_get_one_clear_line(trained_run, tmp_path: Path, capsys)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}}, other)
     expect_one_line(capsys, tmp_path, other, "not a reparam checkpoint", "another project")
-    expect_one_line(capsys, tmp_path, last, "10-class model but cifar100 has 100 classes", overrides=["data.dataset=cifar100"])
+    expect_one_line(capsys, tmp_path, last, "10-class model but cifar100 has 100 classes",
+                    overrides=["data.dataset=cifar100"])
     expect_one_line(capsys, tmp_path, last, "unknown target 'tensorrt'; choose from auto, train_form, fused",
                     overrides=["targets=[auto,tensorrt]"])
     expect_one_line(capsys, tmp_path, last, "benchmark.dtype must be float32, bfloat16 or float16",

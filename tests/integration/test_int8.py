@@ -34,12 +34,13 @@ def test_qarepvgg_trains_fuses_exactly_and_quantizes_within_max_drop(qarepvgg_de
     assert qarepvgg_demo["fusion_argmax_agreement"] == 1.0 and qarepvgg_demo["fusion_fp64_max_abs_diff"] <= 1e-10
     fused_passes = []  # images the fused model (the reference) is run on, batch by batch, during evaluation
     real_predict = Fused.predict
-    monkeypatch.setattr(Fused, "predict", lambda self, images: fused_passes.append(len(images)) or real_predict(self, images))
+    monkeypatch.setattr(Fused, "predict",
+                        lambda self, images: fused_passes.append(len(images)) or real_predict(self, images))
     quantized = []  # INT8 targets share one calibration and one file
     real_quantize = base.quantize_int8
     monkeypatch.setattr(base, "quantize_int8", lambda *a, **k: quantized.append(a[1]) or real_quantize(*a, **k))
-    deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo['best_checkpoint']}", *INT8, f"targets=[{','.join(['auto', *OPENVINO])}]"],
-                          run_dir=tmp_path))
+    chosen = f"targets=[{','.join(['auto', *OPENVINO])}]"
+    deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo['best_checkpoint']}", *INT8, chosen], run_dir=tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
     assert sum(fused_passes) == report["num_test_images"] == 359  # one pass over the test split feeds every target
     assert quantized == [tmp_path / "model.int8.onnx"]

@@ -18,9 +18,9 @@ from ..device import describe_device, device_of, place, synchronize
 if TYPE_CHECKING:
     from .targets import Target
 
-__all__ = ["BenchmarkResult", "Ratio", "benchmark_targets", "count_flops", "ratios", "DTYPES"]
+__all__ = ["BenchmarkResult", "Ratio", "benchmark_targets", "count_flops", "ratios", "DTYPE_NAMES"]
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
 
 
 def _import_torch_benchmark():
@@ -127,7 +127,8 @@ def benchmark_targets(targets: Sequence[Target], batch_sizes: Sequence[int] = (1
             cost = costs[target.name]
             results.append(BenchmarkResult(
                 form=target.name, label=target.label, runtime=target.runtime, precision=target.precision,
-                device=describe_device(target.device), batch_size=batch_size, dtype=DTYPES.get(target.precision, target.precision),
+                device=describe_device(target.device), batch_size=batch_size,
+                dtype=DTYPE_NAMES.get(target.precision, target.precision),
                 channels_last=target.channels_last, compiled=target.runtime == "torch.compile",
                 threads=torch.get_num_threads(), latency_ms_median=median * 1e3, latency_ms_iqr=(q3 - q1) * 1e3,
                 throughput_ips=batch_size / median, runs=len(times[target.name]), params=cost.params,

@@ -73,7 +73,7 @@ class TorchTarget(Target):
     @classmethod
     def check_device(cls, device: torch.device) -> None:
         if device.type == "cpu" and cls.dtype == torch.float16:
-            # measured on the 2-core AVX-512 dev VM: fused A0 in fp16 on CPU ran 22x slower than in fp32 (docs/benchmarks.md)
+            # measured on the 2-core AVX-512 dev VM: fused A0 in fp16 ran 22x slower than in fp32 (docs/benchmarks.md)
             raise TargetUnavailable(f"{cls.name} runs on GPUs only: float16 convolutions on CPU use a slow reference "
                                     "kernel; use fused_bf16 on CPU, or device=cuda")
         if cls.compiled and device.type == "cpu" and not _cpp_compiler():
