@@ -65,7 +65,7 @@ def test_qarepvgg_trains_fuses_exactly_and_quantizes_within_max_drop(qarepvgg_de
     assert int8["accuracy_drop"] <= 1.0 and int8["correct"] >= 0.9 * report["num_test_images"]
     assert set(int8["throughput"]) == {"1", "32"} and set(int8["speedup_vs_fp32"]) == {"1", "32"}
     forms = {r["form"] for r in report["benchmark"]}
-    assert forms == {"train_form", "fused", "plain_vgg", "onnxruntime_fp32", "onnxruntime_int8"}
+    assert forms == {"train_form", "fused", "plain_vgg", "onnxruntime_fp32", "onnxruntime_int8", *OPENVINO}
     assert all(len(r["throughput_rounds"]) == 2 for r in report["benchmark"])  # interleaved rounds
     spread = report["speedup_spread"]["32"]
     assert spread["min"] <= spread["median"] <= spread["max"]
