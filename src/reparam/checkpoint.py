@@ -24,8 +24,8 @@ def read_checkpoint(path: Path) -> dict:
         ) from err
     except Exception as err:  # noqa: BLE001 - any failure of this one call means an unreadable file
         raise UserError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt? {(str(err).splitlines() or [type(err).__name__])[0][:160]}); "
-            "use another checkpoint, e.g. <run>/checkpoints/last.ckpt"
+            f"{path} is not a readable PyTorch checkpoint: {_what_is_wrong(path)}; copy it again from where it was "
+            "written, or use another checkpoint, e.g. <run>/checkpoints/last.ckpt"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py or a fused/ folder")
@@ -35,6 +35,20 @@ def read_checkpoint(path: Path) -> dict:
             f"{path} is not a reparam checkpoint (its hyper_parameters have no 'net' spec); was it written by another project?"
         )
     return ckpt
+
+
+def _what_is_wrong(path: Path) -> str:
+    """Why torch.load failed, in words (its own messages are internal zip or pickle codes such as ``KeyError: '101'``)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"it cannot be opened ({err.strerror or 'read error'})"
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head == b"PK\x03\x04":  # torch.save writes a zip archive
+        return "the file is cut off or damaged (its zip archive is incomplete), as after an interrupted copy or write"
+    return "the file is not a checkpoint at all (torch.save writes a zip archive; this file is something else)"
 
 
 def net_state(checkpoint: dict) -> dict[str, torch.Tensor]:

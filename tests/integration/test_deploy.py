@@ -12,15 +12,16 @@ from helpers import compose_config, run_entry
 
 from reparam.cli import guarded
 from reparam.data import ImageDataModule
-from reparam.deploy import deploy, load_for_deploy
+from reparam.deploy import DeployReport, deploy, load_for_deploy
+from reparam.deploy.report import print_deploy_summary
 from reparam.errors import UserError
 from reparam.training import train
 
 pytestmark = pytest.mark.slow
 
 FAST_DEPLOY = ["benchmark.batch_sizes=[1,4]", "benchmark.min_run_time=0.02", "export.check_batch_size=8"]
-REPORT_KEYS = {"checkpoint", "dataset", "num_test_images", "accuracy", "correct", "disagreements",
-               "max_abs_logit_diff", "benchmark", "speedup", "exports"}
+REPORT_KEYS = {"schema_version", "checkpoint", "dataset", "num_test_images", "targets", "machine", "accuracy",
+               "correct", "disagreements", "max_abs_logit_diff", "benchmark", "speedup", "exports"}
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +33,34 @@ def trained_run(cifar_root, tmp_path_factory) -> dict:
     return train(cfg)
 
 
-def run_deploy(ckpt, tmp_path: Path, *overrides: str) -> dict:
+def run_deploy(ckpt, tmp_path: Path, *overrides: str) -> DeployReport:
     return deploy(compose_config("deploy", [f"ckpt={ckpt}", *FAST_DEPLOY, *overrides], run_dir=tmp_path))
 
 
-def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: Path) -> None:
+def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: Path, capsys) -> None:
     report = run_deploy(trained_run.last_checkpoint, tmp_path)
     on_disk = json.loads((tmp_path / "report.json").read_text())
-    assert REPORT_KEYS <= set(on_disk)
+    assert REPORT_KEYS <= set(on_disk) and on_disk["schema_version"] == 2
     assert on_disk["num_test_images"] == 40 and on_disk["dataset"] == "cifar10"
     assert on_disk["accuracy"]["train_form"] == on_disk["accuracy"]["fused"]
     assert on_disk["correct"]["train_form"] == on_disk["correct"]["fused"]
     assert on_disk["disagreements"] == 0 and on_disk["max_abs_logit_diff"] < 1e-4
     assert on_disk["equivalent"] is True
+    # every CPU target of targets=[auto], each evaluated on the whole test split and timed at every batch size
+    targets = on_disk["targets"]
+    assert list(targets) == ["fused", "train_form", "plain_vgg", "onnxruntime_fp32"]
+    for name, target in targets.items():
+        assert target["num_images"] == 40 and target["correct"] == on_disk["correct"]["fused"], name
+        assert set(target["throughput"]) == {"1", "4"} and target["gate"]["passed"], name
+        assert name == "fused" or (target["disagreements"] == 0 and target["max_abs_logit_diff"] < 1e-4), name
+    assert targets["onnxruntime_fp32"]["label"] == "onnxruntime fp32 cpu" and targets["fused"]["gate"]["kind"] == "reference"
+    assert set(targets["train_form"]["speedup_vs_reference"]) == {"1", "4"}
+    machine = on_disk["machine"]
+    assert machine["threads"] >= 1 and machine["threads_chosen_because"] and "load_before" in machine
     forms = {(r["form"], r["batch_size"]) for r in on_disk["benchmark"]}
     # every runtime on one table: torch eager forms and the exported file in ONNX Runtime
     assert forms == {(f, b) for f in ("train_form", "fused", "plain_vgg", "onnxruntime_fp32") for b in (1, 4)}
+    assert all(r["threads"] == machine["threads"] for r in on_disk["benchmark"])
     assert set(on_disk["speedup"]) == {"1", "4"} and all(s > 0 for s in on_disk["speedup"].values())
     spread = on_disk["speedup_spread"]["4"]
     assert spread["min"] <= spread["median"] <= spread["max"] and isinstance(spread["measurable"], bool)
@@ -57,7 +70,12 @@ def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: 
     train_row = next(r for r in on_disk["benchmark"] if r["form"] == "train_form")
     assert fused_row["params"] < train_row["params"] and fused_row["flops_per_image"] < train_row["flops_per_image"]
     assert (tmp_path / "plot.png").stat().st_size > 10_000
-    assert report["exports"]["onnx"]["max_abs_diff"] < 1e-4 and report["exports"]["torch_export"]["max_abs_diff"] < 1e-5
+    assert report.exports["onnx"].max_abs_diff < 1e-4 and report.exports["torch_export"].max_abs_diff < 1e-5
+    assert report.to_dict() == on_disk  # report.json is the typed report, nothing else
+    print_deploy_summary(report)
+    table = capsys.readouterr().out
+    for label in ("fused torch fp32 cpu", "train_form torch fp32 cpu", "onnxruntime fp32 cpu"):
+        assert label in table  # every row names its runtime and precision
 
 
 def test_onnx_export_matches_pytorch_on_test_images(trained_run, cifar_root, tmp_path: Path) -> None:
@@ -78,14 +96,22 @@ def test_onnx_export_matches_pytorch_on_test_images(trained_run, cifar_root, tmp
     assert not (tmp_path / "model.pt2").exists()  # export.torch_export=false writes none
 
 
-def test_deploy_from_fused_folder_matches_recorded_accuracy(trained_run, tmp_path: Path) -> None:
-    report = run_deploy(trained_run.fused_dir, tmp_path, "benchmark.batch_sizes=[2]")
-    assert report["source_kind"] == "fused" and report["accuracy"]["train_form"] is None
-    assert report["recorded_test_acc"] == pytest.approx(trained_run.test_acc)
+def test_deploy_from_fused_folder_matches_recorded_accuracy(trained_run, tmp_path: Path, capsys) -> None:
+    report = run_deploy(trained_run.fused_dir, tmp_path, "benchmark.batch_sizes=[2]", "benchmark.dtype=bfloat16")
+    assert report.source_kind == "fused" and report.target("train_form") is None
+    assert "holds no train form" in report.skipped_targets["train_form"]
+    assert report.recorded_test_acc == pytest.approx(trained_run.test_acc)
     # same number of correct images (the recorded value went through float32)
-    n = report["num_test_images"]
-    assert round(report["accuracy"]["fused"] * n) == round(report["recorded_test_acc"] * n)
-    assert {r["form"] for r in report["benchmark"]} == {"fused", "plain_vgg", "onnxruntime_fp32"}
+    n = report.num_test_images
+    assert round(report.target("fused").accuracy * n) == round(report.recorded_test_acc * n)
+    assert {r.form for r in report.benchmark} == {"fused", "plain_vgg", "onnxruntime_fp32", "fused_bf16"}
+    # benchmark.dtype=bfloat16 adds the bf16 target: measured for accuracy too, gated by its max_drop
+    bf16 = report.target("fused_bf16")
+    assert bf16.label == "fused torch bf16 cpu" and bf16.num_images == n and bf16.gate.limits == {"max_drop": 0.5}
+    assert bf16.gate.passed == (bf16.accuracy_drop <= 0.5) and bf16.max_abs_logit_diff > 0
+    assert {r.dtype for r in report.benchmark if r.form == "fused_bf16"} == {"bfloat16"}
+    print_deploy_summary(report)
+    assert "fused torch bf16 cpu" in capsys.readouterr().out
 
 
 def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -> None:
@@ -93,8 +119,38 @@ def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -
                         "export.torch_export=false")
     # the weights fused/ was built from (the best checkpoint), not last.ckpt: deploy and the artifact agree
     fused_from = json.loads((Path(trained_run.run_dir) / "fused" / "config.json").read_text())["source_checkpoint"]
-    assert report["checkpoint"] == fused_from and not fused_from.endswith("last.ckpt")
-    assert report["weights_chosen_because"].startswith("the checkpoint fused/ was built from")
+    assert report.checkpoint == fused_from and not fused_from.endswith("last.ckpt")
+    assert report.weights_chosen_because.startswith("the checkpoint fused/ was built from")
+    assert report.machine.warnings == []  # nothing was timed, nothing to distrust
+
+
+CUDA_RUNS = {
+    "last_checkpoint": ["benchmark.channels_last=true", "targets=[auto,compiled,onnxruntime_fp32]", "quantize=int8"],
+    "fused_dir": ["benchmark.dtype=bfloat16", "benchmark.compile=true"],  # the shorthands: compiled_bf16
+    "run_dir": ["benchmark.dtype=float16", "quantize=int8"],
+}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("source", sorted(CUDA_RUNS))
+def test_every_target_runs_on_cuda(trained_run, tmp_path: Path, source: str) -> None:
+    """Torch targets on the GPU in every precision and layout, ONNX Runtime on the CPU, exports from CPU copies."""
+    report = run_deploy(getattr(trained_run, source), tmp_path, "device=cuda", "quantize.calibration_images=64",
+                        "quantize.max_drop=100", *(f"target_settings.{name}.max_drop=100" for name in
+                                                    ("fused_bf16", "fused_fp16", "compiled_bf16")),
+                        *CUDA_RUNS[source])
+    labels = {t.label for t in report.targets}
+    assert {"fused torch fp32 cuda", "plain_vgg torch fp32 cuda", "fused torch bf16 cuda",
+            "fused torch fp16 cuda"} <= labels
+    for target in report.targets:
+        assert target.num_images == 40 and target.gate.passed, (target.label, target.gate)
+        assert set(target.throughput) == {1, 4}, target.label
+    assert all(r.peak_memory_mb > 0 for r in report.benchmark if r.device.startswith("cuda"))
+    assert all(export.ok for export in report.exports.values())
+    if source == "fused_dir":
+        assert "fused torch.compile bf16 cuda" in labels
+    if "quantize=int8" in CUDA_RUNS[source]:
+        assert "onnxruntime int8 cpu" in labels
 
 
 def _bad(tmp_path: Path, name: str, content: bytes) -> Path:
@@ -120,19 +176,29 @@ def test_bad_inputs_each_get_one_clear_line(trained_run, tmp_path: Path, capsys)
     empty = tmp_path / "empty"
     empty.mkdir()
     expect_one_line(capsys, tmp_path, empty, "holds no checkpoint")
-    expect_one_line(capsys, tmp_path, _bad(tmp_path, "notes.ckpt", b"hello, not a checkpoint"), "not a readable PyTorch checkpoint")
+    # what is wrong, in words: not torch's internal codes (a text file used to end in "corrupt? 101")
+    expect_one_line(capsys, tmp_path, _bad(tmp_path, "notes.ckpt", b"hello, not a checkpoint"),
+                    "not a readable PyTorch checkpoint: the file is not a checkpoint at all", "copy it again")
     expect_one_line(capsys, tmp_path, _bad(tmp_path, "cut.ckpt", last.read_bytes()[: last.stat().st_size // 2]),
-                    "not a readable PyTorch checkpoint")
+                    "not a readable PyTorch checkpoint: the file is cut off or damaged", "use another checkpoint")
+    expect_one_line(capsys, tmp_path, _bad(tmp_path, "empty.ckpt", b""), "the file is empty (0 bytes)")
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}}, other)
     expect_one_line(capsys, tmp_path, other, "not a reparam checkpoint", "another project")
-    expect_one_line(capsys, tmp_path, last, "10-class model but cifar100 has 100 classes", overrides=["+data.dataset=cifar100"])
+    expect_one_line(capsys, tmp_path, last, "10-class model but cifar100 has 100 classes",
+                    overrides=["data.dataset=cifar100"])
+    expect_one_line(capsys, tmp_path, last, "unknown target 'tensorrt'; choose from auto, train_form, fused",
+                    overrides=["targets=[auto,tensorrt]"])
+    expect_one_line(capsys, tmp_path, last, "benchmark.dtype must be float32, bfloat16 or float16",
+                    overrides=["benchmark.dtype=float8"])
     ckpt = torch.load(last, weights_only=True)
     ckpt["hyper_parameters"]["net"]["widths"] = [4, 4, 4, 4, 4]
     torch.save(ckpt, tmp_path / "mismatch.ckpt")
     expect_one_line(capsys, tmp_path, tmp_path / "mismatch.ckpt", "weights do not fit the model it describes")
     if not torch.cuda.is_available():
         expect_one_line(capsys, tmp_path, last, "device=cuda asked for", overrides=["device=cuda"])
+        expect_one_line(capsys, tmp_path, last, "target fused_fp16 cannot run here: fused_fp16 runs on GPUs only",
+                        overrides=["benchmark.dtype=float16", "device=cpu"])
 
 
 def test_corrupt_fused_folder_is_refused(trained_run, tmp_path: Path, capsys) -> None:
@@ -168,6 +234,26 @@ def test_cli_without_ckpt_and_with_missing_file(tmp_path: Path, run_env) -> None
         proc = run_entry("deploy.py", [*args, f"hydra.run.dir={tmp_path}"], run_env)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")][0].count(fragment) == 1
+
+
+def test_a_100_class_checkpoint_on_digits_names_the_class_mismatch(trained_run, tmp_path: Path, run_env) -> None:
+    """The command a user types: the class counts disagree, whatever the run's own data settings (val_size=5000 for
+    CIFAR-100 leaves nothing of digits' 1,438 training images) would say."""
+    ckpt = torch.load(trained_run.last_checkpoint, weights_only=True)
+    state = ckpt["state_dict"]
+    state["net.head.weight"] = torch.zeros(100, state["net.head.weight"].shape[1])
+    state["net.head.bias"] = torch.zeros(100)
+    ckpt["hyper_parameters"]["net"]["num_classes"] = 100
+    ckpt["datamodule_hyper_parameters"].update(dataset="cifar100", num_classes=100, val_size=5000)
+    torch.save(ckpt, tmp_path / "cifar100.ckpt")
+    # with a CUDA toolkit and no GPU, importing torch.utils.benchmark used to log "No CUDA runtime is found" first
+    run_env["CUDA_HOME"] = str(tmp_path)
+    proc = run_entry("deploy.py", [f"ckpt={tmp_path / 'cifar100.ckpt'}", "data.dataset=digits",
+                                   f"hydra.run.dir={tmp_path / 'out'}"], run_env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is a 100-class model but digits has 10 classes" in errors[0], proc.stderr[-2000:]
+    assert "val_size" not in proc.stderr and "No CUDA runtime" not in proc.stderr, proc.stderr
 
 
 def test_user_error_class_is_used_for_deploy_errors() -> None:

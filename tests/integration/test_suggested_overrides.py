@@ -46,10 +46,12 @@ SUGGESTED = {
     "quantize": [("deploy", "quantize=int8")],
     "quantize.method": [("deploy", "quantize=int8 quantize.method=percentile")],
     "quantize.max_drop": [("deploy", "quantize=int8 quantize.max_drop=2.0")],
+    "benchmark.threads": [("deploy", "benchmark.threads=1")],
+    "targets": [("deploy", "targets=[auto,onnxruntime_int8]")],
 }
 CONFIG_KEYS = {"trainer", "data", "experiment", "ckpt_path", "auto_resume", "hydra", "ckpt", "device", "optimizer",
                "scheduler", "optimized_metric", "callbacks", "model", "logger", "benchmark", "export", "tolerance",
-               "quantize", "debug", "speed", "paths", "module", "seed", "test"}
+               "quantize", "debug", "speed", "paths", "module", "seed", "test", "targets", "target_settings"}
 SUGGESTION = re.compile(r"(?<![\w./-])([a-z_]+(?:\.[a-z_0-9]+)*)=(?=[\w<$/.\[-])")
 
 
@@ -104,4 +106,4 @@ def test_the_deploy_data_suggestion_runs(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"records no data config; pass data\.dataset=cifar10\|cifar100\|digits"):
         deploy(compose_config("deploy", args, run_dir=tmp_path / "d1"))
     report = deploy(compose_config("deploy", [*args, "data.dataset=digits"], run_dir=tmp_path / "d2"))
-    assert report["dataset"] == "digits" and report["num_test_images"] == 359
+    assert report.dataset == "digits" and report.num_test_images == 359

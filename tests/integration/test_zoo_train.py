@@ -22,7 +22,7 @@ def train_and_deploy(overrides: list[str], tmp_path: Path) -> tuple:
     summary = train(compose_config("train", [*ONE_DEMO_EPOCH, *overrides], run_dir=tmp_path / "train"))
     report = deploy(compose_config("deploy", [f"ckpt={summary.best_checkpoint}", *EVALUATE_ONLY],
                                    run_dir=tmp_path / "deploy"))
-    return summary, report
+    return summary, report.to_dict()
 
 
 @pytest.mark.parametrize("kind", ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone"])
@@ -55,7 +55,7 @@ def test_any_module_trains_and_is_fused_by_auto_fuse(tmp_path: Path, caplog) -> 
     x = torch.randn(3, 3, 32, 32)
     assert torch.allclose(program(x), artifact.model(x), atol=1e-5)
     # and deploy evaluates the fused folder alone the same way
-    alone = deploy(compose_config("deploy", [f"ckpt={fused_dir}", *EVALUATE_ONLY], run_dir=tmp_path / "alone"))
+    alone = deploy(compose_config("deploy", [f"ckpt={fused_dir}", *EVALUATE_ONLY], run_dir=tmp_path / "alone")).to_dict()
     assert alone["correct"]["fused"] == report["correct"]["fused"]
 
 

@@ -1,22 +1,29 @@
-"""Deployment: load either form safely, evaluate, benchmark, export, report."""
+"""Deployment: load either form safely, run every target over the test split, benchmark, export, report."""
 
-from .benchmark import BenchmarkResult, benchmark_forms, count_flops
-from .evaluate import Evaluation, evaluate_forms
+from .benchmark import BenchmarkResult, benchmark_targets, count_flops
+from .evaluate import TargetEvaluation, evaluate_targets
 from .export import ExportResult, export_onnx, export_program
 from .load import Loaded, load_for_deploy, plain_vgg_like
+from .report import DeployReport, TargetReport
 from .run import deploy
+from .targets import TARGETS, Target, register_target
 
 __all__ = [
+    "TARGETS",
     "BenchmarkResult",
-    "Evaluation",
+    "DeployReport",
     "ExportResult",
     "Loaded",
-    "benchmark_forms",
+    "Target",
+    "TargetEvaluation",
+    "TargetReport",
+    "benchmark_targets",
     "count_flops",
     "deploy",
-    "evaluate_forms",
+    "evaluate_targets",
     "export_onnx",
     "export_program",
     "load_for_deploy",
     "plain_vgg_like",
+    "register_target",
 ]

@@ -1,28 +1,54 @@
-"""Inference speed, size and cost of each form, measured with torch.utils.benchmark and flop_counter."""
+"""Inference speed, size and cost of every target, measured with torch.utils.benchmark and flop_counter."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping, Sequence
+import logging
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-import torch.utils.benchmark as tbench
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..compare import tf32_enabled
-from ..device import describe_device, resolve_device
+from ..device import describe_device, device_of, place, synchronize
 
-__all__ = ["BenchmarkResult", "Ratio", "benchmark_forms", "count_flops", "ratios", "resolve_device", "speedups", "DTYPES"]
+if TYPE_CHECKING:
+    from .targets import Target
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["BenchmarkResult", "Ratio", "benchmark_targets", "count_flops", "ratios", "DTYPE_NAMES"]
+
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
+
+
+def _import_torch_benchmark():
+    """``torch.utils.benchmark``, without the noise of its import.
+
+    It imports ``torch.utils.cpp_extension`` (for its Valgrind timer, which deploy never uses), whose import logs
+    "No CUDA runtime is found, using CUDA_HOME=..." on every CPU machine with a CUDA toolkit: a warning about compiling
+    extensions, which deploy never does. Only that logger, only below ERROR, only during this import.
+    """
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.benchmark as tbench
+    finally:
+        logger.setLevel(level)
+    return tbench
+
+
+tbench = _import_torch_benchmark()
 
 
 @dataclass
 class BenchmarkResult:
-    form: str
+    form: str  # the target's name
+    label: str  # its runtime, precision and device in words: "fused torch bf16 cuda"
+    runtime: str
+    precision: str
     device: str
     batch_size: int
     dtype: str
@@ -44,93 +70,71 @@ class BenchmarkResult:
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``example`` (a multiply-add counts as 2), by torch's flop counter."""
+    """FLOPs of one forward pass on ``example`` (a multiply-add counts as 2), by torch's flop counter.
+
+    The example is placed where the model lives, in its dtype, so a CUDA or half-precision model can be counted.
+    """
+    first = next(iter(model.parameters()), None)
+    example = place(example, device_of(model), first.dtype if first is not None and first.is_floating_point() else None)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(example)
     return int(counter.get_total_flops())
 
 
-def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool, compile: bool) -> nn.Module:
-    model = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile:
-        model = torch.compile(model, mode="max-autotune-no-cudagraphs" if device.type == "cuda" else "default")
-    return model
+def _warm_up(target: Target, prepared: object) -> float | None:
+    """Three calls (allocator, cuDNN autotune, compilation, ONNX Runtime's first run); CUDA peak memory in MB."""
+    cuda = target.device.type == "cuda"
+    if cuda:
+        synchronize(target.device)
+        torch.cuda.reset_peak_memory_stats(target.device)
+    for _ in range(3):
+        target.forward(prepared)
+    if not cuda:
+        return None
+    synchronize(target.device)
+    return torch.cuda.max_memory_allocated(target.device) / 2**20
 
 
 @torch.inference_mode()
-def benchmark_forms(
-    forms: Mapping[str, nn.Module],
-    batch_sizes: Sequence[int] = (1, 32, 256),
-    device: torch.device | str = "auto",
-    dtype: str = "float32",
-    channels_last: bool = False,
-    compile: bool = False,
-    threads: int | None = None,
-    min_run_time: float = 1.0,
-    input_size: Sequence[int] = (3, 32, 32),
-    rounds: int = 3,
-) -> list[BenchmarkResult]:
-    """Latency and throughput of each form at each batch size, the forms interleaved.
+def benchmark_targets(targets: Sequence[Target], batch_sizes: Sequence[int] = (1, 32, 256),
+                      input_size: Sequence[int] = (3, 32, 32), min_run_time: float = 1.0,
+                      rounds: int = 3) -> list[BenchmarkResult]:
+    """Latency and throughput of every target at each batch size, the targets interleaved.
 
-    A form is an ``nn.Module`` (run on ``device`` in ``dtype``) or any other callable on CPU float32 tensors, such
-    as an ONNX Runtime session (:class:`reparam.deploy.quantize.OrtModel`). Per batch size every form warms up
-    (3 calls; compiles if asked), then ``rounds`` round-robin rounds time each form in turn with
-    torch.utils.benchmark blocks for ``min_run_time / rounds`` seconds, so drift on a shared machine hits every form
-    alike. Reported: median and IQR of all block times, and the throughput of each round (for ratio spreads).
+    Per batch size each target gets the same random batch, prepared for it once (device, dtype, layout), and warms
+    up; then ``rounds`` round-robin rounds time each target in turn with torch.utils.benchmark blocks for
+    ``min_run_time / rounds`` seconds, so drift on a shared machine hits every target alike. Reported: median and
+    IQR of all block times, and the throughput of each round (for ratio spreads).
     """
-    device = resolve_device(device) if isinstance(device, str) else device
-    torch_dtype = DTYPES[dtype]
-    if threads:
-        torch.set_num_threads(int(threads))
-    prepared, info = {}, {}
-    for name, model in forms.items():
-        if isinstance(model, nn.Module):
-            info[name] = (sum(p.numel() for p in model.parameters()),
-                          count_flops(copy.deepcopy(model).eval().float(), torch.zeros(1, *input_size)))
-            prepared[name] = _prepare(model, device, torch_dtype, channels_last, compile)
-        else:
-            info[name] = (None, None)
-            prepared[name] = model
-    results = []
+    costs = {target.name: target.cost(input_size) for target in targets}
     per_round = max(min_run_time / max(rounds, 1), 0.05)
+    results = []
     for batch_size in batch_sizes:
-        inputs, peaks = {}, {}
-        for name, model in prepared.items():
-            torch_form = isinstance(model, nn.Module)
-            x = torch.randn(batch_size, *input_size, device=device if torch_form else "cpu",
-                            dtype=torch_dtype if torch_form else torch.float32)
-            if torch_form and channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            inputs[name] = x
-            if torch_form and device.type == "cuda":
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            for _ in range(3):  # warm-up: allocator, cudnn autotune, compilation, ORT's first run
-                model(x)
-            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20 if torch_form and device.type == "cuda" \
-                else None
-        times: dict[str, list[float]] = {name: [] for name in prepared}
-        rates: dict[str, list[float]] = {name: [] for name in prepared}
+        images = torch.randn(batch_size, *input_size)
+        inputs = {target.name: target.prepare(images) for target in targets}
+        peaks = {target.name: _warm_up(target, inputs[target.name]) for target in targets}
+        times: dict[str, list[float]] = {target.name: [] for target in targets}
+        rates: dict[str, list[float]] = {target.name: [] for target in targets}
         for _ in range(rounds):
-            for name, model in prepared.items():  # round-robin
-                timer = tbench.Timer("model(x)", globals={"model": model, "x": inputs[name]},
+            for target in targets:  # round-robin
+                timer = tbench.Timer("target.forward(x)", globals={"target": target, "x": inputs[target.name]},
                                      num_threads=torch.get_num_threads())
-                m = timer.blocked_autorange(min_run_time=per_round)
-                times[name] += list(m.times)
-                rates[name].append(batch_size / m.median)
-        for name, model in prepared.items():
-            q1, median, q3 = (float(v) for v in torch.tensor(times[name]).quantile(torch.tensor([0.25, 0.5, 0.75])))
-            torch_form = isinstance(model, nn.Module)
+                measurement = timer.blocked_autorange(min_run_time=per_round)
+                times[target.name] += list(measurement.times)
+                rates[target.name].append(batch_size / measurement.median)
+        for target in targets:
+            q1, median, q3 = (float(v) for v in torch.tensor(times[target.name]).quantile(torch.tensor([0.25, 0.5, 0.75])))
+            cost = costs[target.name]
             results.append(BenchmarkResult(
-                form=name, device=describe_device(device if torch_form else "cpu"), batch_size=batch_size,
-                dtype=dtype if torch_form else "float32", channels_last=channels_last and torch_form,
-                compiled=compile and torch_form, threads=torch.get_num_threads(), latency_ms_median=median * 1e3,
-                latency_ms_iqr=(q3 - q1) * 1e3, throughput_ips=batch_size / median, runs=len(times[name]),
-                params=info[name][0], flops_per_image=info[name][1], peak_memory_mb=peaks[name],
-                tf32=tf32_enabled() if torch_form and device.type == "cuda" and dtype == "float32" else None,
-                throughput_rounds=rates[name],
+                form=target.name, label=target.label, runtime=target.runtime, precision=target.precision,
+                device=describe_device(target.device), batch_size=batch_size,
+                dtype=DTYPE_NAMES.get(target.precision, target.precision),
+                channels_last=target.channels_last, compiled=target.runtime == "torch.compile",
+                threads=torch.get_num_threads(), latency_ms_median=median * 1e3, latency_ms_iqr=(q3 - q1) * 1e3,
+                throughput_ips=batch_size / median, runs=len(times[target.name]), params=cost.params,
+                flops_per_image=cost.flops_per_image, peak_memory_mb=peaks[target.name],
+                throughput_rounds=rates[target.name],
+                tf32=tf32_enabled() if target.device.type == "cuda" and target.precision == "fp32" else None,
             ))
     return results
 
@@ -145,7 +149,7 @@ class Ratio:
 
     @property
     def measurable(self) -> bool:
-        """False when the spread covers 1.0: the two forms are not measurably different on this machine."""
+        """False when the spread covers 1.0: the two targets are not measurably different on this machine."""
         return not (self.low <= 1.0 <= self.high)
 
     def describe(self) -> str:
@@ -169,7 +173,3 @@ def ratios(results: Sequence[BenchmarkResult], numerator: str, denominator: str)
         out[bs] = Ratio(statistics.median(pairs), min(pairs), max(pairs))
     return out
 
-
-def speedups(results: Sequence[BenchmarkResult], numerator: str = "fused", denominator: str = "train_form") -> dict[int, float]:
-    """Median throughput ratio ``numerator / denominator`` per batch size."""
-    return {bs: ratio.median for bs, ratio in ratios(results, numerator, denominator).items()}

@@ -1,12 +1,14 @@
 """Export the fused model to ONNX and to a torch.export program; each file is checked before it counts.
 
-Both are written to a temporary name, reloaded by their own runtime (onnxruntime; torch.export.load),
-compared with the PyTorch model on real inputs, and only then renamed into place.
+Both run on a CPU float32 copy of the model, wherever the caller keeps it; both are written to a temporary name,
+reloaded by their own runtime (onnxruntime; torch.export.load), compared with the PyTorch model on real inputs, and
+only then renamed into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -16,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.utils.benchmark as tbench
 from torch import nn
 
 from ..compare import ComparisonReport, Tolerance, compare
+from ..device import place
+from .benchmark import tbench
 
 __all__ = ["ExportResult", "export_onnx", "export_program"]
 
@@ -57,6 +60,11 @@ def _quiet():
     return stack
 
 
+def _cpu_float32(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """A CPU float32 copy of the model (wherever and in whatever dtype the caller keeps it) and the example there."""
+    return place(copy.deepcopy(model).eval(), "cpu", torch.float32), place(example, "cpu", torch.float32)
+
+
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
@@ -70,8 +78,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, toler
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
-    model = model.eval().cpu().float()
-    example = example.cpu().float()
+    model, example = _cpu_float32(model, example)
     try:
         with _quiet(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
@@ -101,8 +108,7 @@ def export_program(model: nn.Module, example: torch.Tensor, path: str | Path,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path).with_suffix(".pt2")
-    model = model.eval().cpu().float()
-    example = example.cpu().float()
+    model, example = _cpu_float32(model, example)
     try:
         with _quiet(), torch.no_grad():
             program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))

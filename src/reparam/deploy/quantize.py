@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import place
+
 __all__ = ["OrtModel", "quantize_int8", "cpu_has_vnni", "METHODS"]
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -36,7 +38,7 @@ def cpu_has_vnni() -> bool:
 
 
 class OrtModel:
-    """An ONNX Runtime session used like a model: ``model(x)`` takes and returns torch tensors (CPU)."""
+    """An ONNX Runtime CPU session: ``run(array)`` on numpy arrays, ``model(x)`` on torch tensors."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -48,15 +50,12 @@ class OrtModel:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
+    def run(self, images: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(None, {self.input_name: images})
+        return out
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (out,) = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})
-        return torch.from_numpy(out)
-
-    def eval(self) -> OrtModel:  # the nn.Module calls evaluation and benchmarking make
-        return self
-
-    def to(self, *args, **kwargs) -> OrtModel:  # noqa: ANN002, ANN003 - always CPU
-        return self
+        return torch.from_numpy(self.run(place(x.detach(), "cpu", torch.float32).contiguous().numpy()))
 
 
 def _calibration_reader(images: torch.Tensor, input_name: str, batch_size: int = 32):

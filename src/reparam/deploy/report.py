@@ -1,101 +1,188 @@
-"""The deploy report: report.json for tools, plot.png for people, a rich table for the console."""
+"""The deploy report: typed results for every target, and report.json made from them (schema in README.md).
+
+The console table (:mod:`.console`), the plot (:mod:`.plot`), report.json and the loggers are all written from one
+:class:`DeployReport`. ``schema_version`` 2 adds ``targets``, ``skipped_targets`` and ``machine``; the schema-1 keys
+(``accuracy``, ``correct``, ``disagreements``, ``speedup``, ``int8``, ...) stay, derived from the targets.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from rich.table import Table
+from typing import Any
 
 from ..artifact import atomic_write_json
-from ..report import console, pct, text
+from ..compare import ComparisonReport, Tolerance
+from .benchmark import BenchmarkResult, Ratio, ratios
+from .evaluate import TargetEvaluation
+from .export import ExportResult
+from .gates import Equivalence, MaxDrop, Outcome, Verdict
+from .machine import Machine
+from .targets import REFERENCE, Target
 
-__all__ = ["write_report", "plot_benchmark", "print_deploy_summary"]
+__all__ = ["SCHEMA_VERSION", "DeployReport", "TargetReport", "write_report", "print_deploy_summary"]
 
-
-def write_report(report: dict, directory: str | Path) -> Path:
-    return atomic_write_json(Path(directory) / "report.json", report)
-
-
-def plot_benchmark(benchmark: list[dict], path: str | Path) -> Path | None:
-    """Latency and throughput against batch size, one line per form (log scales)."""
-    if not benchmark:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for form in dict.fromkeys(r["form"] for r in benchmark):
-        rows = sorted((r for r in benchmark if r["form"] == form), key=lambda r: r["batch_size"])
-        bs = [r["batch_size"] for r in rows]
-        ax_lat.plot(bs, [r["latency_ms_median"] for r in rows], marker="o", label=form)
-        ax_tp.plot(bs, [r["throughput_ips"] for r in rows], marker="o", label=form)
-    sizes = sorted({r["batch_size"] for r in benchmark})
-    for ax, label in ((ax_lat, "latency per batch, median (ms)"), (ax_tp, "throughput (images/s)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(b) for b in sizes])
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    first = benchmark[0]
-    fig.suptitle(f"{first['device']}, {first['dtype']}, channels_last={first['channels_last']}, compiled={first['compiled']}")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+SCHEMA_VERSION = 2
 
 
-def _ratio(r: dict) -> str:
-    spread = f"{r['min']:.2f}..{r['max']:.2f}"
-    return f"{r['median']:.2f}x ({spread})" if r["measurable"] else f"no measurable difference ({spread})"
+def _by_batch(values: dict[int, Any]) -> dict[str, Any]:
+    """JSON keys are strings: ``{"1": ..., "32": ...}``."""
+    return {str(bs): value.to_dict() if isinstance(value, Ratio) else value for bs, value in values.items()}
 
 
-def print_deploy_summary(report: dict) -> None:
-    acc, correct = report["accuracy"], report["correct"]
-    table = Table(title=f"reparam deploy: {report['checkpoint']}", title_justify="left")
-    for col in ("", "train form", "fused"):
-        table.add_column(col)
-    n = report["num_test_images"]
-    table.add_row("test accuracy", pct(acc.get("train_form")), pct(acc.get("fused")))
-    table.add_row(f"correct / {n}", text(correct.get("train_form")), text(correct.get("fused")))
-    if report.get("recorded_test_acc") is not None:
-        table.add_row("recorded at training", pct(report["recorded_test_acc"]), "")
-    table.add_row("disagreements", "", text(report.get("disagreements")))
-    diff = report.get("max_abs_logit_diff")
-    table.add_row("max |logit diff|", "", "-" if diff is None else f"{diff:.2e}")
-    console.print(table)
+@dataclass
+class TargetReport:
+    """One target: what it is, how it scored on the test split against the reference, how fast it ran."""
 
-    if report["benchmark"]:
-        bench = Table(title=f"inference: {report['benchmark'][0]['device']}", title_justify="left")
-        for col in ("form", "batch", "latency ms (median)", "IQR ms", "images/s", "params", "MFLOPs/img", "peak MB"):
-            bench.add_column(col, justify="right")
-        for r in report["benchmark"]:
-            peak = r.get("peak_memory_mb")
-            params, flops = r.get("params"), r.get("flops_per_image")
-            bench.add_row(r["form"], str(r["batch_size"]), f"{r['latency_ms_median']:.3f}", f"{r['latency_ms_iqr']:.3f}",
-                          f"{r['throughput_ips']:.0f}", "-" if params is None else f"{params / 1e6:.2f}M",
-                          "-" if flops is None else f"{flops / 1e6:.1f}", "-" if peak is None else f"{peak:.0f}")
-        console.print(bench)
-        if report.get("speedup_spread"):
-            console.print("fused / train form (median over rounds, min..max): "
-                          + ", ".join(f"batch {bs}: {_ratio(r)}" for bs, r in report["speedup_spread"].items()))
-    int8 = report.get("int8")
-    if int8:
-        console.print(f"INT8 ({int8['method']}, {int8['calibration_images']} calibration images, reduce_range="
-                      f"{int8['reduce_range']}): accuracy {pct(int8['accuracy'])} vs fp32 {pct(int8['fp32_accuracy'])} "
-                      f"(drop {int8['accuracy_drop']:.2f} points), {int8['disagreements_vs_fp32']} predictions differ; "
-                      f"{int8['model_path']}")
-        if int8.get("speedup_vs_fp32"):
-            console.print("INT8 (ONNX Runtime) / fused fp32 (torch eager): "
-                          + ", ".join(f"batch {bs}: {_ratio(r)}" for bs, r in int8["speedup_vs_fp32"].items()))
-    for fmt, exp in report.get("exports", {}).items():
-        extra = f", {exp['latency_ms_median']:.2f} ms/batch of {exp['batch_size']} in onnxruntime" if exp.get("latency_ms_median") else ""
-        console.print(f"export {fmt}: {exp['path']} (max |diff| {exp['max_abs_diff']:.1e}{extra})")
-    console.print(f"report: {report['report_path']}")
+    name: str
+    label: str  # "fused torch bf16 cuda"
+    runtime: str
+    precision: str
+    device: str
+    num_images: int
+    correct: int
+    accuracy: float
+    accuracy_drop: float  # points below the reference (negative: above)
+    disagreements: int | None  # predictions that differ from the reference's; None for the reference
+    max_abs_logit_diff: float | None
+    comparison: ComparisonReport | None  # the full comparison, for float32 forms
+    gate: Verdict
+    params: int | None = None
+    flops_per_image: int | None = None
+    artifact: str | None = None  # a file this target wrote (model.int8.onnx)
+    details: dict[str, Any] = field(default_factory=dict)
+    throughput: dict[int, float] = field(default_factory=dict)  # images/s by batch size
+    speedup_vs_reference: dict[int, Ratio] = field(default_factory=dict)  # over the interleaved rounds
+
+    @classmethod
+    def of(cls, target: Target, evaluation: TargetEvaluation, reference: TargetEvaluation,
+           benchmark: Sequence[BenchmarkResult]) -> TargetReport:
+        comparison = evaluation.comparison
+        outcome = Outcome(target.label, target.precision, evaluation.correct, reference.correct,
+                          evaluation.num_images, comparison)
+        rows = [r for r in benchmark if r.form == target.name]
+        return cls(
+            name=target.name, label=target.label, runtime=target.runtime, precision=target.precision,
+            device=str(target.device), num_images=evaluation.num_images, correct=evaluation.correct,
+            accuracy=evaluation.accuracy, accuracy_drop=outcome.accuracy_drop,
+            disagreements=None if comparison is None else comparison.disagreements,
+            max_abs_logit_diff=None if comparison is None else comparison.max_abs_diff,
+            comparison=comparison if isinstance(target.gate, Equivalence) else None,
+            gate=target.gate.check(outcome), params=rows[0].params if rows else None,
+            flops_per_image=rows[0].flops_per_image if rows else None, artifact=target.artifact,
+            details=dict(target.details), throughput={r.batch_size: r.throughput_ips for r in rows},
+            speedup_vs_reference=ratios(benchmark, target.name, REFERENCE) if target.name != REFERENCE else {},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["comparison"] = None if self.comparison is None else self.comparison.to_dict()
+        out["throughput"] = _by_batch(self.throughput)
+        out["speedup_vs_reference"] = _by_batch(self.speedup_vs_reference)
+        return out
+
+
+@dataclass
+class DeployReport:
+    """Everything a deploy run found; ``to_dict`` is report.json."""
+
+    checkpoint: str
+    source_kind: str  # checkpoint | fused
+    weights_chosen_because: str
+    dataset: str
+    num_test_images: int
+    recorded_test_acc: float | None
+    model: dict[str, Any]  # the architecture spec
+    device: str  # where the torch targets ran
+    comparison_precision: str  # "float32, TF32 off": how the equivalence checks computed
+    tolerance: Tolerance  # tolerance.atol / tolerance.rtol (the float32 torch forms)
+    targets: list[TargetReport]  # the reference (fused) first
+    skipped_targets: dict[str, str]  # targets=[auto] ones that cannot run here, and why
+    benchmark: list[BenchmarkResult]
+    exports: dict[str, ExportResult]
+    machine: Machine
+    report_path: str
+    plot_path: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def target(self, name: str) -> TargetReport | None:
+        return next((t for t in self.targets if t.name == name), None)
+
+    @property
+    def equivalent(self) -> bool | None:
+        """Whether the fused model computes the train form's function; None without a train form."""
+        train = self.target("train_form")
+        return None if train is None else train.gate.passed
+
+    def failures(self) -> list[str]:
+        """Why this deploy must fail, most fundamental first: equivalence, export parity, accuracy drops."""
+        failed = [t.gate for t in self.targets if not t.gate.passed]
+        exports = [fmt for fmt, r in self.exports.items() if not r.ok]
+        return ([v.failure for v in failed if v.kind == Equivalence.kind]
+                + ([f"export parity failed for {', '.join(exports)}"] if exports else [])
+                + [v.failure for v in failed if v.kind == MaxDrop.kind])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "checkpoint": self.checkpoint,
+            "source_kind": self.source_kind,
+            "weights_chosen_because": self.weights_chosen_because,
+            "dataset": self.dataset,
+            "num_test_images": self.num_test_images,
+            "recorded_test_acc": self.recorded_test_acc,
+            "model": self.model,
+            "device": self.device,
+            "reference": REFERENCE,
+            "targets": {t.name: t.to_dict() for t in self.targets},
+            "skipped_targets": self.skipped_targets,
+            "benchmark": [r.to_dict() for r in self.benchmark],
+            "machine": self.machine.to_dict(),
+            "exports": {fmt: r.to_dict() for fmt, r in self.exports.items()},
+            "equivalent": self.equivalent,
+            "tolerance": asdict(self.tolerance),
+            "comparison_device": self.device,
+            "comparison_precision": self.comparison_precision,
+            **self._schema1_summaries(),
+            "plot_path": self.plot_path,
+            "report_path": self.report_path,
+        }
+
+    def _schema1_summaries(self) -> dict[str, Any]:
+        """The keys of schema 1, each a view of the targets: fused vs train form, and the INT8 section."""
+        train = self.target("train_form")
+        comparison = train.comparison if train else None
+        out = {
+            "accuracy": {t.name: t.accuracy for t in self.targets},
+            "correct": {t.name: t.correct for t in self.targets},
+            "disagreements": train.disagreements if train else None,
+            "max_abs_logit_diff": train.max_abs_logit_diff if train else None,
+            "max_abs_logit": comparison.max_abs_reference if comparison else None,
+            "comparison": comparison.to_dict() if comparison else None,
+            "speedup": {str(bs): r.median for bs, r in ratios(self.benchmark, REFERENCE, "train_form").items()},
+            "speedup_spread": _by_batch(ratios(self.benchmark, REFERENCE, "train_form")),
+            "speedup_vs_plain_vgg": {str(bs): r.median for bs, r in ratios(self.benchmark, REFERENCE, "plain_vgg").items()},
+        }
+        int8, reference = self.target("onnxruntime_int8"), self.targets[0]
+        if int8 is not None:
+            out["int8"] = {
+                "accuracy": int8.accuracy, "fp32_accuracy": reference.accuracy, "accuracy_drop": int8.accuracy_drop,
+                "correct": int8.correct, "disagreements_vs_fp32": int8.disagreements,
+                "max_abs_logit_diff_vs_fp32": int8.max_abs_logit_diff, "max_drop": int8.gate.limits["max_drop"],
+                "model_path": int8.artifact, **int8.details, "throughput": _by_batch(int8.throughput),
+                "speedup_vs_fp32": _by_batch(int8.speedup_vs_reference),
+                "speedup_vs_onnxruntime_fp32": _by_batch(ratios(self.benchmark, int8.name, "onnxruntime_fp32")),
+            }
+        return out
+
+
+def write_report(report: DeployReport) -> Path:
+    return atomic_write_json(report.report_path, report.to_dict())
+
+
+def print_deploy_summary(report: DeployReport) -> None:
+    """The console table (kept importable from here: ``reparam.entrypoints`` calls it by this name)."""
+    from .console import print_deploy_summary as show
+
+    show(report)

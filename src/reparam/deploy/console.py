@@ -1,0 +1,80 @@
+"""The deploy summary on the console: one table of every target (accuracy, agreement, check, speed), then notes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+from rich.text import Text
+
+from ..report import console, pct
+from .benchmark import ratios
+
+if TYPE_CHECKING:
+    from .report import DeployReport, TargetReport
+
+__all__ = ["print_deploy_summary"]
+
+def _check(target: TargetReport) -> str:
+    verdict = target.gate
+    if verdict.kind == "reference":
+        return "reference"
+    if verdict.kind == "max_drop":
+        return f"{'ok' if verdict.passed else 'FAILED'}: drop {target.accuracy_drop:.2f} <= {verdict.limits['max_drop']:g}"
+    return "equivalent" if verdict.passed else "NOT equivalent"
+
+
+def _speed(target: TargetReport, batch_size: int) -> str:
+    """``2705/s 3.17x``: throughput and the median ratio to the reference; ``~1x`` where the rounds' spread covers 1."""
+    throughput = target.throughput.get(batch_size)
+    if throughput is None:
+        return "-"
+    ratio = target.speedup_vs_reference.get(batch_size)
+    relative = "" if ratio is None else f" {ratio.median:.2f}x" if ratio.measurable else " ~1x"
+    return f"{throughput:.0f}/s{relative}"
+
+
+def _table(report: DeployReport) -> Table:
+    recorded = "" if report.recorded_test_acc is None else f"; {pct(report.recorded_test_acc)} recorded at training"
+    title = (f"reparam deploy: {report.checkpoint}\n{report.dataset}, {report.num_test_images} test images{recorded}; "
+             f"each target against the fused fp32 reference; images/s and x reference, timed round-robin")
+    table = Table(title=Text(title), title_justify="left")
+    sizes = sorted({r.batch_size for r in report.benchmark})
+    for column in ("target", "accuracy", "differs", "max |Δlogit|", "check", *(f"batch {bs}" for bs in sizes)):
+        table.add_column(column, justify="left" if column in ("target", "check") else "right")
+    for target in report.targets:
+        diff = target.max_abs_logit_diff
+        table.add_row(*(Text(cell) for cell in (
+            target.label, f"{pct(target.accuracy)} ({target.correct})",
+            "-" if target.disagreements is None else str(target.disagreements),
+            "-" if diff is None else f"{diff:.1e}", _check(target), *(_speed(target, bs) for bs in sizes))))
+    return table
+
+
+def _say(prefix: str, line: str, style: str = "") -> None:
+    """A line whose text may hold brackets (paths, overrides): printed without markup."""
+    console.print(Text.assemble((prefix, style or "bold"), line))
+
+
+def print_deploy_summary(report: DeployReport) -> None:
+    console.print(_table(report))
+    spread = ratios(report.benchmark, "fused", "train_form")
+    if spread:
+        _say("fused / train form ", "(median over rounds, min..max): "
+             + ", ".join(f"batch {bs}: {ratio.describe()}" for bs, ratio in spread.items()))
+    for name, why in report.skipped_targets.items():
+        _say("skipped ", f"{name}: {why}")
+    machine = report.machine
+    if report.benchmark:
+        load = "" if machine.load_after is None else f"; load average {machine.load_after:.2f} at the end"
+        _say("threads ", f"{machine.threads} ({machine.threads_chosen_because}){load}")
+    for warning in machine.warnings:
+        _say("warning: ", warning, "bold yellow")
+    for fmt, export in report.exports.items():
+        timing = (f", {export.latency_ms_median:.2f} ms/batch of {export.batch_size} in onnxruntime"
+                  if export.latency_ms_median else "")
+        _say(f"export {fmt}: ", f"{export.path} (max |diff| {export.max_abs_diff:.1e}{timing})")
+    for target in report.targets:
+        if target.artifact:
+            _say(f"{target.name}: ", target.artifact + "".join(f", {k}={v}" for k, v in target.details.items()))
+    _say("report: ", report.report_path)

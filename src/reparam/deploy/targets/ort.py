@@ -1,0 +1,73 @@
+"""Targets that run the exported ONNX file in ONNX Runtime on the CPU: float32, and static INT8."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...compare import Tolerance
+from ...device import place
+from ..gates import Equivalence, Gate, MaxDrop
+from ..quantize import OrtModel
+from .base import Target, TargetContext, register_target
+
+__all__ = ["OnnxRuntimeTarget", "int8_gate", "INT8_ADVICE"]
+
+INT8_ADVICE = ("train with model.block=qarepvgg, whose fused weights quantize well, or try quantize.method=percentile "
+               "or more quantize.calibration_images")
+
+
+def int8_gate(settings: Mapping[str, Any]) -> MaxDrop:
+    """Every INT8 target's check: ``quantize.max_drop``."""
+    return MaxDrop(float(settings["max_drop"]), "quantize.max_drop", INT8_ADVICE)
+
+
+class OnnxRuntimeTarget(Target):
+    """An ONNX file in an ONNX Runtime CPU session (``threads`` intra-op threads)."""
+
+    runtime = "onnxruntime"
+    needs_onnx = True
+
+    def __init__(self, path: str | Path, threads: int, gate: Gate, details: Mapping[str, Any] | None = None,
+                 wrote: bool = False) -> None:
+        self.device, self.gate = torch.device("cpu"), gate
+        self.session = OrtModel(path, threads)
+        self.artifact = str(path) if wrote else None  # the fp32 file is the export's, reported there
+        self.details = dict(details or {})
+
+    def prepare(self, images: torch.Tensor) -> np.ndarray:
+        return place(images, "cpu", torch.float32).contiguous().numpy()
+
+    def forward(self, prepared: np.ndarray) -> np.ndarray:
+        return self.session.run(prepared)
+
+
+@register_target("onnxruntime_fp32")
+class OnnxRuntimeFP32(OnnxRuntimeTarget):
+    """The fp32 export as it ships: its own kernels, so its own tolerance (the export parity check's)."""
+
+    auto_devices = ("cpu",)
+
+    @classmethod
+    def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> OnnxRuntimeFP32:
+        fp32 = context.fp32_onnx()
+        gate = Equivalence(Tolerance(float(settings["atol"]), float(settings["rtol"])), cls.settings_key,
+                           advice="the exported graph differs from the torch model: please report it with report.json")
+        return cls(fp32, context.threads, gate)
+
+
+@register_target("onnxruntime_int8")
+class OnnxRuntimeINT8(OnnxRuntimeTarget):
+    """Post-training static INT8 of the fp32 export (QDQ), calibrated on training-split images."""
+
+    precision = "int8"
+    settings_key = "quantize"
+
+    @classmethod
+    def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> OnnxRuntimeINT8:
+        path, details = context.int8_onnx(settings)
+        return cls(path, context.threads, int8_gate(settings), details, wrote=True)
