@@ -175,3 +175,19 @@ def test_every_registered_target_says_what_it_is() -> None:
         assert cls.name == name and cls.precision in ("fp32", "bf16", "fp16", "int8")
         assert cls.settings_key, name
 
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_int8_calibration_count_need_not_divide_into_batches(method: str, tmp_path) -> None:
+    """ORT's histogram calibrators failed on a smaller last batch ('inhomogeneous shape'): 37 images, batches of 32."""
+    from reparam.deploy.export import export_onnx
+    from reparam.deploy.quantize import OrtModel, quantize_int8
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    images = torch.randn(37, 3, 8, 8)
+    assert export_onnx(model, images[:4], tmp_path / "m.onnx", min_run_time=0.01).ok
+    settings = quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", images, method)
+    assert settings["calibration_images"] == 32 and settings["method"] == method
+    out = OrtModel(tmp_path / "m.int8.onnx")(images[:5])
+    assert out.shape == (5, 4) and torch.isfinite(out).all()

@@ -94,8 +94,12 @@ def quantize_int8(fp32_onnx: str | Path, path: str | Path, calibration: torch.Te
     try:
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
         input_name = OrtModel(pre).input_name
+        # equal batches: ORT's histogram calibrators (entropy, percentile) stack every batch's outputs into one array
+        # and fail on a smaller last batch, so the remainder of calibration_images / 32 is left out
+        batch = min(32, len(calibration))
+        calibration = calibration[: len(calibration) - len(calibration) % batch]
         quantize_static(
-            str(pre), str(tmp), _calibration_reader(calibration, input_name), quant_format=QuantFormat.QDQ,
+            str(pre), str(tmp), _calibration_reader(calibration, input_name, batch), quant_format=QuantFormat.QDQ,
             per_channel=True, reduce_range=bool(reduce_range), activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
