@@ -11,7 +11,8 @@ cifar-10-batches-py format with a colour cue (a pipeline check; its accuracy is 
 
 Printed: per run, the test accuracy of every seed and their mean, the difference to the first run (per seed, same
 seed = same data order and init stream), the fusion error recorded by the reparameterize callback (max over seeds,
-fp32 and fp64, on validation images), the INT8 drop (deploy.py, minmax calibration) and the training wall time.
+fp32 and fp64, on validation images) and the INT8 drop (deploy.py, minmax calibration). No times: training speed
+is zoo.py --training-cost's job (round-robin in one process), not that of separate runs on a shared machine.
 """
 
 from __future__ import annotations
@@ -19,41 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script: str, args: list[str]) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode not in (0, 2):  # 2: deploy refused the INT8 model (drop over max_drop); the report is kept
-        sys.exit(f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-
-
-def data_overrides(kind: str, out: Path) -> list[str]:
-    if kind == "demo":
-        return ["experiment=demo"]
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import write_fake_cifar
-
-    write_fake_cifar(out / "data", "cifar10", per_batch=240, n_test=400)
-    return ["experiment=demo", "data=cifar10", f"data.data_dir={out / 'data'}", "data.val_size=200",
-            "data.num_workers=0", "data.batch_size=64"]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from int8 import data_overrides, run  # noqa: E402  (the same train/deploy runner and data options)
 
 
 def one_run(spec: str, seed: int, args: argparse.Namespace, data: list[str]) -> dict:
     kind, _, extra = spec.partition(":")
     run_dir = args.out / f"{args.data}-{spec.replace(':', '_').replace('=', '-').replace(',', '_')}-seed{seed}"
-    start = time.perf_counter()
     run("train.py", [*data, f"model={args.model}", f"model.block={kind}", *filter(None, extra.split(",")),
                      f"seed={seed}", f"trainer.max_epochs={args.epochs}", f"hydra.run.dir={run_dir}/train"])
-    seconds = time.perf_counter() - start
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
     result = {"test_acc": summary["test_acc"], "fp32": summary["fusion_fp32_max_abs_diff"],
-              "fp64": summary["fusion_fp64_max_abs_diff"], "seconds": seconds, "int8_drop": None}
+              "fp64": summary["fusion_fp64_max_abs_diff"], "int8_drop": None}
     if args.int8:
         run("deploy.py", [f"ckpt={run_dir}/train", "quantize=int8", "device=cpu", "benchmark.enabled=false",
                           "export.torch_export=false", f"hydra.run.dir={run_dir}/deploy"])
@@ -82,15 +64,15 @@ def main() -> None:
     base = args.runs[0]
     print(f"# {args.data}, model={args.model}, {args.epochs} epochs, seeds {args.seeds}; test accuracy (%) per seed")
     print(f"| run | test acc per seed | mean | vs {base} per seed (points) | fusion max diff fp32 | fp64 "
-          "| INT8 drop per seed (points) | train s (mean) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| INT8 drop per seed (points) |")
+    print("|---|---|---|---|---|---|---|")
     for spec, rows in results.items():
         acc = [100 * r["test_acc"] for r in rows]
         delta = [a - 100 * b["test_acc"] for a, b in zip(acc, results[base])]
         drops = "n/a" if not args.int8 else " / ".join(f"{r['int8_drop']:.2f}" for r in rows)
         print(f"| {spec} | {' / '.join(f'{a:.2f}' for a in acc)} | {statistics.mean(acc):.2f} "
               f"| {' / '.join(f'{d:+.2f}' for d in delta)} | {max(r['fp32'] for r in rows):.1e} "
-              f"| {max(r['fp64'] for r in rows):.1e} | {drops} | {statistics.mean(r['seconds'] for r in rows):.0f} |")
+              f"| {max(r['fp64'] for r in rows):.1e} | {drops} |")
 
 
 if __name__ == "__main__":
