@@ -12,7 +12,7 @@ Part 2, one row per model: auto_fuse's params before/after, max |diff| in fp32 a
 on realistic activations (BN statistics measured on inputs), and the fuse time. A model torch.fx cannot trace (the
 linear_add kind computes its conv kernel from parameters) gets a row saying so: it fuses with its own method.
 
-    python benchmarks/zoo.py --training-cost [--batch 128] [--rounds 5] [--train-steps 2] [--kinds ...]
+    python benchmarks/zoo.py --training-cost [--batch 128] [--rounds 5] [--train-steps 2] [--kinds ... plain]
 
 The training cost instead, one row per kind on the A0 layout: training images/s (SGD steps, forward + backward +
 step, round-robin with every kind once per round, ratio to repvgg as median (min..max) over rounds) and two memory
@@ -48,6 +48,9 @@ from reparam.autofuse import AutoFuseError  # noqa: E402
 from reparam.models import build_model  # noqa: E402
 
 KINDS = ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone", "linear_add"]
+# --kinds plain: the fused network's training cost (one k x k conv + BN + ReLU per block), as linear_add with only
+# its k x k branch (one per-channel scale left): what a block that trains as one conv can reach at best
+PLAIN = {"variant": "A0", "block": "linear_add", "block_options": {"use_1x1": False, "use_identity": False}}
 MB = 2**20
 
 
@@ -137,7 +140,8 @@ def ready_to_train(kind: str, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.n
     Measured BN statistics: random-init weights alone drive 22 layers of activations toward denormal floats, which
     CPUs process many times slower, and each kind would be timed on different values.
     """
-    model = calibrate_bn(build_model({"variant": "A0", "block": kind}), x).train()
+    spec = PLAIN if kind == "plain" else {"variant": "A0", "block": kind}
+    model = calibrate_bn(build_model(spec), x).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     train_ips(model, optimizer, x, y, 1)
     return model, optimizer
