@@ -1,7 +1,7 @@
-"""INT8 figures: RepVGG-A0 vs QARepVGG-A0, trained briefly, then deploy.py quantize=int8 (CPU).
+"""INT8 figures: RepVGG-A0 vs QARepVGG-A0 (or any --blocks), trained briefly, then deploy.py quantize=int8 (CPU).
 
     python benchmarks/int8.py [--epochs 3] [--data demo|cifar-format] [--batch-sizes 1 32 256] [--min-run-time 3]
-        [--out logs/int8-bench]
+        [--blocks repvgg qarepvgg linear_add] [--out logs/int8-bench]
 
 ``demo``: the embedded digits. ``cifar-format``: generated files in the official cifar-10-batches-py format (a
 learnable colour cue; the accuracy is not CIFAR-10's). Each model is trained with train.py and deployed with deploy.py
@@ -27,6 +27,18 @@ def run(script: str, args: list[str]) -> None:
         sys.exit(f"{script} failed:\n{proc.stderr[-3000:]}")
 
 
+def data_overrides(data: str, out: Path) -> list[str]:
+    """train.py overrides for ``demo`` (the digits) or ``cifar-format`` (generated official-format files in ``out``)."""
+    if data == "demo":
+        return ["experiment=demo"]
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import write_fake_cifar
+
+    write_fake_cifar(out / "data", "cifar10", per_batch=240, n_test=400)
+    return ["experiment=demo", "data=cifar10", f"data.data_dir={out / 'data'}", "data.val_size=200",
+            "data.num_workers=0", "data.batch_size=64"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3)
@@ -34,18 +46,12 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
     p.add_argument("--min-run-time", type=float, default=3.0)
     p.add_argument("--no-benchmark", action="store_true")
+    p.add_argument("--blocks", nargs="+", default=["repvgg", "qarepvgg"])
     p.add_argument("--out", type=Path, default=ROOT / "logs" / "int8-bench")
     args = p.parse_args()
-    data = ["experiment=demo"]
-    if args.data == "cifar-format":
-        sys.path.insert(0, str(ROOT / "tests"))
-        from helpers import write_fake_cifar
-
-        write_fake_cifar(args.out / "data", "cifar10", per_batch=240, n_test=400)
-        data = ["experiment=demo", "data=cifar10", f"data.data_dir={args.out / 'data'}", "data.val_size=200",
-                "data.num_workers=0", "data.batch_size=64"]
+    data = data_overrides(args.data, args.out)
     reports = {}
-    for block in ("repvgg", "qarepvgg"):
+    for block in args.blocks:
         run_dir = args.out / f"{args.data}-{block}"
         run("train.py", [*data, "model=repvgg_a0", f"model.block={block}", f"trainer.max_epochs={args.epochs}",
                          "test=false", f"hydra.run.dir={run_dir}/train"])

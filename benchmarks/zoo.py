@@ -9,29 +9,49 @@ rounds) so a noisy shared machine slows them alike; each speed is the median ove
 to repvgg is given with its min..max over rounds.
 
 Part 2, one row per model: auto_fuse's params before/after, max |diff| in fp32 and fp64 against the unfused model
-on realistic activations (BN statistics measured on inputs), and the fuse time.
+on realistic activations (BN statistics measured on inputs), and the fuse time. A model torch.fx cannot trace (the
+linear_add kind computes its conv kernel from parameters) gets a row saying so: it fuses with its own method.
+
+    python benchmarks/zoo.py --training-cost [--batch 128] [--rounds 5] [--train-steps 2] [--kinds ... plain]
+
+The training cost instead, one row per kind on the A0 layout: training images/s (SGD steps, forward + backward +
+step, round-robin with every kind once per round, ratio to repvgg as median (min..max) over rounds) and two memory
+figures, both measured on one training step in the same process before the timing:
+- saved for backward: the distinct tensors autograd keeps from the forward for the backward (parameters and their
+  views excluded), found with ``torch.autograd.graph.saved_tensors_hooks``: the activation memory of the step;
+- peak step memory: the most memory torch's CPU allocator held at once during one step (forward, backward,
+  optimizer step) in allocations made during that step: activations, gradients, temporaries; weights and optimizer
+  state that existed before are not counted. From ``torch.profiler`` memory events (``profile_memory=True``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tbench
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import calibrate_bn  # noqa: E402
 
 from reparam import auto_fuse, reparameterize_model  # noqa: E402
+from reparam.autofuse import AutoFuseError  # noqa: E402
 from reparam.models import build_model  # noqa: E402
 
-KINDS = ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone"]
+KINDS = ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone", "linear_add"]
+# --kinds plain: the fused network's training cost (one k x k conv + BN + ReLU per block), as linear_add with only
+# its k x k branch (one per-channel scale left): what a block that trains as one conv can reach at best
+PLAIN = {"variant": "A0", "block": "linear_add", "block_options": {"use_1x1": False, "use_identity": False}}
+MB = 2**20
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -58,16 +78,81 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}x ({min(values):.2f}..{max(values):.2f})"
 
 
+def saved_for_backward_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward of one training forward, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+    del loss
+    return sum(saved.values())
+
+
+def peak_step_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                    y: torch.Tensor) -> int:
+    """The most bytes held at once, during one training step, in allocations made during that step (profiler)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        train_ips(model, optimizer, x, y, 1)
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = [e["args"] for e in json.loads(trace.read_text())["traceEvents"] if e.get("name") == "[memory]"]
+    # "Total Allocated" counts what the profiler saw allocated and not freed; frees of older blocks are unknown to it
+    start = events[0]["Total Allocated"] - events[0]["Bytes"]
+    return max(e["Total Allocated"] for e in events) - start
+
+
+def training_cost_table(kinds: list[str], rounds: int, steps: int, batch: int) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    models, optimizers, saved, peak = {}, {}, {}, {}
+    for kind in kinds:
+        models[kind], optimizers[kind] = ready_to_train(kind, x, y)
+        saved[kind] = saved_for_backward_bytes(models[kind], x, y)
+        peak[kind] = peak_step_bytes(models[kind], optimizers[kind], x, y)
+    speed = {k: [] for k in kinds}
+    for _ in range(rounds):  # round-robin: each kind once per round
+        for kind in kinds:
+            speed[kind].append(train_ips(models[kind], optimizers[kind], x, y, steps))
+    base = "repvgg" if "repvgg" in kinds else kinds[0]
+    print(f"\n## Training cost on the A0 layout (32x32, 10 classes): batch {batch}, fp32, {rounds} rounds x {steps} "
+          "SGD steps")
+    print("| block | train-form params | train img/s | train vs repvgg | saved for backward (MiB) | vs repvgg "
+          "| peak step memory (MiB) | vs repvgg |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        ratio = [a / b for a, b in zip(speed[kind], speed[base])]
+        print(f"| {kind} | {n_params(models[kind]) / 1e6:.2f}M | {statistics.median(speed[kind]):.1f} | {spread(ratio)} "
+              f"| {saved[kind] / MB:.0f} | {saved[kind] / saved[base]:.2f}x | {peak[kind] / MB:.0f} "
+              f"| {peak[kind] / peak[base]:.2f}x |")
+
+
+def ready_to_train(kind: str, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """An A0 of ``kind`` with BN statistics measured on ``x`` and one SGD step taken (warm-up, momentum buffers).
+
+    Measured BN statistics: random-init weights alone drive 22 layers of activations toward denormal floats, which
+    CPUs process many times slower, and each kind would be timed on different values.
+    """
+    spec = PLAIN if kind == "plain" else {"variant": "A0", "block": kind}
+    model = calibrate_bn(build_model(spec), x).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    train_ips(model, optimizer, x, y, 1)
+    return model, optimizer
+
+
 def zoo_table(kinds: list[str], rounds: int, steps: int, batch: int) -> None:
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     models, fused, optimizers, convert_ms = {}, {}, {}, {}
     for kind in kinds:
-        # BN statistics measured on the inputs: random-init weights alone drive 22 layers of activations toward
-        # denormal floats, which CPUs process many times slower, and each kind would be timed on different values
-        models[kind] = calibrate_bn(build_model({"variant": "A0", "block": kind}), x).train()
-        optimizers[kind] = torch.optim.SGD(models[kind].parameters(), lr=1e-3, momentum=0.9)
-        train_ips(models[kind], optimizers[kind], x, y, 1)  # warm-up
+        models[kind], optimizers[kind] = ready_to_train(kind, x, y)
         timer = tbench.Timer("f(m)", globals={"f": reparameterize_model, "m": models[kind].eval()})
         convert_ms[kind] = timer.blocked_autorange(min_run_time=1.0).median * 1e3
         fused[kind] = reparameterize_model(models[kind])
@@ -96,7 +181,11 @@ def autofuse_row(name: str, model: torch.nn.Module, size: int) -> None:
     x = torch.randn(8, 3, size, size)
     calibrate_bn(model, x)
     start = time.perf_counter()
-    fused, report = auto_fuse(model, x, verify=False)
+    try:
+        fused, report = auto_fuse(model, x, verify=False)
+    except AutoFuseError as error:
+        print(f"| {name} | {size}x{size} | {n_params(model) / 1e6:.3f}M | not applicable: {str(error)[:90]}... |")
+        return
     seconds = time.perf_counter() - start
     with torch.no_grad():
         fp32 = float((fused(x) - model(x)).abs().max())
@@ -115,8 +204,12 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--no-timm", action="store_true")
+    p.add_argument("--training-cost", action="store_true", help="only the training speed and memory table")
     args = p.parse_args()
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.training_cost:
+        training_cost_table(args.kinds, args.rounds, args.train_steps, args.batch)
+        return
     zoo_table(args.kinds, args.rounds, args.train_steps, args.batch)
     print("\n## auto_fuse (eval mode; BN statistics measured on the 8 inputs; fp32 and fp64 max |fused - model|)")
     print("| model | input | params before | params after | convs merged | left alone | max diff fp32 | max |output| "

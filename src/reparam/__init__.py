@@ -10,6 +10,7 @@ from .blocks import (
     ConvBN,
     DiverseBranchBlock,
     FormMismatchError,
+    LinearAddBlock,
     MobileOneBlock,
     MultiBranchBlock,
     QARepVGGBlock,
@@ -28,6 +29,7 @@ from .fusion import (
     identity_kernel,
     pad_kernel,
     regroup_kernel,
+    scale_kernel,
     sum_branches,
 )
 
@@ -44,6 +46,7 @@ __all__ = [
     "EquivalenceReport",
     "FormMismatchError",
     "FuseReport",
+    "LinearAddBlock",
     "MobileOneBlock",
     "MultiBranchBlock",
     "QARepVGGBlock",
@@ -62,6 +65,7 @@ __all__ = [
     "regroup_kernel",
     "register_block",
     "reparameterize_model",
+    "scale_kernel",
     "sum_branches",
     "verify_equivalence",
 ]

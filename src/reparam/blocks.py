@@ -9,6 +9,8 @@ qarepvgg   k x k+BN, plain 1x1, plain identity, BN after the sum (QARepVGG, arXi
 acnet      k x k+BN, 1xk+BN, kx1+BN (ACNet, Ding et al. 2019)
 dbb        k x k+BN, 1x1+BN, 1x1 -> k x k, 1x1 -> avg pool (Diverse Branch Block, Ding et al. 2021)
 mobileone  depthwise unit (n k x k+BN, 1x1+BN, identity BN) then pointwise unit (n 1x1+BN, identity BN)
+linear_add s*k x k, s*1x1, s*identity (per-channel scales s, no branch BN) merged into one kernel every
+           training step, one conv, one BN (OREPA, CVPR 2022; RepOptimizer's LinearAddBlock, ICLR 2023)
 ========== ===================================================================================
 
 ``make_block(kind, ...)`` builds one; :func:`register_block` adds a kind. ``reparameterize()`` fuses a
@@ -21,10 +23,23 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+import inspect
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .branches import AvgPoolBranch, ConvBN, IdentityBranch, NormFactory, OneByOneKxK, fold_norm
+from .branches import (
+    AvgPoolBranch,
+    ConvBN,
+    IdentityBranch,
+    NormFactory,
+    OneByOneKxK,
+    ScaledConv,
+    ScaledIdentity,
+    fold_norm,
+)
 from .fusion import Branch, pad_kernel, sum_branches
 
 __all__ = [
@@ -33,6 +48,7 @@ __all__ = [
     "ConvBN",
     "DiverseBranchBlock",
     "FormMismatchError",
+    "LinearAddBlock",
     "MobileOneBlock",
     "MobileOneUnit",
     "MultiBranchBlock",
@@ -120,9 +136,13 @@ class MultiBranchBlock(nn.Module):
             return self.fused.weight.double(), self.fused.bias.double()
         if not self.branches:
             raise RuntimeError(f"{type(self).__name__} has no branches to fuse")
-        size = (self.kernel_size, self.kernel_size)
-        kernel, bias = sum_branches((pad_kernel(k, size), b) for k, b in (m.kernel_and_bias() for m in self.branches.values()))
+        kernel, bias = self._sum_centred(m.kernel_and_bias() for m in self.branches.values())
         return fold_norm(kernel, bias, self.post_norm)
+
+    def _sum_centred(self, branches: Iterable[Branch]) -> Branch:
+        """Branch ``(kernel, bias)`` pairs centred in the block's k x k kernel and summed, in their own dtype."""
+        size = (self.kernel_size, self.kernel_size)
+        return sum_branches((pad_kernel(k, size), b) for k, b in branches)
 
     @torch.no_grad()
     def fused_kernel_and_bias(self) -> Branch:
@@ -196,7 +216,15 @@ def make_block(kind: str, in_channels: int, out_channels: int, kernel_size: int 
     """A block of the registered ``kind`` (``repvgg``, ``qarepvgg``, ``acnet``, ``dbb``, ``mobileone``, ...)."""
     if kind not in BLOCKS:
         raise ValueError(f"unknown block kind '{kind}'; choose one of {sorted(BLOCKS)}")
-    return BLOCKS[kind](in_channels, out_channels, kernel_size, stride=stride, groups=groups, **options)
+    cls = BLOCKS[kind]
+    accepted = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            known = sorted(set(accepted) - {"in_channels", "out_channels", "kernel_size", "stride", "groups"})
+            raise ValueError(f"block kind '{kind}' has no option(s) {unknown}; its options are {known} "
+                             "(model.block_options.<name>=...)")
+    return cls(in_channels, out_channels, kernel_size, stride=stride, groups=groups, **options)
 
 
 @register_block("repvgg")
@@ -358,6 +386,97 @@ class MobileOneBlock(nn.Sequential):
 
     def fused_form(self) -> nn.Sequential:
         return nn.Sequential(OrderedDict((name, unit.fused_form()) for name, unit in self.named_children()))
+
+
+@register_block("linear_add")
+class LinearAddBlock(MultiBranchBlock):
+    """A linearized RepVGG block: ``act(BN(conv(x, K)))`` with, per output channel ``o``,
+
+        K[o] = s_kxk[o] * K_kxk[o] + pad(s_1x1[o] * K_1x1[o]) + s_id[o] * I[o]    (+ s_1xk * K_1xk, s_kx1 * K_kx1)
+
+    The branches carry a per-output-channel scale ``s`` instead of their own BN (OREPA, CVPR 2022; RepOptimizer's
+    ``LinearAddBlock``, ICLR 2023), so the whole sum is linear in ``x`` during training too: ``K`` is assembled
+    from the branches in every training step, in the training dtype (under autocast the conv runs in bf16/fp16),
+    and one conv and one BN run, the cost of the plain network. Fusing folds that BN into ``K`` in float64.
+    Running each scaled branch separately and summing (``MultiBranchBlock.forward``) computes the same function.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, groups, dilation: as for ``nn.Conv2d``.
+        use_1x1: add the scaled 1x1 branch. use_identity: as in ``RepVGGBlock``.
+        asymmetric: add ACNet's 1xk and kx1 branches, scaled alike (kernel_size >= 3).
+        trainable_scales: ``False`` keeps the scales constant (buffers): with SGD the block is then a plain
+            conv + BN trained with a constant gradient mask, RepOptimizer's gradient re-parameterization.
+        scale_init_kxk, scale_init_1x1, scale_init_identity, scale_init_asymmetric: initial scale values.
+            Defaults, 1 for every branch, are RepOptimizer's: its ``LinearAddBlock`` starts the identity at 1
+            and the convs at ``conv_scale_init``, 1 for the first block of a stage (``sqrt(2 / i)`` for block
+            ``i > 0``, which a block alone cannot know). With the default conv init the identity then
+            carries about 3x the variance of each conv branch, a residual-like start.
+        norm_layer: the BN after the sum (any ``_BatchNorm``).
+        act: the nonlinear part (default ``nn.ReLU()``). deploy: build the fused form directly.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        use_1x1: bool = True,
+        use_identity: bool | None = None,
+        asymmetric: bool = False,
+        trainable_scales: bool = True,
+        scale_init_kxk: float = 1.0,
+        scale_init_1x1: float = 1.0,
+        scale_init_identity: float = 1.0,
+        scale_init_asymmetric: float = 1.0,
+        norm_layer: NormFactory = nn.BatchNorm2d,
+        act: nn.Module | None = None,
+        deploy: bool = False,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, dilation, act, deploy)
+        _check_identity(use_identity, self)
+        for name, value in (("use_1x1", use_1x1), ("asymmetric", asymmetric), ("trainable_scales", trainable_scales)):
+            if not isinstance(value, bool):
+                raise ValueError(f"linear_add: {name} must be true or false, got {value!r}")
+        inits = {"scale_init_kxk": scale_init_kxk, "scale_init_1x1": scale_init_1x1,
+                 "scale_init_identity": scale_init_identity, "scale_init_asymmetric": scale_init_asymmetric}
+        for name, value in inits.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"linear_add: {name} must be a finite number, got {value!r}")
+        if asymmetric and kernel_size < 3:
+            raise ValueError(f"linear_add: asymmetric=true needs kernel_size >= 3 (1xk and kx1), got {kernel_size}")
+        if deploy:
+            return
+        p = self.padding
+        conv = dict(stride=stride, dilation=dilation, groups=groups, trainable=trainable_scales)
+        self.branches["conv_kxk"] = ScaledConv(in_channels, out_channels, kernel_size, padding=p,
+                                               scale_init=scale_init_kxk, **conv)
+        if use_1x1 and kernel_size > 1:
+            self.branches["conv_1x1"] = ScaledConv(in_channels, out_channels, 1, scale_init=scale_init_1x1, **conv)
+        if asymmetric:
+            for name, size, pad in (("conv_1xk", (1, kernel_size), (0, p)), ("conv_kx1", (kernel_size, 1), (p, 0))):
+                self.branches[name] = ScaledConv(in_channels, out_channels, size, padding=pad,
+                                                 scale_init=scale_init_asymmetric, **conv)
+        if use_identity or (use_identity is None and self.identity_possible):
+            self.branches["identity"] = ScaledIdentity(out_channels, groups, scale_init_identity, trainable_scales)
+        self.post_norm = norm_layer(out_channels)
+
+    def training_kernel(self) -> torch.Tensor:
+        """The merged k x k kernel ``K`` (no bias: the scaled branches have none), in the conv weights' dtype.
+
+        Differentiable in every conv weight and scale; this is what the unfused forward convolves with.
+        """
+        dtype = self.branches["conv_kxk"].conv.weight.dtype
+        kernel, _ = self._sum_centred(m.kernel_and_bias(dtype) for m in self.branches.values())
+        return kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.act(self.fused(x))
+        out = F.conv2d(x, self.training_kernel(), None, self.stride, self.padding, self.dilation, self.groups)
+        return self.act(self.post_norm(out))
 
 
 def _check_identity(use_identity: bool | None, block: MultiBranchBlock) -> None:

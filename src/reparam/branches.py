@@ -4,6 +4,10 @@ Each branch is an ``nn.Module`` whose ``kernel_and_bias()`` returns its eval-mod
 ``(kernel, bias)`` pair in float64, centred at the branch's own kernel size (1x1, 1xk, k x k, ...):
 ``branch(x) == conv2d(x, kernel, bias, stride, padding=d*(kernel//2), dilation=d, groups)``.
 Nothing is detached, so the equivalent kernel is differentiable. The block pads and sums them.
+
+The scaled branches (``ScaledConv``, ``ScaledIdentity``) are linear_add's: a per-output-channel scale and no
+norm of their own. Their ``kernel_and_bias(dtype)`` also gives the kernel in the training dtype, which the
+block merges into one conv in every training step.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fusion import Branch, avgpool_kernel, bn_statistics, compose_1x1_kxk, fold_bn, identity_kernel
+from .fusion import Branch, avgpool_kernel, bn_statistics, compose_1x1_kxk, fold_bn, identity_kernel, scale_kernel
 
-__all__ = ["ConvBN", "IdentityBranch", "BNAndPad", "OneByOneKxK", "AvgPoolBranch", "NormFactory", "fold_norm"]
+__all__ = ["ConvBN", "IdentityBranch", "BNAndPad", "OneByOneKxK", "AvgPoolBranch", "ScaledConv", "ScaledIdentity",
+           "NormFactory", "fold_norm"]
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -150,3 +155,60 @@ class AvgPoolBranch(nn.Module):
             return fold_norm(pool, None, self.bn)
         first = fold_norm(self.conv1.weight, None, self.pad.bn)
         return fold_norm(*compose_1x1_kxk(*first, pool, None, self.groups), self.bn)
+
+
+class _Scaled(nn.Module):
+    """A per-output-channel scale ``s`` (shape ``(channels,)``, so no weight decay in reparam's parameter groups):
+    a parameter when ``trainable``, else a buffer (RepOptimizer's constant scales). The state_dict key is ``scale``
+    either way, so weights move between the two modes."""
+
+    def __init__(self, channels: int, scale_init: float, trainable: bool) -> None:
+        super().__init__()
+        scale = torch.full((channels,), float(scale_init))
+        if trainable:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+
+    def _scaled(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.scale.reshape(1, -1, 1, 1)
+
+    def _kernel_and_bias(self, kernel: torch.Tensor) -> Branch:
+        scaled = scale_kernel(kernel, self.scale.to(kernel.dtype))
+        return scaled, scaled.new_zeros(scaled.shape[0])
+
+
+class ScaledConv(_Scaled):
+    """``s * conv(x)``: a bias-free conv whose output channels are scaled by ``s`` (a linear_add branch).
+
+    ``kernel_size`` and ``padding`` may be pairs (1xk, kx1 branches).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int = 1,
+                 padding: int | tuple[int, int] = 0, dilation: int = 1, groups: int = 1, scale_init: float = 1.0,
+                 trainable: bool = True) -> None:
+        super().__init__(out_channels, scale_init, trainable)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._scaled(self.conv(x))
+
+    def kernel_and_bias(self, dtype: torch.dtype = torch.float64) -> Branch:
+        """``(s * K, 0)`` in ``dtype``: float64 for fusing, the training dtype for the per-step merge."""
+        return self._kernel_and_bias(self.conv.weight.to(dtype))
+
+
+class ScaledIdentity(_Scaled):
+    """``s * x``: the identity with a per-channel scale (a linear_add branch; a 1x1 grouped identity kernel)."""
+
+    def __init__(self, channels: int, groups: int = 1, scale_init: float = 1.0, trainable: bool = True) -> None:
+        super().__init__(channels, scale_init, trainable)
+        self.channels, self.groups = channels, groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._scaled(x)
+
+    def kernel_and_bias(self, dtype: torch.dtype = torch.float64) -> Branch:
+        """``(s * I, 0)`` in ``dtype``, ``I`` the 1x1 grouped identity kernel, built on the scale's device."""
+        return self._kernel_and_bias(identity_kernel(self.channels, 1, self.groups, dtype=dtype,
+                                                     device=self.scale.device))

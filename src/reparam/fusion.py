@@ -5,7 +5,10 @@ Every function here takes and returns tensors; none touches module state. They f
 
 Precision: the formulas are evaluated in at least float64 and returned in the dtype and on the
 device of the weight they were given. Callers that sum several branches (the blocks' branches) pass
-float64 tensors in and cast once at the very end, so rounding happens a single time.
+float64 tensors in and cast once at the very end, so rounding happens a single time. The exceptions are
+the elementwise steps ``scale_kernel``, ``pad_kernel`` and ``sum_branches``: they compute in the dtype
+they are given, because the linear_add block also runs them in every training step, in the training
+dtype (fusing passes float64 as above).
 
 Nothing here detaches: the functions are differentiable, so a regularizer or quantization-aware
 training can use a block's equivalent kernel as part of the graph.
@@ -28,6 +31,7 @@ __all__ = [
     "identity_kernel",
     "avgpool_kernel",
     "regroup_kernel",
+    "scale_kernel",
     "compose_1x1_kxk",
     "compose_kxk_1x1",
     "sum_branches",
@@ -170,6 +174,19 @@ def regroup_kernel(kernel: torch.Tensor, groups: int, new_groups: int) -> torch.
     cols = offset[:, None] + torch.arange(in_per_group, device=kernel.device)[None, :]
     rows = torch.arange(out_ch, device=kernel.device)[:, None].expand_as(cols)
     return regrouped.index_put((rows, cols), kernel)
+
+
+def scale_kernel(kernel: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A conv followed by a per-output-channel scale ``s`` (shape ``(O,)``) is one conv::
+
+        K'[o] = s[o] * K[o]          so that  s * conv(x, K) = conv(x, K')
+
+    Computed in the dtype the two tensors promote to (no widening): the linear_add block calls it in
+    every training step in the training dtype, and with float64 tensors when it fuses.
+    """
+    if scale.dim() != 1 or scale.shape[0] != kernel.shape[0]:
+        raise ValueError(f"scale must have one entry per output channel ({kernel.shape[0]}), got {tuple(scale.shape)}")
+    return kernel * scale.reshape(-1, *([1] * (kernel.dim() - 1)))
 
 
 def compose_1x1_kxk(

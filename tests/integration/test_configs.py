@@ -64,3 +64,17 @@ def test_default_sweeper_tolerates_failures_and_another_can_be_chosen(tmp_path: 
     assert compose_config("train", [], run_dir=tmp_path).hydra.sweeper._target_.endswith("FailTolerantSweeper")
     chosen = compose_config("train", ["hydra/sweeper=basic"], run_dir=tmp_path).hydra.sweeper._target_
     assert chosen == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def test_block_options_reach_the_blocks_and_a_bad_one_is_one_clear_line(tmp_path: Path) -> None:
+    from reparam import LinearAddBlock
+    from reparam.errors import UserError
+    from reparam.training import build_components
+
+    demo = ["experiment=demo", "model.block=linear_add"]
+    _, module, _ = build_components(compose_config(
+        "train", [*demo, "+model.block_options.trainable_scales=false"], run_dir=tmp_path / "ok"))
+    blocks = [m for m in module.net.modules() if isinstance(m, LinearAddBlock)]
+    assert blocks and not [n for n, _ in module.net.named_parameters() if n.endswith(".scale")]
+    with pytest.raises(UserError, match=r"model config: block kind 'linear_add' has no option\(s\) \['scale'\]"):
+        build_components(compose_config("train", [*demo, "+model.block_options.scale=2"], run_dir=tmp_path / "bad"))

@@ -25,7 +25,7 @@ def train_and_deploy(overrides: list[str], tmp_path: Path) -> tuple:
     return summary, report.to_dict()
 
 
-@pytest.mark.parametrize("kind", ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone"])
+@pytest.mark.parametrize("kind", ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone", "linear_add"])
 def test_every_block_kind_trains_a_demo_epoch_and_fuses_with_zero_disagreements(kind: str, tmp_path: Path) -> None:
     summary, report = train_and_deploy([f"model.block={kind}"], tmp_path)
     assert summary.fusion_argmax_agreement == 1.0 and summary.fusion_fp64_max_abs_diff <= 1e-10

@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from reparam.branches import AvgPoolBranch, ConvBN, IdentityBranch, OneByOneKxK
+from reparam.branches import AvgPoolBranch, ConvBN, IdentityBranch, OneByOneKxK, ScaledConv, ScaledIdentity
 from reparam.fusion import compose_1x1_kxk, compose_kxk_1x1, pad_kernel, regroup_kernel
 
-BRANCHES = ["conv_kxk", "conv_1x1", "conv_1xk", "conv_kx1", "identity", "one_by_one_kxk", "avg_pool", "avg_pool_dw"]
+BRANCHES = ["conv_kxk", "conv_1x1", "conv_1xk", "conv_kx1", "identity", "one_by_one_kxk", "avg_pool", "avg_pool_dw",
+            "scaled_kxk", "scaled_1x1", "scaled_1xk", "scaled_identity"]
 
 
 @st.composite
@@ -25,15 +26,15 @@ def branch_cases(draw):
     groups = draw(st.sampled_from([1, 2, "depthwise"]))
     k = draw(st.sampled_from([3, 5]))
     stride = draw(st.sampled_from([1, 2]))
-    dilation = draw(st.sampled_from([1, 2])) if kind.startswith("conv") or kind == "identity" else 1
-    if kind in ("identity", "avg_pool_dw"):
-        stride = 1 if kind == "identity" else stride
+    dilation = draw(st.sampled_from([1, 2])) if kind.startswith(("conv", "scaled")) or kind == "identity" else 1
+    if kind in ("identity", "scaled_identity", "avg_pool_dw"):
+        stride = stride if kind == "avg_pool_dw" else 1
         groups = "depthwise" if kind == "avg_pool_dw" else groups
     if groups == "depthwise":
         in_ch = out_ch = groups = draw(st.integers(1, 6))
     else:
         in_ch = groups * draw(st.integers(1, 3))
-        out_ch = in_ch if kind == "identity" else groups * draw(st.integers(1, 3))
+        out_ch = in_ch if kind.endswith("identity") else groups * draw(st.integers(1, 3))
     if kind == "avg_pool" and groups >= out_ch:  # pointwise-first pooling needs groups < out_channels
         out_ch = groups * 2
     return dict(kind=kind, in_ch=in_ch, out_ch=out_ch, groups=groups, k=k, stride=stride, dilation=dilation,
@@ -59,8 +60,16 @@ def build_branch(case: dict) -> tuple[nn.Module, int]:
         "one_by_one_kxk": lambda: OneByOneKxK(i, 2 * i, o, k, s, g, bn),
         "avg_pool": lambda: AvgPoolBranch(i, o, k, s, g, bn),
         "avg_pool_dw": lambda: AvgPoolBranch(i, o, k, s, g, bn),
+        "scaled_kxk": lambda: ScaledConv(i, o, k, s, p, d, g),
+        "scaled_1x1": lambda: ScaledConv(i, o, 1, s, 0, d, g),
+        "scaled_1xk": lambda: ScaledConv(i, o, (1, k), s, (0, p), d, g, trainable=False),
+        "scaled_identity": lambda: ScaledIdentity(o, g),
     }[kind]()
-    return randomize_bn(branch, torch.Generator().manual_seed(case["seed"])).to(case["dtype"]).eval(), d
+    generator = torch.Generator().manual_seed(case["seed"])
+    if hasattr(branch, "scale"):  # linear_add's branches: per-channel scales of either sign
+        with torch.no_grad():
+            branch.scale.copy_(torch.randn(o, generator=generator) * 1.5)
+    return randomize_bn(branch, generator).to(case["dtype"]).eval(), d
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -72,7 +81,7 @@ def test_branch_kernel_is_its_function(case: dict) -> None:
     kernel, bias = branch.kernel_and_bias()
     assert kernel.dtype == torch.float64 and bias.dtype == torch.float64
     kernel = pad_kernel(kernel, case["k"])
-    stride = case["stride"] if case["kind"] != "identity" else 1
+    stride = 1 if case["kind"].endswith("identity") else case["stride"]
     with torch.no_grad():
         expected = branch(x)
         actual = F.conv2d(x.double(), kernel, bias, stride, dilation * (case["k"] // 2), dilation, case["groups"])

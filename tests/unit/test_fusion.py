@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reparam.fusion import bn_statistics, fold_bn, identity_kernel, pad_kernel, sum_branches
+from reparam.fusion import bn_statistics, fold_bn, identity_kernel, pad_kernel, scale_kernel, sum_branches
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -92,3 +92,16 @@ def test_sum_branches_is_linear() -> None:
         sum_branches([a, (torch.zeros(4, 3, 1, 1), torch.zeros(4))])
     with pytest.raises(ValueError, match="no branches"):
         sum_branches([])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_scale_kernel_is_a_per_channel_scale_of_the_output_in_the_given_dtype(dtype: torch.dtype) -> None:
+    kernel, scale = torch.randn(6, 2, 3, 1, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    x = torch.randn(2, 4, 7, 5, dtype=torch.float64)
+    expected = F.conv2d(x, kernel, padding=(1, 0), groups=2) * scale.reshape(1, -1, 1, 1)
+    scaled = scale_kernel(kernel.to(dtype), scale.to(dtype))
+    assert scaled.dtype == dtype  # no widening: the linear_add block runs it in the training dtype
+    if dtype == torch.float64:
+        assert torch.allclose(F.conv2d(x, scaled, padding=(1, 0), groups=2), expected, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="one entry per output channel"):
+        scale_kernel(kernel, scale[:5])

@@ -14,7 +14,7 @@ from reparam import BLOCKS, MultiBranchBlock, make_block, register_block, repara
 from reparam.branches import ConvBN
 from reparam.models import build_model
 
-KINDS = ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone"]
+KINDS = ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone", "linear_add"]
 
 
 def is_plain(model: nn.Module) -> bool:
@@ -37,6 +37,10 @@ def zoo_cases(draw):
         in_ch = groups * draw(st.integers(1, 3))
         out_ch = in_ch if draw(st.booleans()) else groups * draw(st.integers(1, 3))
     options = {"num_conv_branches": draw(st.integers(1, 3))} if kind == "mobileone" else {}
+    if kind == "linear_add":
+        scale = st.floats(-2, 2, allow_nan=False)
+        options = {"asymmetric": draw(st.booleans()), "scale_init_kxk": draw(scale), "scale_init_1x1": draw(scale),
+                   "scale_init_identity": draw(scale), "scale_init_asymmetric": draw(scale)}
     return dict(kind=kind, in_ch=in_ch, out_ch=out_ch, groups=groups, k=draw(st.sampled_from([3, 5])),
                 stride=draw(st.sampled_from([1, 2])), options=options, size=draw(st.integers(5, 10)),
                 dtype=draw(st.sampled_from([torch.float32, torch.float64])), seed=draw(st.integers(0, 2**16)))
@@ -76,7 +80,7 @@ def test_every_kind_builds_the_network_and_round_trips_fused_weights(kind: str) 
 
 def test_all_kinds_reach_the_same_plain_vgg_shape() -> None:
     counts = {kind: sum(p.numel() for p in build_model({**TINY_SPEC, "block": kind}, deploy=True).parameters())
-              for kind in ("repvgg", "qarepvgg", "acnet", "dbb")}
+              for kind in ("repvgg", "qarepvgg", "acnet", "dbb", "linear_add")}
     assert len(set(counts.values())) == 1, counts
 
 
