@@ -30,7 +30,7 @@ VARIANTS = {
 
 def run(experiment: str, overrides: list[str], seed: int, epochs: int, out: Path) -> dict:
     args = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", f"seed={seed}",
-            f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false", *overrides, f"hydra.run.dir={out}"]
+            f"trainer.max_epochs={epochs}", "++trainer.enable_progress_bar=false", *overrides, f"hydra.run.dir={out}"]
     proc = subprocess.run(args, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(args)}\n{proc.stderr[-3000:]}")
