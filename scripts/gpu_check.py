@@ -5,7 +5,11 @@ through auto_fuse), then deploys with each device option, and runs the test suit
 first failure, naming the step and showing the end of its output; exit 0 means every step passed. The CPU test suite
 cannot see device-placement bugs (a CUDA model fed a CPU tensor): this is where they show.
 
-    python scripts/gpu_check.py [--keep DIR] [--only SUBSTRING]
+    python scripts/gpu_check.py [--keep DIR] [--only SUBSTRING] [--jobs N] [--keep-going]
+
+Steps run in three phases (training runs, deploys of those runs, the GPU tests); within a phase up to ``--jobs``
+steps share the GPU at once. The deploy reports' speed figures are therefore not clean measurements: time with
+``deploy.py`` alone, or ``benchmarks/``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +37,7 @@ TRAIN_BASE = ["model=repvgg_a0", "data.num_workers=2", *EPOCHS]
 @dataclass
 class Step:
     name: str
+    phase: str  # "train", "deploy" (needs the training runs) or "tests"
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     # a check on the finished step (its combined output), returning an error message or None
@@ -39,12 +45,12 @@ class Step:
 
 
 def train(name: str, run: str, *overrides: str, env: dict[str, str] | None = None, check=None) -> Step:
-    return Step(name, [sys.executable, str(ROOT / "train.py"), *TRAIN_BASE, *overrides, f"hydra.run.dir={run}"],
+    return Step(name, "train", [sys.executable, str(ROOT / "train.py"), *TRAIN_BASE, *overrides, f"hydra.run.dir={run}"],
                 env or {}, check)
 
 
 def deploy(name: str, ckpt: str, out: str, *overrides: str) -> Step:
-    return Step(name, [sys.executable, str(ROOT / "deploy.py"), f"ckpt={ckpt}", "device=cuda",
+    return Step(name, "deploy", [sys.executable, str(ROOT / "deploy.py"), f"ckpt={ckpt}", "device=cuda",
                        "benchmark.batch_sizes=[1,256]", "benchmark.min_run_time=0.3", *overrides,
                        f"hydra.run.dir={out}"])
 
@@ -81,26 +87,31 @@ def steps(work: Path) -> list[Step]:
                "quantize=int8"),
         deploy("deploy: custom model (auto_fuse) from its run dir", runs["custom"], out("custom")),
         # the tests marked gpu: CUDA-only unit tests and the README's GPU lines, run as typed
-        Step("tests: pytest -m gpu", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests")]),
+        Step("tests: pytest -m gpu", "tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests")]),
     ]
 
 
 def run_step(step: Step, log: Path) -> tuple[bool, float, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
     started = time.perf_counter()
-    proc = subprocess.run(step.argv, cwd=log.parent, env=env, capture_output=True, text=True, timeout=900)
-    output = proc.stdout + proc.stderr
+    try:
+        proc = subprocess.run(step.argv, cwd=log.parent, env=env, capture_output=True, text=True, timeout=900)
+        output, problem = proc.stdout + proc.stderr, None if proc.returncode == 0 else f"exit code {proc.returncode}"
+    except subprocess.TimeoutExpired as stopped:
+        output, problem = f"{stopped.stdout or ''}{stopped.stderr or ''}", "timed out after 900 s"
     log.write_text(" ".join(step.argv) + "\n\n" + output)
-    problem = None if proc.returncode == 0 else f"exit code {proc.returncode}"
     if problem is None and step.check is not None:
         problem = step.check(output)
-    return problem is None, time.perf_counter() - started, problem or output
+    # on failure the output's tail ends with the reason, so the last line names it
+    return problem is None, time.perf_counter() - started, output if problem is None else f"{output}\n{problem}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (runs, reports, logs)")
     parser.add_argument("--only", help="run only the steps whose name contains this")
+    parser.add_argument("--jobs", type=int, default=4, help="steps of one phase that share the GPU at once")
+    parser.add_argument("--keep-going", action="store_true", help="run every phase even after a failure")
     args = parser.parse_args()
 
     import torch
@@ -116,16 +127,25 @@ def main() -> int:
     write_cifar_like(work / "data", "cifar10", per_batch=2000, n_test=1000)
     print(f"gpu-check on {torch.cuda.get_device_name()} (torch {torch.__version__}), work dir {work}", flush=True)
     total = time.perf_counter()
-    for index, step in enumerate(steps(work)):
-        if args.only and args.only not in step.name:
-            continue
-        ok, seconds, detail = run_step(step, work / f"step{index:02d}.log")
-        print(f"  {'ok  ' if ok else 'FAIL'} {seconds:6.1f} s  {step.name}", flush=True)
-        if not ok:
-            tail = "\n".join(detail.strip().splitlines()[-25:])
-            print(f"\nerror: gpu-check failed at '{step.name}': {tail.splitlines()[-1] if tail else ''}\n"
-                  f"command: {' '.join(step.argv)}\n--- end of its output ---\n{tail}", file=sys.stderr)
-            return 1
+    chosen = [(i, step) for i, step in enumerate(steps(work)) if not args.only or args.only in step.name]
+    failures: list[tuple[Step, str]] = []
+    for phase in ("train", "deploy", "tests"):
+        batch = [(i, step) for i, step in chosen if step.phase == phase]
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            results = list(pool.map(lambda item: run_step(item[1], work / f"step{item[0]:02d}.log"), batch))
+        for (index, step), (ok, seconds, detail) in zip(batch, results):
+            print(f"  {'ok  ' if ok else 'FAIL'} {seconds:6.1f} s  {step.name}", flush=True)
+            if not ok:
+                failures.append((step, detail))
+        if failures and not args.keep_going:
+            break
+    if failures:
+        step, detail = failures[0]
+        tail = "\n".join(detail.strip().splitlines()[-25:])
+        print(f"\nerror: gpu-check failed at '{step.name}' ({len(failures)} step(s) failed): "
+              f"{tail.splitlines()[-1] if tail else ''}\ncommand: {' '.join(step.argv)}\n"
+              f"--- end of its output ---\n{tail}", file=sys.stderr)
+        return 1
     for report in sorted((work / "deploy").glob("*/report.json")):
         data = json.loads(report.read_text())
         print(f"  {report.parent.name}: disagreements {data.get('disagreements')}, speedup {data.get('speedup')}")
