@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,8 +80,8 @@ def steps(work: Path) -> list[Step]:
         deploy("deploy: checkpoint, bfloat16 + channels_last", f"{runs['fast']}/checkpoints/last.ckpt", out("bf16"),
                "benchmark.dtype=bfloat16", "benchmark.channels_last=true"),
         deploy("deploy: fused/ folder, float16", f"{runs['compiled']}/fused", out("fp16"), "benchmark.dtype=float16"),
-        deploy("deploy: compile (shorthand for compiled_bf16)", runs["fast"], out("compile"), "benchmark.compile=true",
-               "benchmark.dtype=bfloat16"),
+        deploy("deploy: compile (shorthand for compiled_bf16)", runs["fast"], out("compile"),
+               "benchmark.compile=true", "benchmark.dtype=bfloat16"),
         deploy("deploy: targets=[auto,compiled,onnxruntime_fp32]", runs["standard"], out("targets"),
                "targets=[auto,compiled,onnxruntime_fp32]"),
         deploy("deploy: quantize=int8 (ORT on CPU next to torch on CUDA)", runs["qarepvgg"], out("int8"),
@@ -91,14 +92,30 @@ def steps(work: Path) -> list[Step]:
     ]
 
 
+RUNNING: set[subprocess.Popen] = set()  # the steps' processes, ended with gpu-check when it is stopped
+
+
+def _stop(signum: int, frame) -> None:
+    for proc in list(RUNNING):
+        proc.kill()
+    print(f"error: gpu-check stopped by signal {signum}; its running steps were ended", file=sys.stderr)
+    os._exit(128 + signum)
+
+
 def run_step(step: Step, log: Path) -> tuple[bool, float, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
     started = time.perf_counter()
+    proc = subprocess.Popen(step.argv, cwd=log.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    RUNNING.add(proc)
     try:
-        proc = subprocess.run(step.argv, cwd=log.parent, env=env, capture_output=True, text=True, timeout=900)
-        output, problem = proc.stdout + proc.stderr, None if proc.returncode == 0 else f"exit code {proc.returncode}"
-    except subprocess.TimeoutExpired as stopped:
-        output, problem = f"{stopped.stdout or ''}{stopped.stderr or ''}", "timed out after 900 s"
+        output, _ = proc.communicate(timeout=900)
+        problem = None if proc.returncode == 0 else f"exit code {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, problem = proc.communicate()[0], "timed out after 900 s"
+    finally:
+        RUNNING.discard(proc)
     log.write_text(" ".join(step.argv) + "\n\n" + output)
     if problem is None and step.check is not None:
         problem = step.check(output)
@@ -112,7 +129,10 @@ def main() -> int:
     parser.add_argument("--only", help="run only the steps whose name contains this")
     parser.add_argument("--jobs", type=int, default=4, help="steps of one phase that share the GPU at once")
     parser.add_argument("--keep-going", action="store_true", help="run every phase even after a failure")
+    parser.add_argument("--phases", default="train,deploy,tests", help="which phases to run (comma-separated)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
 
     import torch
 
@@ -129,7 +149,7 @@ def main() -> int:
     total = time.perf_counter()
     chosen = [(i, step) for i, step in enumerate(steps(work)) if not args.only or args.only in step.name]
     failures: list[tuple[Step, str]] = []
-    for phase in ("train", "deploy", "tests"):
+    for phase in args.phases.split(","):
         batch = [(i, step) for i, step in chosen if step.phase == phase]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             results = list(pool.map(lambda item: run_step(item[1], work / f"step{item[0]:02d}.log"), batch))

@@ -14,8 +14,8 @@ from reparam.deploy.gates import Equivalence, MaxDrop, Reference
 from reparam.deploy.load import Loaded
 from reparam.deploy.machine import Machine, choose_threads
 from reparam.deploy.report import TargetReport
-from reparam.deploy.targets import (TARGETS, Target, TargetContext, build_targets, select_targets,
-                                    shorthand_targets)
+from reparam.deploy.targets import (TARGETS, Target, TargetContext, TargetUnavailable, build_targets,
+                                    select_targets, shorthand_targets)
 from reparam.errors import UserError
 from reparam.models import build_model, fuse_model
 
@@ -191,3 +191,22 @@ def test_int8_calibration_count_need_not_divide_into_batches(method: str, tmp_pa
     assert settings["calibration_images"] == 32 and settings["method"] == method
     out = OrtModel(tmp_path / "m.int8.onnx")(images[:5])
     assert out.shape == (5, 4) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["default", "max-autotune-no-cudagraphs"])
+def test_compiled_target_uses_the_configured_mode_and_matches_the_fused_model(mode: str) -> None:
+    """benchmark.compile_mode reaches torch.compile; where torch can build CPU kernels, the compiled form is run."""
+    loaded = tiny_loaded()
+    ctx = TargetContext(loaded, CPU, False, threads=1, out_dir=Path("unused"), compile_mode=mode)
+    try:
+        TARGETS["compiled"].check_device(CPU)
+    except TargetUnavailable as err:  # no C++ compiler on this machine: the reason is shown
+        pytest.skip(str(err))
+    target = TARGETS["compiled"].build(ctx, FP32)
+    assert target.details["compile_mode"] == mode
+    if mode != "default":
+        return  # autotuning on CPU is slow and adds nothing to what the default mode checks
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(target.module(x), loaded.fused.eval()(x), atol=1e-4, rtol=1e-4)

@@ -36,7 +36,7 @@ def deploy(cfg: DictConfig) -> DeployReport:
     with cpu_threads(cfg.benchmark.threads) as machine:
         exports = _export(loaded.fused, dm, cfg.export, out_dir, onnx=cfg.export.onnx or _needs_onnx(selection))
         context = TargetContext(loaded, device, bool(cfg.benchmark.channels_last), machine.threads, out_dir,
-                                exports.get("onnx"), dm.calibration_images)
+                                exports.get("onnx"), dm.calibration_images, cfg.benchmark.get("compile_mode"))
         targets = build_targets(selection, context, OmegaConf.to_container(cfg.target_settings, resolve=True))
         evaluations = evaluate_targets(targets, dm.test_dataloader())
         benchmark = _benchmark(targets, cfg.benchmark, dm) if cfg.benchmark.enabled else []

@@ -51,6 +51,7 @@ class TargetContext:
     out_dir: Path  # where targets write their files (model.int8.onnx)
     onnx: ExportResult | None = None  # the checked fp32 ONNX export, where one was made
     calibration_images: Callable[[int], torch.Tensor] | None = None  # n training-split images, normalized
+    compile_mode: str | None = None  # torch.compile mode of compiled targets (benchmark.compile_mode)
     _int8: dict[tuple, tuple[Path, dict]] = field(default_factory=dict, repr=False)
 
     def fp32_onnx(self) -> str:

@@ -42,7 +42,7 @@ class TorchTarget(Target):
 
     def __init__(self, network: nn.Module, device: torch.device, gate: Gate, *, dtype: torch.dtype = torch.float32,
                  channels_last: bool = False, compiled: bool = False, name: str | None = None,
-                 form: str | None = None) -> None:
+                 form: str | None = None, compile_mode: str | None = None) -> None:
         self.name, self.form = name or type(self).name, form or type(self).form
         self.device, self.gate, self.dtype, self.channels_last = device, gate, dtype, channels_last
         self.precision, self.compiled = PRECISIONS[dtype], compiled
@@ -51,14 +51,16 @@ class TorchTarget(Target):
         self.module = self.eager
         self.details = {"channels_last": channels_last}
         if compiled:
-            mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else "default"
+            # "default" compiles in seconds; max-autotune took minutes on a shared GPU. No CUDA graphs by default:
+            # their outputs are overwritten by the next call, and deploy keeps outputs.
+            mode = compile_mode or "default"
             self.module = torch.compile(self.eager, mode=mode)
             self.details["compile_mode"] = mode
 
     @classmethod
     def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> TorchTarget:
         return cls(cls.network(context.loaded), context.device, cls.make_gate(settings), dtype=cls.dtype,
-                   channels_last=context.channels_last, compiled=cls.compiled)
+                   channels_last=context.channels_last, compiled=cls.compiled, compile_mode=context.compile_mode)
 
     @classmethod
     def network(cls, loaded: Loaded) -> nn.Module:
