@@ -147,8 +147,11 @@ def as_run(command: Command, user_dir: Path, run: Path | None) -> list[str]:
 def make_target(target: str, user_dir: Path, env: dict) -> Outcome:
     """``make <target>`` minus the install (this suite runs inside that install): the commands ``make -n`` prints,
     with the output folder in ``user_dir`` and one epoch. Returns the first failure, or the last success."""
-    dry = subprocess.run(["make", "-n", target, f"DEMO_DIR={user_dir / 'demo-make'}"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, check=True).stdout
+    # a make that runs this suite (make test) passes MAKELEVEL/MAKEFLAGS down, and a nested make then prints
+    # "make[1]: Entering directory" lines; this make is a top-level one, as the user's is
+    top_level = {k: v for k, v in env.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    dry = subprocess.run(["make", "--no-print-directory", "-n", target, f"DEMO_DIR={user_dir / 'demo-make'}"],
+                         cwd=ROOT, env=top_level, capture_output=True, text=True, check=True).stdout
     outcome = None
     for line in dry.splitlines():
         argv = shlex.split(line)

@@ -35,6 +35,7 @@ SUGGESTED = {
     "optimizer.lr": [("train", "optimizer.lr=0.01")],
     "scheduler.warmup_epochs": [("train", "scheduler.warmup_epochs=2")],
     "optimized_metric": [("train", "optimized_metric=test_acc")],
+    "callbacks": [("train", "callbacks=ema")],
     "callbacks.reparameterize.source": [("train", "callbacks.reparameterize.source=last")],
     "model": [("train", "model=custom")],
     "logger": [("train", "logger=mlflow"), ("train", "logger=wandb"), ("deploy", "logger=csv")],
