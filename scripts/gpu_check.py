@@ -46,8 +46,8 @@ class Step:
 
 
 def train(name: str, run: str, *overrides: str, env: dict[str, str] | None = None, check=None) -> Step:
-    return Step(name, "train", [sys.executable, str(ROOT / "train.py"), *TRAIN_BASE, *overrides, f"hydra.run.dir={run}"],
-                env or {}, check)
+    argv = [sys.executable, str(ROOT / "train.py"), *TRAIN_BASE, *overrides, f"hydra.run.dir={run}"]
+    return Step(name, "train", argv, env or {}, check)
 
 
 def deploy(name: str, ckpt: str, out: str, *overrides: str) -> Step:
