@@ -205,7 +205,12 @@ def _close_loggers(trainer: L.Trainer) -> None:
     on disk (``wandb sync`` needs that) and a sweep's next job starts a run of its own."""
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            import wandb
+
             logger.experiment.finish()
+            # finish() can return before wandb's service has written the offline run file (seen in CI under load:
+            # only its header was on disk); teardown waits for the service, as the exit hook of a script does
+            wandb.teardown()
 
 
 def _check_optimized_metric(cfg: DictConfig) -> str | None:
