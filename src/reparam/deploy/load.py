@@ -80,10 +80,11 @@ def _load_train_form(ckpt: dict, path: Path) -> tuple[nn.Module, dict]:
     return model.eval(), spec
 
 
-def load_for_deploy(path: str | Path, expected_num_classes: int | None = None) -> Loaded:
+def load_for_deploy(path: str | Path) -> Loaded:
     """Load a ``.ckpt`` (train form, fused here), a fused folder, or a run directory (its last.ckpt).
 
-    From a checkpoint both forms are returned; from a fused folder only the fused form exists.
+    From a checkpoint both forms are returned; from a fused folder only the fused form exists. Whether the model fits
+    the test data is checked in one place, ``deploy_datamodule``.
     """
     if path is None or str(path).strip() in ("", "None", "???"):
         raise UserError("ckpt is required: python deploy.py ckpt=<run>/checkpoints/last.ckpt (or ckpt=<run>/fused)")
@@ -111,11 +112,6 @@ def load_for_deploy(path: str | Path, expected_num_classes: int | None = None) -
                         dict(ckpt.get("datamodule_hyper_parameters") or {}),
                         {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")})
     loaded.chosen_because = chosen_because
-    if expected_num_classes is not None and loaded.spec.get("num_classes") != expected_num_classes:
-        raise UserError(
-            f"{loaded.source} is a {loaded.spec.get('num_classes')}-class model but the test data has "
-            f"{expected_num_classes} classes; pass the matching data (data.dataset=cifar10|cifar100|digits) or checkpoint"
-        )
     return loaded
 
 
