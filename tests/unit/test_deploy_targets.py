@@ -1,6 +1,9 @@
 """Deploy targets without a trained run: the registry and its selection, device placement (on the meta device, which
 refuses any CPU tensor exactly as CUDA would), the one-pass evaluation, the gates, and the thread choice."""
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from reparam.deploy.benchmark import BenchmarkResult, benchmark_targets, count_f
 from reparam.deploy.evaluate import evaluate_targets
 from reparam.deploy.gates import Equivalence, MaxDrop, Reference
 from reparam.deploy.load import Loaded
-from reparam.deploy.machine import Machine, choose_threads
+from reparam.deploy.machine import Machine, busy_cpus, choose_threads
 from reparam.deploy.report import TargetReport
 from reparam.deploy.targets import (TARGETS, Target, TargetContext, TargetUnavailable, build_targets,
                                     select_targets, shorthand_targets)
@@ -168,6 +171,23 @@ def test_threads_follow_the_load_and_an_unsteady_benchmark_is_called_out() -> No
     evaluation_only = Machine(2, 2, 2, "all", 5.0, 4.9)
     evaluation_only.review([])
     assert evaluation_only.warnings == []  # nothing was timed
+    measured = Machine(2, 2, 1, "1 of 2", 1.3, 1.1, busy_before=1.1)
+    measured.review([row("fused", [100, 101, 99])])
+    assert "1.1 CPUs busy with them when deploy started" in measured.warnings[0]
+    assert measured.warnings[0].endswith("(this run already used 1 thread)")
+
+
+def test_busy_cpus_sees_another_process_at_work() -> None:
+    """The thread choice reads what other processes do now, not the 1-minute load average that lags behind."""
+    if busy_cpus(0.05) is None:
+        pytest.skip("no /proc/stat on this platform: deploy falls back to the load average")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # started and spinning
+        assert busy_cpus(0.5) >= 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_every_registered_target_says_what_it_is() -> None:
