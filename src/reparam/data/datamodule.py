@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from ..errors import UserError
+from ..preprocess import Preprocessing
 from .fast import ERASE_RATIO, ERASE_SCALE, TensorBatchLoader
 from .sources import SOURCES, ImageArrays, load_source
 
@@ -124,12 +125,17 @@ class ImageDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def deploy_info(self) -> dict:
-        """What a fused artifact records about its inputs (everything needed to preprocess an image)."""
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The evaluation-time rule (native size, training-split mean/std): recorded in the fused artifact."""
         self._require_setup()
         h, w = self.arrays.train_images.shape[1:3]
-        return {"dataset": self.hparams.dataset, "size": [3, int(h), int(w)], "mean": self.mean, "std": self.std,
-                "classes": self.classes, "scale": "uint8 pixels / 255, then (x - mean) / std"}
+        return Preprocessing(size=(int(h), int(w)), mean=tuple(self.mean), std=tuple(self.std),
+                             classes=tuple(self.classes), crop_pct=1.0, dataset=self.hparams.dataset)
+
+    def deploy_info(self) -> dict:
+        """What a fused artifact records about its inputs (everything needed to preprocess an image)."""
+        return self.preprocessing.to_record()
 
     def _require_setup(self) -> None:
         if self.arrays is None:
@@ -175,9 +181,7 @@ class ImageDataModule(L.LightningDataModule):
         self._require_setup()
         images = self._splits["train"][0]
         idx = np.sort(np.random.default_rng(seed).permutation(len(images))[: max(int(count), 1)])
-        x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 255.0
-        mean, std = torch.tensor(self.mean).reshape(1, 3, 1, 1), torch.tensor(self.std).reshape(1, 3, 1, 1)
-        return (x - mean) / std
+        return self.preprocessing(torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous())
 
     def split_sizes(self) -> dict[str, int]:
         return {k: len(v[1]) for k, v in self._splits.items()}
@@ -188,7 +192,7 @@ class ImageDataModule(L.LightningDataModule):
             steps.append(v2.RandomCrop(self.arrays.train_images.shape[1], padding=self.hparams.crop_padding))
             if self.hparams.hflip:
                 steps.append(v2.RandomHorizontalFlip())
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        steps.append(self.preprocessing.transform() if not train else self.preprocessing.normalize())
         if train and self.hparams.augment and self.hparams.erase_prob > 0:  # after normalizing: erased = the mean
             steps.append(v2.RandomErasing(self.hparams.erase_prob, ERASE_SCALE, ERASE_RATIO, value=0))
         return v2.Compose(steps)
