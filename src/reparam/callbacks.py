@@ -10,12 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from typing import Any
-
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
-from lightning.pytorch.trainer.states import TrainerFn
 
 from . import __version__
 from .artifact import write_fused_artifact
@@ -23,6 +19,7 @@ from .checkpoint import net_state, read_checkpoint
 from .compare import ComparisonReport
 from .convert import verify_equivalence
 from .device import synchronize
+from .ema import EMAWeights  # noqa: F401  (callbacks=ema's target: reparam.callbacks.EMAWeights)
 from .errors import UserError
 from .models import build_model, fuse_model, fuse_model_with_report
 
@@ -250,22 +247,3 @@ class SpeedMonitor(L.Callback):
     def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers:  # floats, straight to the loggers: nothing for Lightning to reduce or sync
             logger.log_metrics(metrics, step=trainer.global_step)
-
-
-class EMAWeights(EMAWeightAveraging):
-    """Lightning's exponential moving average of the weights (``callbacks=ema``), with one fix.
-
-    Checkpoints hold the averaged weights in ``state_dict`` (the raw ones in ``current_model_state``), so checkpoint
-    selection, deploy and ``fused/`` all see the average. Lightning's callback also reloads the *raw* weights whenever
-    a checkpoint is loaded, so ``trainer.test(ckpt_path="best")`` after fit evaluated the raw weights, not the ones
-    selected and fused. Here only a resumed fit restores the raw weights (to continue training and averaging);
-    evaluating a checkpoint uses what its ``state_dict`` holds.
-    """
-
-    def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
-        super().__init__(decay=decay, **kwargs)
-        self.decay = decay
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if trainer.state.fn == TrainerFn.FITTING:
-            super().on_load_checkpoint(trainer, pl_module, checkpoint)

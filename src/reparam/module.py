@@ -125,14 +125,16 @@ class ClassifierModule(L.LightningModule):
         self._log_step("train", loss, self.train_acc, len(y))
         return loss
 
-    def _eval_step(self, batch, metric: MulticlassAccuracy, stage: str) -> None:
+    def _eval_step(self, batch, metric: MulticlassAccuracy, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         metric.update(logits, y)
         self._log_step(stage, self.criterion(logits, y), metric, len(y))
+        return logits
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_acc, "val")
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        # the logits: callbacks=ema scores them next to the raw weights' (on_validation_batch_end's outputs)
+        return self._eval_step(batch, self.val_acc, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_acc, "test")

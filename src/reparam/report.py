@@ -41,6 +41,14 @@ def text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def pct_pair(values: tuple[Any, Any]) -> str:
+    return "-" if all(v is None for v in values) else " / ".join(pct(v) for v in values)
+
+
+def field(summary: TrainSummary, key: str | tuple[str, ...]) -> Any:
+    return tuple(getattr(summary, k) for k in key) if isinstance(key, tuple) else getattr(summary, key)
+
+
 def print_train_summary(summary: TrainSummary, deploy_command: str = "python deploy.py") -> None:
     """The end-of-training table: accuracies, fusion error, speed, artifact paths."""
     table = Table(title="reparam: training summary", show_header=False, title_justify="left")
@@ -53,6 +61,8 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
         ("test accuracy", pct, "test_acc"),
         ("tested weights", text, "tested_weights"),
         ("weight averaging", text, "averaged_weights"),
+        ("shipped weights", text, "shipped_weights"),
+        ("val accuracy raw / averaged", pct_pair, ("val_acc_raw", "val_acc_averaged")),
         ("fusion max |diff| fp32", sci, "fusion_fp32_max_abs_diff"),
         ("fusion max |diff| fp64", sci, "fusion_fp64_max_abs_diff"),
         ("fused argmax agreement", pct, "fusion_argmax_agreement"),
@@ -64,9 +74,9 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
         ("fused model", text, "fused_dir"),
     ]
     for name, fmt, key in rows:
-        table.add_row(name, fmt(getattr(summary, key)))
+        table.add_row(name, fmt(field(summary, key)))
     console.print(table)
-    log_to_file(table.title, [(name, fmt(getattr(summary, key))) for name, fmt, key in rows])
+    log_to_file(table.title, [(name, fmt(field(summary, key))) for name, fmt, key in rows])
     if summary.fused_dir:
         console.print(f"next: {deploy_command} ckpt={summary.fused_dir}", soft_wrap=True)  # one line to copy
 

@@ -34,8 +34,12 @@ class TrainSummary:
     last_checkpoint: str | None = None
     fused_dir: str | None = None
     fused_weights: str | None = None  # which weights fused/ holds (a checkpoint path, or the final weights)
-    # "EMA (decay 0.999)" when a weight-averaging callback ran: checkpoints, test and fused/ then hold the average
+    # "EMA (decay 0.999)" when a weight-averaging callback ran; which weights the shipped checkpoint (test, fused/)
+    # holds, "averaged" or "raw" (the better at its validation), and both weights' validation accuracy there
     averaged_weights: str | None = None
+    shipped_weights: str | None = None
+    val_acc_raw: float | None = None
+    val_acc_averaged: float | None = None
     fusion_fp32_max_abs_diff: float | None = None
     fusion_fp64_max_abs_diff: float | None = None
     fusion_argmax_agreement: float | None = None

@@ -20,6 +20,7 @@ from .artifact import atomic_write_json, update_fused_metrics
 from .blocks import FormMismatchError
 from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback, SpeedMonitor
 from .checkpoint import net_state, read_checkpoint
+from .ema import EMAWeights
 from .errors import Interrupted, Preempted, UserError, reraise_as_user_error
 from .loggers import ResumePoint
 from .module import ClassifierModule
@@ -108,7 +109,7 @@ def train(cfg: DictConfig) -> TrainSummary:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
     summary = _fit_summary(trainer, run_dir)
-    summary.averaged_weights = _averaging(trainer)
+    _record_averaging(trainer, summary)
     summary.total_time_s = time.perf_counter() - started
     _write_summary(trainer, run_dir, summary)
     if cfg.get("test"):
@@ -152,13 +153,25 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
     return summary
 
 
-def _averaging(trainer: L.Trainer) -> str | None:
-    """What a weight-averaging callback (callbacks=ema) made of the weights that were checkpointed, tested, fused."""
+def _record_averaging(trainer: L.Trainer, summary: TrainSummary) -> None:
+    """What a weight-averaging callback (callbacks=ema) did: which weights the shipped checkpoint holds, and the raw
+    and averaged weights' validation accuracy there (from the checkpoint itself: a resumed run may ship an older one)."""
     averaging = next((c for c in trainer.callbacks if isinstance(c, WeightAveraging)), None)
     if averaging is None:
-        return None
+        return
     decay = getattr(averaging, "decay", None)
-    return ("EMA" if decay is not None else type(averaging).__name__) + (f" (decay {decay})" if decay else "")
+    summary.averaged_weights = ("EMA" if decay is not None else type(averaging).__name__) + (
+        f" (decay {decay})" if decay else "")
+    record = None
+    if summary.best_checkpoint and Path(summary.best_checkpoint).is_file():
+        record = read_checkpoint(Path(summary.best_checkpoint)).get("weight_averaging")
+    elif isinstance(averaging, EMAWeights) and averaging.comparison is not None:  # no checkpoint: the final weights
+        record = averaging.comparison.to_dict()
+    if record:
+        summary.shipped_weights = record["shipped"]
+        summary.val_acc_raw, summary.val_acc_averaged = record["val_acc_raw"], record["val_acc_averaged"]
+    else:
+        summary.shipped_weights = "averaged"  # Lightning's own averaging callbacks ship the average
 
 
 def _write_summary(trainer: L.Trainer, run_dir: Path, summary: TrainSummary) -> None:
