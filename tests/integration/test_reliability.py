@@ -217,5 +217,8 @@ def test_a_resumed_ema_run_ends_with_the_same_averaged_weights(cifar_root, tmp_p
     assert_same_weights(fused_weights(tmp_path / "whole"), fused_weights(tmp_path / "resumed"))
     ckpt = lambda d: torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)  # noqa: E731
     whole, resumed = ckpt(tmp_path / "whole"), ckpt(tmp_path / "resumed")
-    assert_same_weights(whole["state_dict"], resumed["state_dict"])  # the average
+    assert_same_weights(whole["state_dict"], resumed["state_dict"])  # what the checkpoint ships
+    assert_same_weights(whole["averaged_model_state"], resumed["averaged_model_state"])  # the average, its BN stats
     assert_same_weights(whole["current_model_state"], resumed["current_model_state"])  # the raw weights
+    assert whole["weight_averaging"] == resumed["weight_averaging"]
+    assert whole["global_step"] == resumed["global_step"] == 8  # last.ckpt is the last step, not the best epoch

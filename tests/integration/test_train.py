@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config
+from helpers import compose_config, write_fake_cifar
 
 from reparam import verify_equivalence
 from reparam.artifact import read_fused_artifact
@@ -91,17 +91,24 @@ def test_speed_options_train_fuse_and_keep_plain_checkpoint_keys(options, cifar_
     assert read_fused_artifact(summary.fused_dir).model.is_fused
 
 
-def test_ema_weights_are_what_gets_checkpointed_tested_and_fused(cifar_root: Path, tmp_path: Path) -> None:
+def test_ema_ships_the_better_weights_to_the_checkpoint_the_test_and_fused(cifar_root: Path, tmp_path: Path) -> None:
     summary = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "callbacks=ema",
                                              "callbacks.ema.decay=0.8"], run_dir=tmp_path))
     assert summary.averaged_weights == "EMA (decay 0.8)"
     assert summary.tested_weights == summary.best_checkpoint == summary.fused_weights
     ckpt = torch.load(summary.best_checkpoint, weights_only=True)
-    averaged = net_state(ckpt)  # what a checkpoint's state_dict holds under callbacks=ema
+    verdict = ckpt["weight_averaging"]  # the validation that chose what this checkpoint ships
+    assert verdict["shipped"] == summary.shipped_weights == ("averaged" if verdict["val_acc_averaged"] >=
+                                                             verdict["val_acc_raw"] else "raw")
+    assert (summary.val_acc_raw, summary.val_acc_averaged) == (verdict["val_acc_raw"], verdict["val_acc_averaged"])
+    assert summary.best_val_acc == pytest.approx(max(verdict["val_acc_raw"], verdict["val_acc_averaged"]))
+    averaged = {k[len("net."):]: v for k, v in ckpt["averaged_model_state"].items() if k.startswith("net.")}
     raw = {k[len("net."):]: v for k, v in ckpt["current_model_state"].items() if k.startswith("net.")}
-    assert averaged.keys() == raw.keys()
+    assert averaged.keys() == raw.keys() == net_state(ckpt).keys()
     assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if averaged[k].is_floating_point())
-    # fused/ is the fusion of the averaged weights, and the test accuracy is theirs
+    shipped = averaged if summary.shipped_weights == "averaged" else raw
+    assert all(torch.equal(net_state(ckpt)[k], shipped[k]) for k in shipped)
+    # fused/ is the fusion of the shipped weights, and the test accuracy is theirs
     spec = ckpt["hyper_parameters"]["net"]
     dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, eval_batch_size=1000)
     dm.setup("test")
@@ -111,5 +118,24 @@ def test_ema_weights_are_what_gets_checkpointed_tested_and_fused(cifar_root: Pat
         model = build_model(spec)
         model.load_state_dict(weights)
         report = verify_equivalence(model.eval(), fused, x, raise_on_mismatch=False)
-        assert report.passed == (name == "averaged"), name
+        assert report.passed == (name == summary.shipped_weights), name
     assert summary.test_acc == pytest.approx(float((fused(x).argmax(1) == y).float().mean()), abs=1e-6)
+
+
+def test_ema_is_never_shipped_worse_than_the_same_run_without_it(tmp_path: Path) -> None:
+    """A run long enough for the averaging to matter, on generated data with learnable structure: Lightning's EMA
+    (decay 0.999 from step 1, averaged BN statistics) shipped 7% where the raw weights reach about 80%."""
+    write_fake_cifar(tmp_path / "data", "cifar10", per_batch=80, n_test=200)
+    run = ["model=repvgg_tiny", "model.widths=[8,8,16,16,32]", "trainer=cpu", "trainer.max_epochs=5", "logger=none",
+           "data.num_workers=0", "data.val_size=100", "data.batch_size=32", "data.eval_batch_size=200",
+           "trainer.num_sanity_val_steps=0", "trainer.deterministic=true", "seed=7", f"paths.data_dir={tmp_path / 'data'}"]
+    plain = train(compose_config("train", run, run_dir=tmp_path / "plain"))
+    ema = train(compose_config("train", [*run, "callbacks=ema"], run_dir=tmp_path / "ema"))
+    assert plain.test_acc >= 0.5  # the raw weights learn (chance is 0.1)
+    assert ema.test_acc >= plain.test_acc - 0.05, (ema.test_acc, plain.test_acc)  # 200 test images
+    # both weights scored at the shipped checkpoint; the average, with its own BN statistics, is far above chance
+    assert ema.val_acc_averaged >= 0.5 and ema.val_acc_raw >= 0.5
+    # the raw weights of an EMA run are the plain run's, step for step
+    raw = torch.load(ema.last_checkpoint, weights_only=True)["current_model_state"]
+    plain_last = torch.load(plain.last_checkpoint, weights_only=True)["state_dict"]
+    assert raw.keys() == plain_last.keys() and all(torch.equal(raw[k], plain_last[k]) for k in raw)
