@@ -22,15 +22,20 @@ def assert_one_clear_line(proc, *fragments: str) -> str:
     return errors[0]
 
 
-def test_ddp_on_two_cpu_processes_writes_exactly_one_fused_model(cifar_root: Path, tmp_path: Path, run_env) -> None:
+@pytest.mark.parametrize("extra", [[], ["callbacks=ema"]], ids=["plain", "ema"])
+def test_ddp_on_two_cpu_processes_writes_exactly_one_fused_model(extra, cifar_root: Path, tmp_path: Path,
+                                                                  run_env) -> None:
     run_dir = tmp_path / "run"
-    proc = run_entry("train.py", ["trainer=ddp_sim", *TINY, f"paths.data_dir={cifar_root}", f"hydra.run.dir={run_dir}"],
-                     run_env, timeout=400)
+    proc = run_entry("train.py", ["trainer=ddp_sim", *TINY, f"paths.data_dir={cifar_root}", f"hydra.run.dir={run_dir}",
+                                  *extra], run_env, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     fused = [p for p in tmp_path.rglob("model.safetensors")]
     assert fused == [run_dir / "fused" / "model.safetensors"]
     assert not list(tmp_path.rglob(".fused.tmp-*"))
     assert proc.stdout.count("training summary") == 1
+    if extra:  # both ranks scored the raw and the averaged weights on their shards; the verdict is over all of them
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["shipped_weights"] in ("averaged", "raw") and summary["val_acc_raw"] is not None
 
 
 def test_missing_cifar_explains_where_it_looked(tmp_path: Path, run_env) -> None:
