@@ -7,7 +7,7 @@ from helpers import CONFIGS, compose_config
 from omegaconf import OmegaConf, open_dict
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug", "speed",
-          "paths", "hydra"]
+          "hparams_search", "paths", "hydra"]
 
 
 def options(group: str) -> list[str]:
