@@ -79,17 +79,17 @@ def test_optuna_search_through_submitit_local_records_every_trial(tmp_path: Path
 
 def test_search_records_pruned_and_failed_trials_and_goes_on(tmp_path: Path, run_env) -> None:
     sweep = tmp_path / "search"
-    # seeded: the sampler tries 0.1 first, then a rate too small to learn (pruned after its first epoch, being
-    # behind the median) and one that diverges (failed)
-    proc = run_entry("train.py", ["-m", *TINY, "trainer.limit_train_batches=8", "hparams_search=optuna",
-                                  "hparams_search.study_name=s", "hparams_search.n_trials=5",
-                                  "hparams_search.n_startup_trials=5", "hparams_search.seed=3",
+    # seeded, the sampler tries a rate that diverges (failed), then 0.1, then one too small to learn anything: behind
+    # the completed trial after its first epoch, it is pruned
+    proc = run_entry("train.py", ["-m", *TINY, "trainer.limit_train_batches=20", "hparams_search=optuna",
+                                  "hparams_search.study_name=s", "hparams_search.n_trials=3",
+                                  "hparams_search.n_startup_trials=5", "hparams_search.seed=2",
                                   "+hparams_search.pruner_options.n_startup_trials=1",
                                   "+hparams_search.pruner_options.n_warmup_steps=0",
                                   "optimizer.lr=choice(0.1,1e-9,1e9)", f"hydra.sweep.dir={sweep}"], run_env, timeout=1200)
     trials = study(sweep, "s").trials
     states = {t.params["optimizer.lr"]: t.state for t in trials}
-    assert len(trials) == 5 and set(states) == {0.1, 1e-9, 1e9}, [(t.params, t.state) for t in trials]
+    assert len(trials) == 3 and set(states) == {0.1, 1e-9, 1e9}, [(t.params, t.state) for t in trials]
     assert states[0.1] == TrialState.COMPLETE and states[1e-9] == TrialState.PRUNED and states[1e9] == TrialState.FAIL
     runs = report(sweep)["runs"]
     for trial in trials:
@@ -118,7 +118,8 @@ def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path
     time.sleep(2)  # inside the second trial
     search.send_signal(signal.SIGTERM)
     _, stderr = search.communicate(timeout=300)
-    assert search.returncode == 143, stderr[-3000:]
+    # 143: Lightning's handler turned it into reparam's Preempted; -15: it came before fit installed that handler
+    assert search.returncode in (143, -signal.SIGTERM), stderr[-3000:]
     assert not (sweep / "1" / "summary.json").exists() or \
         json.loads((sweep / "1" / "summary.json").read_text())["status"] != "completed"
     assert [t.state for t in study(sweep, "s").trials] == [TrialState.COMPLETE, TrialState.RUNNING]
