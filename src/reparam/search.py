@@ -260,6 +260,7 @@ def _counted(study: optuna.Study) -> int:
 def _refresh(record: SweepRecord, study: optuna.Study) -> None:
     """The record of every trial of the study, this session's and earlier ones', written to sweep_summary.json."""
     trials = study.get_trials(deepcopy=False)
+    record.pending.clear()
     record.runs = [SweepRun(**t.user_attrs["reparam_run"]) for t in trials if "reparam_run" in t.user_attrs]
     record.runs += [SweepRun(job=t.number, overrides=[], run_dir="-", status="interrupted", trial=t.number,
                              params=dict(t.params), error="stopped with the search, run again when it resumed")

@@ -15,6 +15,7 @@ jobs run in this process only (the basic launcher).
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -92,9 +93,17 @@ class SweepRecord:
     optimized_metric: str | None
     runs: list[SweepRun] = field(default_factory=list)
     study: dict[str, Any] | None = None  # a search: study name, storage, direction, sampler, pruner
+    # jobs that ended in this process while their batch runs (basic launcher): written at once, replaced by the
+    # sweeper's rows when the launcher returns the batch
+    pending: list[SweepRun] = field(default_factory=list)
+
+    def add_batch(self, runs: list[SweepRun]) -> None:
+        self.pending.clear()
+        self.runs.extend(runs)
+        self.write()
 
     def ranked(self) -> list[SweepRun]:
-        return rank_runs(self.runs, self.optimized_metric)
+        return rank_runs([*self.runs, *self.pending], self.optimized_metric)
 
     def best(self) -> SweepRun | None:
         return next((run for run in self.ranked() if run.status == "ok" and run.value is not None), None)
@@ -109,7 +118,7 @@ class SweepRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"sweep_dir": self.sweep_dir, "optimized_metric": self.optimized_metric, "study": self.study,
                 "runs": [run.to_dict() for run in self.ranked()],
-                "counts": {status: sum(run.status == status for run in self.runs) for status in STATUSES},
+                "counts": {status: sum(run.status == status for run in self.ranked()) for status in STATUSES},
                 "failed": len(self.failed()),
                 "best": None if self.best() is None else self.best().to_dict(),
                 "reproduce": self.reproduce_command()}
@@ -159,15 +168,22 @@ class SweepSummary(Callback):
 
     def __init__(self) -> None:
         self.jobs: list[SweepRun] = []
+        self.launching_pid = os.getpid()  # travels with this object when submitit pickles it for a job
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.jobs = []
         set_active_record(None)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        # only for sweepers that keep no record (hydra/sweeper=basic); meaningful where jobs run in this process
-        if config.hydra.mode == RunMode.MULTIRUN and active_record() is None:
-            self.jobs.append(SweepRun.from_job(job_return))
+        if config.hydra.mode != RunMode.MULTIRUN or os.getpid() != self.launching_pid:
+            return  # a job in a process of its own (submitit): the launcher returns it to the sweeper
+        run = SweepRun.from_job(job_return)
+        record = active_record()
+        if record is not None:  # reparam's sweepers: on disk now, their own row when the batch returns
+            record.pending.append(run)
+            record.write()
+        else:  # a sweeper that keeps no record (hydra/sweeper=basic)
+            self.jobs.append(run)
             SweepRecord(str(config.hydra.sweep.dir), config.get("optimized_metric"), self.jobs).write()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -1,5 +1,6 @@
 """Ranking the runs of a sweep: best first in the metric's own direction, missing values last; the best run's command."""
 
+import json
 from pathlib import Path
 
 from reparam.sweep import SweepRecord, SweepRun, rank_runs, reproducing_overrides
@@ -56,3 +57,13 @@ def test_best_run_is_reproduced_without_the_sweep_settings(tmp_path: Path) -> No
     record = SweepRecord(str(tmp_path), "best_val_acc", [sweep_run(0, "ok", 0.9, overrides)])
     assert record.reproduce_command() == ("python train.py experiment=demo optimizer.lr=0.0123 model.block=dbb "
                                           "+trainer.limit_train_batches=2 'note='\"'\"'a b'\"'\"''")
+
+
+def test_a_job_ended_mid_batch_is_on_disk_until_its_batch_returns(tmp_path: Path) -> None:
+    record = SweepRecord(str(tmp_path), "best_val_acc")
+    record.pending.append(sweep_run(0, "ok", 0.5))
+    record.write()
+    on_disk = lambda: json.loads((tmp_path / "sweep_summary.json").read_text())  # noqa: E731
+    assert [r["job"] for r in on_disk()["runs"]] == [0]
+    record.add_batch([sweep_run(0, "ok", 0.5), sweep_run(1, "failed", None)])
+    assert [r["job"] for r in on_disk()["runs"]] == [0, 1] and on_disk()["failed"] == 1 and not record.pending

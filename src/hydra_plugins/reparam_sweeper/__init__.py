@@ -40,11 +40,10 @@ class FailTolerantSweeper(BasicSweeper):
             batch = self.get_job_batch()
             self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=first)
-            for result in results:
-                run = SweepRun.from_job(result)
+            runs = [SweepRun.from_job(result) for result in results]
+            for run in runs:
                 run.params = {k: v for o in run.overrides for k, _, v in [o.partition("=")] if k in swept}
-                record.runs.append(run)
-            record.write()  # after every batch: the record survives whatever happens to the sweep later
+            record.add_batch(runs)  # on disk after every batch: it survives whatever happens to the sweep later
             returns.append(results)
             first += len(batch)
         return returns
