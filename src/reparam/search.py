@@ -68,10 +68,12 @@ class SearchSettings:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SearchError(f"unknown hparams_search setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise SearchError(f"unknown hparams_search setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
         settings = cls(**values)
         if settings.pruner not in PRUNERS:
-            raise SearchError(f"hparams_search.pruner={settings.pruner} is not a pruner; choose one of {', '.join(PRUNERS)}")
+            raise SearchError(f"hparams_search.pruner={settings.pruner} is not a pruner; "
+                              f"choose one of {', '.join(PRUNERS)}")
         if settings.n_trials < 1 or settings.n_jobs < 1:
             raise SearchError("hparams_search.n_trials and hparams_search.n_jobs must be >= 1")
         return settings
@@ -134,7 +136,8 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage, u
 
 def search_space(overrides: list[Any]) -> tuple[dict[str, Any], list[str]]:
     """Optuna distributions for the sweep overrides (``interval``, ``choice``, ``range``; ``tag(log, ...)`` for a
-    log scale, ``tag(int, ...)`` for integers) and the fixed ``key=value`` overrides, from overrides parsed by Hydra's ``OverridesParser``."""
+    log scale, ``tag(int, ...)`` for integers) and the fixed ``key=value`` overrides, from overrides parsed by
+    Hydra's ``OverridesParser``."""
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -305,8 +308,8 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
         if [t.number for t in trials] != list(range(first, first + len(trials))):
             raise SearchError(f"another process is adding trials to study '{settings.study_name}' ({url}); run one "
                               "search per study")
-        batch = [[*fixed, *(f"{k}={override_value(v)}" for k, v in t.params.items()), f"hparams_search.trial={t.number}"]
-                 for t in trials]
+        batch = [[*fixed, *(f"{k}={override_value(v)}" for k, v in t.params.items()),
+                  f"hparams_search.trial={t.number}"] for t in trials]
         results = launcher.launch(batch, initial_job_idx=first)
         for trial, result in zip(trials, results):
             run = SweepRun.from_job(result, params=dict(trial.params), trial=trial.number)
