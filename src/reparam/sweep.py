@@ -211,14 +211,17 @@ def print_sweep_summary(record: SweepRecord) -> None:
     kind = "search" if record.study else "sweep"
     table = Table(title=f"reparam: {kind} of {len(record.runs)} runs (sorted by {record.optimized_metric or 'job'})",
                   title_justify="left")
-    for column in ("job", "params" if record.study else "overrides", "status", record.optimized_metric or "value",
-                   "best val acc", "test acc", "fused argmax agreement", "time", "run dir"):
+    # the value column only where the metric is not one of the columns shown anyway
+    shown = {"best_val_acc", "test_acc", "fusion_argmax_agreement"}
+    value_column = [] if record.optimized_metric in shown else [record.optimized_metric or "value"]
+    for column in ("job", "params" if record.study else "overrides", "status", *value_column, "best val acc",
+                   "test acc", "fused argmax agreement", "time", "run dir"):
         table.add_column(column, overflow="fold")
     for run in record.ranked():
         s = run.summary
         varied = " ".join(f"{k}={v}" for k, v in run.params.items()) if record.study else " ".join(run.overrides)
         status = f"{run.status}: {run.error}" if run.error else run.status
-        value = pct(run.value) if record.optimized_metric in ("best_val_acc", "test_acc") else text(run.value)
-        table.add_row(text(run.job), varied or "-", status, value, pct(s.get("best_val_acc")), pct(s.get("test_acc")),
+        value = [text(run.value)] if value_column else []
+        table.add_row(text(run.job), varied or "-", status, *value, pct(s.get("best_val_acc")), pct(s.get("test_acc")),
                       pct(s.get("fusion_argmax_agreement")), seconds(run.duration_s), run.run_dir)
     console.print(table)

@@ -6,6 +6,8 @@ collection of results are what is tested, and they are the real ones.
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,3 +146,33 @@ def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path
     assert sorted(r["trial"] for r in ok) == sorted(t.number for t in completed)
     assert len({r["run_dir"] for r in ok}) == 3 and str(sweep / "1") not in {r["run_dir"] for r in ok}
     assert os.path.isfile(sweep / str(retry.number) / "fused" / "model.safetensors")
+
+
+def slurm_partition() -> str | None:
+    """The default partition of a SLURM cluster this machine can submit to (Debian's slurm-wlm + munge will do)."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return None
+    try:
+        proc = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    up = [line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:] == ["up"]]
+    chosen = [p for p in up if p.endswith("*")] or up  # the default partition is starred
+    return chosen[0].rstrip("*") if chosen else None
+
+
+@pytest.mark.skipif(slurm_partition() is None, reason="no SLURM cluster here (sinfo/sbatch missing or not answering)")
+def test_slurm_sweep_runs_each_job_as_a_slurm_job_and_collects_both(tmp_path: Path, run_env) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_entry("train.py", ["-m", *TINY, "optimizer.lr=0.05,0.1", "hydra/launcher=slurm",
+                                  f"hydra.launcher.partition={slurm_partition()}", "hydra.launcher.gpus_per_node=null",
+                                  "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+                                  f"hydra.sweep.dir={sweep}"], run_env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = report(sweep)["runs"]
+    assert sorted(r["job"] for r in runs) == [0, 1] and {r["status"] for r in runs} == {"ok"}
+    assert all(r["summary"]["cpu_threads"] == 1 for r in runs)  # SLURM_CPUS_PER_TASK
+    tasks = [p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
+    assert len(tasks) == 2  # one sbatch job array, one SLURM task per run
+    (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
+    assert "#SBATCH --array=0-1" in script.read_text() and "#SBATCH --cpus-per-task=1" in script.read_text()
