@@ -21,8 +21,8 @@ from .blocks import FormMismatchError
 from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback, SpeedMonitor
 from .checkpoint import net_state, read_checkpoint
 from .errors import Interrupted, Preempted, UserError, reraise_as_user_error
-from .loggers import ResumePoint
 from .launching import use_cores_given
+from .loggers import ResumePoint
 from .module import ClassifierModule
 from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
