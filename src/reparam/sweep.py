@@ -219,7 +219,9 @@ def print_sweep_summary(record: SweepRecord) -> None:
         table.add_column(column, overflow="fold")
     for run in record.ranked():
         s = run.summary
-        varied = " ".join(f"{k}={v}" for k, v in run.params.items()) if record.study else " ".join(run.overrides)
+        # sampled floats shortened for reading; sweep_summary.json and the reproducing command keep every digit
+        varied = (" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.params.items())
+                  if record.study else " ".join(run.overrides))
         status = f"{run.status}: {run.error}" if run.error else run.status
         value = [text(run.value)] if value_column else []
         table.add_row(text(run.job), varied or "-", status, *value, pct(s.get("best_val_acc")), pct(s.get("test_acc")),
