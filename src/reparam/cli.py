@@ -2,7 +2,7 @@
 
 A single run exits at once (2 for a user error, 143 after SIGTERM, 130 after Ctrl-C). Inside a ``-m`` sweep the error instead ends only
 its own job: the line is printed, the job's ``summary.json`` says ``failed``, and :class:`JobFailed` tells Hydra the job
-failed, so the sweep (and sweepers such as Optuna, with their ``max_failure_rate``) goes on; the sweep summary ends
+failed, so the sweep (or search: a failed trial) goes on; the sweep summary ends
 the process non-zero once every job has run. Ctrl-C and SIGTERM end the whole sweep at once.
 """
 

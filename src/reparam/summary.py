@@ -20,7 +20,8 @@ SUMMARY_METRICS = {"best_val_acc": "max", "test_acc": "max", "fusion_argmax_agre
 class TrainSummary:
     """One run, as the end-of-run table and ``summary.json`` show it.
 
-    ``status`` is ``completed``, ``interrupted`` (Ctrl-C or SIGTERM; see ``error``) or ``failed`` (a user error).
+    ``status`` is ``completed``, ``interrupted`` (Ctrl-C or SIGTERM; see ``error``), ``failed`` (a user error) or
+    ``pruned`` (a search trial its pruner stopped early; not tested).
     Times are wall-clock seconds; ``train_images_per_s`` counts training images over the time spent in training
     steps (validation excluded), ``time_to_best_s`` is the wall time from the start of fit to the end of the epoch
     whose checkpoint scored best.
@@ -49,6 +50,7 @@ class TrainSummary:
     time_to_best_s: float | None = None
     train_time_s: float | None = None
     total_time_s: float | None = None
+    cpu_threads: int | None = None  # torch's intra-op threads (one per core the launcher gave the job)
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

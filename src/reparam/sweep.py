@@ -1,19 +1,24 @@
-"""The end of a ``python train.py -m ...`` sweep: one table of every run, and ``sweep_summary.json``.
+"""The end of a ``python train.py -m ...`` sweep or search: one table of every run, and ``sweep_summary.json``.
 
-A Hydra callback (configured in ``configs/hydra/default.yaml``): each job's directory, overrides and status are
-noted as it ends and ``sweep_summary.json`` is rewritten then, so it survives a crash of the sweep itself; when the
-sweep ends the table is printed (failed jobs included) and, if any job failed, the process exits non-zero with one
-line naming them.
+The record is collected **in the launching process from what the launcher returns** (each job's ``JobReturn``: its
+overrides, returned value, status and output directory), so it holds every job whichever launcher ran them: the
+basic one (jobs in this process), ``submitit_local`` / ``submitit_slurm`` (jobs in other processes or machines),
+and the Optuna search (``hparams_search=...``). reparam's sweepers (``hydra_plugins.reparam_sweeper``) add each
+batch's returns to the :class:`SweepRecord` and rewrite ``sweep_summary.json`` after every batch, so it survives a
+crash of the sweep itself; the :class:`SweepSummary` callback prints the table when the sweep ends, with the best
+run's overrides as one command that reproduces it, and exits non-zero when a job failed.
 
-The default sweeper (``configs/hydra/sweeper/tolerant.yaml``, class ``hydra_plugins.reparam_sweeper``) is Hydra's basic
-sweeper except that a failed job does not stop the sweep (the basic one re-raises the first failure after the batch,
-which skips the end-of-sweep table). Other sweepers (``hydra/sweeper=optuna``) keep their own failure policy
-(``max_failure_rate``).
+Another sweeper (``hydra/sweeper=basic``) gets the same table from the callback's own per-job hook, which sees
+jobs run in this process only (the basic launcher).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import shlex
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,87 +29,201 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from .artifact import atomic_write_json
-from .report import console, pct, rate, seconds, text
+from .report import console, pct, seconds, text
 from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
-__all__ = ["SweepSummary", "SWEEP_SUMMARY_FILE", "rank_runs"]
+__all__ = ["SweepRun", "SweepRecord", "SweepSummary", "SWEEP_SUMMARY_FILE", "rank_runs", "reproducing_overrides",
+           "active_record", "set_active_record"]
 
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
+# a run's status in the table: ok, failed (an error, a diverged run, no value), pruned (stopped early by the search),
+# interrupted (a search trial killed with the search and run again when it resumed: neither a result nor a failure)
+STATUSES = ("ok", "pruned", "failed", "interrupted")
+# overrides that choose how a sweep runs, not what a run computes: left out of the command that reproduces a run
+_SWEEP_ONLY = ("hparams_search", "hydra/sweeper", "hydra/launcher", "hydra.sweeper.", "hydra.launcher.",
+               "hydra.sweep.")
+
+
+@dataclass
+class SweepRun:
+    """One job of a sweep (one trial of a search), as the table and ``sweep_summary.json`` show it."""
+
+    job: int
+    overrides: list[str]
+    run_dir: str
+    status: str  # one of STATUSES
+    value: float | None = None  # what train.py returned: the summary value named by optimized_metric
+    params: dict[str, Any] = field(default_factory=dict)  # what the sweep varied (a search: the sampled values)
+    duration_s: float | None = None
+    error: str | None = None
+    trial: int | None = None  # the Optuna trial number (searches only)
+    summary: dict[str, Any] = field(default_factory=dict)  # the job's summary.json
+
+    @classmethod
+    def from_job(cls, job_return: JobReturn, params: dict[str, Any] | None = None,
+                 trial: int | None = None) -> SweepRun:
+        """What a launcher returned for one job; its ``summary.json`` is read from the job's output directory."""
+        hydra_cfg = job_return.hydra_cfg.hydra
+        run_dir = str(hydra_cfg.runtime.output_dir)
+        summary = TrainSummary.read(Path(run_dir) / SUMMARY_FILE)
+        failed = job_return.status != JobStatus.COMPLETED
+        value, error = None, None
+        if failed:  # the job's exception (.return_value would re-raise it)
+            err = job_return._return_value
+            error = " ".join(str(err).split()) or type(err).__name__
+        else:
+            value = job_return.return_value
+            if value is not None and not math.isfinite(float(value)):
+                failed, error, value = True, f"returned {value}", None
+        status = "failed" if failed else "pruned" if summary is not None and summary.status == "pruned" else "ok"
+        return cls(job=int(hydra_cfg.job.num), overrides=list(job_return.overrides or []), run_dir=run_dir,
+                   status=status, value=None if value is None else float(value), params=dict(params or {}),
+                   duration_s=summary.total_time_s if summary else None, error=error, trial=trial,
+                   summary=summary.to_dict() if summary else {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SweepRecord:
+    """Every run of one sweep, best ``optimized_metric`` first, and the command that reproduces the best."""
+
+    sweep_dir: str
+    optimized_metric: str | None
+    runs: list[SweepRun] = field(default_factory=list)
+    study: dict[str, Any] | None = None  # a search: study name, storage, direction, sampler, pruner
+    # jobs that ended in this process while their batch runs (basic launcher): written at once, replaced by the
+    # sweeper's rows when the launcher returns the batch
+    pending: list[SweepRun] = field(default_factory=list)
+
+    def add_batch(self, runs: list[SweepRun]) -> None:
+        self.pending.clear()
+        self.runs.extend(runs)
+        self.write()
+
+    def ranked(self) -> list[SweepRun]:
+        return rank_runs([*self.runs, *self.pending], self.optimized_metric)
+
+    def best(self) -> SweepRun | None:
+        return next((run for run in self.ranked() if run.status == "ok" and run.value is not None), None)
+
+    def failed(self) -> list[SweepRun]:
+        return [run for run in self.runs if run.status == "failed"]
+
+    def reproduce_command(self, script: str = "python train.py") -> str | None:
+        best = self.best()
+        return None if best is None else " ".join([script, *map(shlex.quote, reproducing_overrides(best.overrides))])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sweep_dir": self.sweep_dir, "optimized_metric": self.optimized_metric, "study": self.study,
+                "runs": [run.to_dict() for run in self.ranked()],
+                "counts": {status: sum(run.status == status for run in self.ranked()) for status in STATUSES},
+                "failed": len(self.failed()),
+                "best": None if self.best() is None else self.best().to_dict(),
+                "reproduce": self.reproduce_command()}
+
+    def write(self) -> Path:
+        path = Path(self.sweep_dir) / SWEEP_SUMMARY_FILE
+        atomic_write_json(path, self.to_dict())
+        return path
+
+
+_ACTIVE: SweepRecord | None = None
+
+
+def set_active_record(record: SweepRecord | None) -> None:
+    """Called by reparam's sweepers in the launching process: the record the end-of-sweep callback prints."""
+    global _ACTIVE
+    _ACTIVE = record
+
+
+def active_record() -> SweepRecord | None:
+    return _ACTIVE
+
+
+def reproducing_overrides(overrides: list[str]) -> list[str]:
+    """A job's overrides without those that only say how the sweep ran (search preset, sweeper, launcher, dirs)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
+
+
+def rank_runs(runs: list[Any], metric: str | None) -> list[Any]:
+    """Best ``summary[metric]`` first (higher or lower, as ``SUMMARY_METRICS`` says); runs without the value
+    (failed, interrupted, or not measured) last; job order when no metric is named. ``runs`` are
+    :class:`SweepRun` or dicts with a ``summary``."""
+    if not metric:
+        return list(runs)
+    sign = -1.0 if SUMMARY_METRICS.get(metric, "max") == "max" else 1.0
+
+    def key(run: Any) -> tuple[bool, float]:
+        summary = run.summary if isinstance(run, SweepRun) else run["summary"]
+        value = None if isinstance(run, SweepRun) and run.status in ("failed", "interrupted") else summary.get(metric)
+        return value is None, sign * (value or 0.0)
+
+    return sorted(runs, key=key)
 
 
 class SweepSummary(Callback):
-    """Collects the jobs of a multirun and reports them side by side, best ``optimized_metric`` first
-    (highest accuracy, lowest fusion error)."""
+    """Prints the record of a multirun when it ends (see the module docstring) and exits 1 if a job failed."""
 
     def __init__(self) -> None:
-        self.jobs: list[dict[str, Any]] = []
-        self.sweep_dir: Path | None = None
+        self.jobs: list[SweepRun] = []
+        self.launching_pid = os.getpid()  # travels with this object when submitit pickles it for a job
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.jobs = []
+        set_active_record(None)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN:
-            return
-        self.sweep_dir = Path(config.hydra.sweep.dir)
-        failed = job_return.status != JobStatus.COMPLETED
-        error = job_return._return_value if failed else None  # the job's exception; .return_value would re-raise it
-        self.jobs.append({
-            "job": config.hydra.job.num,
-            "overrides": list(job_return.overrides or []),
-            "run_dir": str(config.hydra.runtime.output_dir),
-            "status": "FAILED" if failed else job_return.status.name,
-            "error": " ".join(str(error).split()) or type(error).__name__ if failed else None,
-            # what train.py returned to Hydra: the optimized_metric a sweeper would see
-            "value": None if failed else job_return.return_value,
-        })
-        self._write(config)  # after every job: the record survives whatever happens to the sweep later
-
-    def _write(self, config: DictConfig) -> dict[str, Any]:
-        metric = config.get("optimized_metric")
-        runs = []
-        for job in self.jobs:
-            summary = TrainSummary.read(Path(job["run_dir"]) / SUMMARY_FILE)
-            runs.append({**job, "summary": summary.to_dict() if summary else {}})
-        report = {"sweep_dir": str(self.sweep_dir), "optimized_metric": metric, "runs": rank_runs(runs, metric),
-                  "failed": sum(job["status"] == "FAILED" for job in self.jobs)}
-        atomic_write_json(self.sweep_dir / SWEEP_SUMMARY_FILE, report)
-        return report
+        if config.hydra.mode != RunMode.MULTIRUN or os.getpid() != self.launching_pid:
+            return  # a job in a process of its own (submitit): the launcher returns it to the sweeper
+        run = SweepRun.from_job(job_return)
+        record = active_record()
+        if record is not None:  # reparam's sweepers: on disk now, their own row when the batch returns
+            record.pending.append(run)
+            record.write()
+        else:  # a sweeper that keeps no record (hydra/sweeper=basic)
+            self.jobs.append(run)
+            SweepRecord(str(config.hydra.sweep.dir), config.get("optimized_metric"), self.jobs).write()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.jobs or self.sweep_dir is None:
-            return
-        report = self._write(config)
-        print_sweep_summary(report)
-        console.print(f"sweep summary: {self.sweep_dir / SWEEP_SUMMARY_FILE}", soft_wrap=True)
-        failed = [job for job in self.jobs if job["status"] == "FAILED"]
+        record = active_record()
+        if record is None:
+            if not self.jobs:
+                return
+            record = SweepRecord(str(config.hydra.sweep.dir), config.get("optimized_metric"), self.jobs)
+        path = record.write()
+        print_sweep_summary(record)
+        console.print(f"sweep summary: {path}", soft_wrap=True)
+        command = record.reproduce_command()
+        if command:
+            console.print(f"best run (job {record.best().job}), to reproduce it: {command}", soft_wrap=True)
+        failed = record.failed()
         if failed:
             first = failed[0]
-            print(f"error: {len(failed)} of {len(self.jobs)} sweep jobs failed (job {first['job']}: {first['error']}); "
-                  f"see {self.sweep_dir / SWEEP_SUMMARY_FILE}", file=sys.stderr, flush=True)
+            print(f"error: {len(failed)} of {len(record.runs)} sweep jobs failed (job {first.job}: {first.error}); "
+                  f"see {path}", file=sys.stderr, flush=True)
             # Hydra turns a callback's exceptions into warnings; SystemExit is no Exception and ends the process
             raise SystemExit(1)
 
 
-def rank_runs(runs: list[dict[str, Any]], metric: str | None) -> list[dict[str, Any]]:
-    """Best ``summary[metric]`` first (higher or lower, as ``SUMMARY_METRICS`` says); runs without the value
-    (failed, or not measured, e.g. no validation) last; job order when no metric is named."""
-    if not metric:
-        return list(runs)
-    sign = -1.0 if SUMMARY_METRICS.get(metric, "max") == "max" else 1.0
-    return sorted(runs, key=lambda r: (r["summary"].get(metric) is None, sign * (r["summary"].get(metric) or 0.0)))
-
-
-def print_sweep_summary(report: dict[str, Any]) -> None:
-    table = Table(title=f"reparam: sweep of {len(report['runs'])} runs "
-                        f"(sorted by {report['optimized_metric'] or 'job'})", title_justify="left")
-    for column in ("job", "overrides", "status", "best val acc", "test acc", "fused argmax agreement", "img/s",
-                   "total time", "run dir"):
+def print_sweep_summary(record: SweepRecord) -> None:
+    kind = "search" if record.study else "sweep"
+    table = Table(title=f"reparam: {kind} of {len(record.runs)} runs (sorted by {record.optimized_metric or 'job'})",
+                  title_justify="left")
+    # the value column only where the metric is not one of the columns shown anyway
+    shown = {"best_val_acc", "test_acc", "fusion_argmax_agreement"}
+    value_column = [] if record.optimized_metric in shown else [record.optimized_metric or "value"]
+    for column in ("job", "params" if record.study else "overrides", "status", *value_column, "best val acc",
+                   "test acc", "fused argmax agreement", "time", "run dir"):
         table.add_column(column, overflow="fold")
-    for run in report["runs"]:
-        s = run["summary"]
-        status = run["status"] if run["status"] != "FAILED" else f"FAILED: {run.get('error') or '?'}"
-        table.add_row(text(run["job"]), " ".join(run["overrides"]) or "-", status, pct(s.get("best_val_acc")),
-                      pct(s.get("test_acc")), pct(s.get("fusion_argmax_agreement")), rate(s.get("train_images_per_s")),
-                      seconds(s.get("total_time_s")), run["run_dir"])
+    for run in record.ranked():
+        s = run.summary
+        # sampled floats shortened for reading; sweep_summary.json and the reproducing command keep every digit
+        varied = (" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.params.items())
+                  if record.study else " ".join(run.overrides))
+        status = f"{run.status}: {run.error}" if run.error else run.status
+        value = [text(run.value)] if value_column else []
+        table.add_row(text(run.job), varied or "-", status, *value, pct(s.get("best_val_acc")), pct(s.get("test_acc")),
+                      pct(s.get("fusion_argmax_agreement")), seconds(run.duration_s), run.run_dir)
     console.print(table)

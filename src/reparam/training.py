@@ -22,6 +22,7 @@ from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback, SpeedMonitor
 from .checkpoint import net_state, read_checkpoint
 from .ema import EMAWeights
 from .errors import Interrupted, Preempted, UserError, reraise_as_user_error
+from .launching import use_cores_given
 from .loggers import ResumePoint
 from .module import ClassifierModule
 from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
@@ -50,6 +51,10 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
         )
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if cfg.get("hparams_search") is not None:  # a trial of a search: report every epoch, stop when pruned
+        from .search import trial_pruning
+
+        callbacks += [c for c in [trial_pruning(cfg)] if c is not None]
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     with reraise_as_user_error("trainer config", ValueError, TypeError):
@@ -92,6 +97,7 @@ def train(cfg: DictConfig) -> TrainSummary:
     """
     started = time.perf_counter()
     _check_optimized_metric(cfg)  # before hours of training, not after
+    threads = use_cores_given()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build_components(cfg)
@@ -110,9 +116,10 @@ def train(cfg: DictConfig) -> TrainSummary:
 
     summary = _fit_summary(trainer, run_dir)
     _record_averaging(trainer, summary)
+    summary.cpu_threads = threads
     summary.total_time_s = time.perf_counter() - started
     _write_summary(trainer, run_dir, summary)
-    if cfg.get("test"):
+    if cfg.get("test") and summary.status != "pruned":  # a pruned trial is not worth its test pass
         best = summary.best_checkpoint
         stopped = f"the fused model is in {summary.fused_dir}; its test accuracy was not measured"
         with _stops_cleanly(trainer, run_dir, "the test phase", stopped, summary):
@@ -132,8 +139,9 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
     checkpoint = trainer.checkpoint_callback
     last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint is not None and checkpoint.dirpath else None
     best_score = getattr(checkpoint, "best_model_score", None)
+    pruning = next((c for c in trainer.callbacks if getattr(c, "pruned_at_epoch", None) is not None), None)
     summary = TrainSummary(
-        status="completed",
+        status="pruned" if pruning is not None else "completed",
         run_dir=str(run_dir),
         epochs=trainer.current_epoch,
         best_val_acc=float(best_score) if best_score is not None else None,

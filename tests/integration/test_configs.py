@@ -7,7 +7,7 @@ from helpers import CONFIGS, compose_config
 from omegaconf import OmegaConf, open_dict
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug", "speed",
-          "paths", "hydra"]
+          "hparams_search", "paths", "hydra"]
 
 
 def options(group: str) -> list[str]:
@@ -78,3 +78,25 @@ def test_block_options_reach_the_blocks_and_a_bad_one_is_one_clear_line(tmp_path
     assert blocks and not [n for n, _ in module.net.named_parameters() if n.endswith(".scale")]
     with pytest.raises(UserError, match=r"model config: block kind 'linear_add' has no option\(s\) \['scale'\]"):
         build_components(compose_config("train", [*demo, "+model.block_options.scale=2"], run_dir=tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONFIGS / "hydra" / "launcher").glob("*.yaml")))
+def test_launcher_presets_compose_on_submitit(launcher: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"hydra/launcher={launcher}", "trainer=ddp", "trainer.devices=4",
+                                   "trainer.num_nodes=2"], run_dir=tmp_path)
+    node = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert node["_target_"].startswith("hydra_plugins.hydra_submitit_launcher.submitit_launcher.")
+    assert node["cpus_per_task"] >= 1  # each job's torch threads (reparam.launching)
+    if launcher == "slurm_ddp":  # one task per GPU on every node, as Lightning's SLURMEnvironment expects
+        assert (node["nodes"], node["tasks_per_node"], node["gpus_per_node"]) == (2, 4, 4)
+    elif launcher == "slurm":
+        assert (node["nodes"], node["tasks_per_node"], node["gpus_per_node"]) == (1, 1, 1)
+
+
+def test_search_preset_reads_its_direction_from_the_metric_and_keeps_a_fixed_sweep_dir(tmp_path: Path) -> None:
+    cfg = compose_config("train", ["experiment=demo", "hparams_search=demo"], run_dir=tmp_path)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSearchSweeper")
+    assert "direction" not in cfg.hparams_search and cfg.optimized_metric == "best_val_acc"
+    assert cfg.hydra.sweep.dir.endswith("demo/searches/demo")
+    assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "module.label_smoothing",
+                                             "data.batch_size", "model.block"}

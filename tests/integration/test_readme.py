@@ -45,8 +45,9 @@ class Command:
         return shlex.split(self.line)
 
     def gpus_needed(self) -> int | None:
-        """None: runs anywhere; N: needs N CUDA GPUs (the comment starts with GPU); -1: needs several machines."""
-        if "num_nodes=" in self.line:
+        """None: runs anywhere; N: needs N CUDA GPUs (the comment starts with GPU); -1: needs several machines or a
+        SLURM cluster (hydra/launcher=slurm...)."""
+        if "num_nodes=" in self.line or "hydra/launcher=slurm" in self.line:
             return -1
         if not self.comment.startswith("GPU"):
             return None
@@ -110,7 +111,7 @@ def execute(what: str, argv: list[str], cwd: Path, env: dict) -> Outcome:
 def skip_reason(command: Command) -> str | None:
     needs = command.gpus_needed()
     if needs == -1:
-        return "multi-node: runs on several machines at once"
+        return "multi-node or SLURM: runs on a cluster"
     if needs and torch.cuda.device_count() < needs:
         return f"needs {needs} CUDA GPU(s); `make gpu-check` (pytest -m gpu) runs the GPU lines on a GPU machine"
     if command.argv[:2] == ["make", "test"]:
@@ -179,6 +180,7 @@ def outcomes(user_dir: Path, env: dict) -> dict[str, Outcome]:
     """Every runnable README command and snippet, run once, two at a time; those with ``<run>`` after the first
     training run. Commands sharing the MLflow store (logs/mlflow.db) take turns."""
     mlflow_store = threading.Lock()
+    searched = threading.Event()  # a search resumed (hparams_search.resume=true) waits for the search it resumes
     snippets = dict(enumerate(readme_snippets()))
 
     def command_task(command: Command, run: Path | None) -> Outcome:
@@ -188,7 +190,13 @@ def outcomes(user_dir: Path, env: dict) -> dict[str, Outcome]:
         if "logger=mlflow" in command.line:
             with mlflow_store:
                 return execute(command.line, argv, user_dir, env)
-        return execute(command.line, argv, user_dir, env)
+        if "hparams_search.resume=true" in command.line:
+            searched.wait()
+        try:
+            return execute(command.line, argv, user_dir, env)
+        finally:
+            if "hparams_search=" in command.line:
+                searched.set()
 
     def snippet_task(index: int, run: Path | None) -> Outcome:
         code = snippets[index]
@@ -230,11 +238,15 @@ def test_readme_command_runs_as_typed(command: Command, outcomes: dict[str, Outc
         found = re.search(r"sweep summary: (\S+)", outcome.stdout)
         assert found, outcome.stdout[-2000:]
         report = json.loads(Path(found.group(1)).read_text())
-        assert report["failed"] == 0 and all(r["status"] == "COMPLETED" for r in report["runs"])
+        assert report["failed"] == 0 and all(r["status"] == "ok" for r in report["runs"])
         assert len(report["runs"]) == sweep_size(command.line)
 
 
 def sweep_size(line: str) -> int:
+    """Runs a -m line makes: the product of its comma lists, or a search's hparams_search.n_trials."""
+    trials = re.search(r"hparams_search\.n_trials=(\d+)", line)
+    if trials:
+        return int(trials.group(1))
     size = 1
     for arg in shlex.split(line):
         if "=" in arg and "," in arg.split("=", 1)[1] and "[" not in arg:
@@ -256,7 +268,9 @@ def test_the_readme_shows_what_this_test_runs() -> None:
     assert lines[:2] == ["make demo", "make test"]
     assert "python train.py" in lines
     assert sweep_size("python train.py -m a=1,2 b=x,y,z c=[1,2]") == 6
+    assert sweep_size("python train.py -m hparams_search=demo hparams_search.n_trials=5 'a=choice(1,2)'") == 5
     assert any(line.startswith("python train.py -m ") for line in lines)
     assert any(line.startswith("python deploy.py ") for line in lines)
     assert any(needs_a_run(line) for line in lines) and len(readme_snippets()) >= 2
     assert [c.gpus_needed() for c in COMMANDS if "trainer=ddp" in c.line] == [4, -1]
+    assert [c.gpus_needed() for c in COMMANDS if "hydra/launcher=slurm" in c.line] == [-1]

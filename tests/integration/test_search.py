@@ -1,0 +1,178 @@
+"""Sweeps and searches as a user runs them: real submitit processes, a real Optuna study in SQLite, a real SIGTERM.
+
+Every job is the offline demo made tiny (a narrow network, a few batches, two epochs): the launcher, the study and the
+collection of results are what is tested, and they are the real ones.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import ROOT, run_entry
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+TINY = ["experiment=demo", "model.widths=[8,8,16,16,32]", "debug=limit", "data.batch_size=16",
+        "data.eval_batch_size=64", "trainer.limit_train_batches=3", "logger=none"]
+
+
+def report(sweep: Path) -> dict:
+    return json.loads((sweep / "sweep_summary.json").read_text())
+
+
+def study(sweep: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def span(run_dir: Path) -> tuple[float, float]:
+    """When a job started (Hydra writes .hydra/ first) and ended (summary.json, written last)."""
+    return (run_dir / ".hydra" / "config.yaml").stat().st_mtime, (run_dir / "summary.json").stat().st_mtime
+
+
+def test_submitit_local_sweep_runs_two_jobs_at_a_time_and_the_table_collects_all(tmp_path: Path, run_env) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_entry("train.py", ["-m", *TINY, "optimizer.lr=0.02,0.05,0.1,0.2", "hydra/launcher=local",
+                                  "hydra.sweeper.max_batch_size=2", f"hydra.sweep.dir={sweep}"], run_env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = report(sweep)["runs"]
+    assert sorted(r["job"] for r in runs) == [0, 1, 2, 3] and {r["status"] for r in runs} == {"ok"}
+    for run in runs:  # collected from the launcher's returns although each job ran in a process of its own
+        assert run["summary"] == json.loads((sweep / str(run["job"]) / "summary.json").read_text())
+        assert run["value"] == run["summary"]["best_val_acc"]
+        assert run["summary"]["cpu_threads"] == 1  # hydra/launcher=local gives each job one core
+    assert any((sweep / ".submitit").iterdir())  # submitit's job folders: the jobs were its processes
+    spans = [span(sweep / str(job)) for job in range(4)]
+    for a, b in ((0, 1), (2, 3)):  # the two jobs of a batch overlap in time ...
+        assert max(spans[a][0], spans[b][0]) < min(spans[a][1], spans[b][1])
+    assert min(spans[2][0], spans[3][0]) >= max(spans[0][1], spans[1][1]) - 1  # ... and batches follow each other
+    assert "sweep of 4 runs" in proc.stdout and "to reproduce it: python train.py" in proc.stdout
+
+
+def test_optuna_search_through_submitit_local_records_every_trial(tmp_path: Path, run_env) -> None:
+    sweep = tmp_path / "search"
+    proc = run_entry("train.py", ["-m", *TINY, "hparams_search=optuna", "hparams_search.study_name=s",
+                                  "hparams_search.n_trials=4", "hparams_search.n_jobs=2", "hparams_search.pruner=none",
+                                  "optimizer.lr=interval(0.02,0.2)", "hydra/launcher=local", f"hydra.sweep.dir={sweep}"],
+                     run_env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    trials = study(sweep, "s").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    runs = {r["trial"]: r for r in report(sweep)["runs"]}
+    assert sorted(runs) == [0, 1, 2, 3]
+    for trial in trials:
+        run = runs[trial.number]
+        assert run["status"] == "ok" and run["value"] == trial.value == run["summary"]["best_val_acc"]
+        assert run["params"] == trial.params and run["run_dir"] == str(sweep / str(trial.number))
+        assert f"optimizer.lr={trial.params['optimizer.lr']!r}" in run["overrides"]
+    best = max(trials, key=lambda t: t.value)
+    assert report(sweep)["best"]["trial"] == best.number
+    assert f"optimizer.lr={best.params['optimizer.lr']!r}" in report(sweep)["reproduce"]
+    assert "search of 4 runs" in proc.stdout
+
+
+def test_search_records_pruned_and_failed_trials_and_goes_on(tmp_path: Path, run_env) -> None:
+    sweep = tmp_path / "search"
+    # seeded, the sampler tries a rate that diverges (failed), then 0.1, then one too small to learn anything: behind
+    # the completed trial after its first epoch, it is pruned
+    proc = run_entry("train.py", ["-m", *TINY, "trainer.limit_train_batches=20", "hparams_search=optuna",
+                                  "hparams_search.study_name=s", "hparams_search.n_trials=3",
+                                  "hparams_search.n_startup_trials=5", "hparams_search.seed=2",
+                                  "+hparams_search.pruner_options.n_startup_trials=1",
+                                  "+hparams_search.pruner_options.n_warmup_steps=0",
+                                  "optimizer.lr=choice(0.1,1e-9,1e9)", f"hydra.sweep.dir={sweep}"], run_env, timeout=1200)
+    trials = study(sweep, "s").trials
+    states = {t.params["optimizer.lr"]: t.state for t in trials}
+    assert len(trials) == 3 and set(states) == {0.1, 1e-9, 1e9}, [(t.params, t.state) for t in trials]
+    assert states[0.1] == TrialState.COMPLETE and states[1e-9] == TrialState.PRUNED and states[1e9] == TrialState.FAIL
+    runs = report(sweep)["runs"]
+    for trial in trials:
+        run = next(r for r in runs if r["trial"] == trial.number)
+        assert run["status"] == {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned",
+                                 TrialState.FAIL: "failed"}[trial.state]
+        summary = json.loads((sweep / str(trial.number) / "summary.json").read_text())
+        assert summary["status"] == {"ok": "completed", "pruned": "pruned", "failed": "failed"}[run["status"]]
+        if run["status"] == "pruned":
+            assert summary["epochs"] < 2 and summary["test_acc"] is None  # stopped early, not tested
+    assert proc.returncode == 1 and "sweep jobs failed" in proc.stderr and "diverged" in proc.stderr
+    assert report(sweep)["best"]["params"] == {"optimizer.lr": 0.1}
+
+
+def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path: Path, run_env) -> None:
+    sweep = tmp_path / "search"
+    args = [str(ROOT / "train.py"), "-m", *TINY, "hparams_search=optuna", "hparams_search.study_name=s",
+            "hparams_search.n_trials=3", "hparams_search.pruner=none", "optimizer.lr=interval(0.05,0.2)",
+            f"hydra.sweep.dir={sweep}"]
+    search = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=run_env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (sweep / "1" / ".hydra" / "config.yaml").exists() and search.poll() is None:
+        assert time.monotonic() < deadline, "the second trial never started"
+        time.sleep(0.2)
+    time.sleep(2)  # inside the second trial
+    search.send_signal(signal.SIGTERM)
+    _, stderr = search.communicate(timeout=300)
+    # 143: Lightning's handler turned it into reparam's Preempted; -15: it came before fit installed that handler
+    assert search.returncode in (143, -signal.SIGTERM), stderr[-3000:]
+    assert not (sweep / "1" / "summary.json").exists() or \
+        json.loads((sweep / "1" / "summary.json").read_text())["status"] != "completed"
+    assert [t.state for t in study(sweep, "s").trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+    again = subprocess.run([sys.executable, *args], cwd=tmp_path, env=run_env, capture_output=True, text=True)
+    assert again.returncode == 2 and "study 's' already exists" in again.stderr and "hparams_search.resume=true" in \
+        again.stderr and "Traceback" not in again.stderr
+
+    resumed = subprocess.run([sys.executable, *args, "hparams_search.resume=true"], cwd=tmp_path, env=run_env,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    trials = study(sweep, "s").trials
+    completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(completed) == 3  # as many as a search never stopped
+    killed = trials[1]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["interrupted"]
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == 1)
+    assert retry.params == killed.params and retry.state == TrialState.COMPLETE
+    data = report(sweep)
+    assert data["counts"] == {"ok": 3, "pruned": 0, "failed": 0, "interrupted": 1}
+    ok = [r for r in data["runs"] if r["status"] == "ok"]
+    assert sorted(r["trial"] for r in ok) == sorted(t.number for t in completed)
+    assert len({r["run_dir"] for r in ok}) == 3 and str(sweep / "1") not in {r["run_dir"] for r in ok}
+    assert os.path.isfile(sweep / str(retry.number) / "fused" / "model.safetensors")
+
+
+def slurm_partition() -> str | None:
+    """The default partition of a SLURM cluster this machine can submit to (Debian's slurm-wlm + munge will do)."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return None
+    try:
+        proc = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    up = [line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:] == ["up"]]
+    chosen = [p for p in up if p.endswith("*")] or up  # the default partition is starred
+    return chosen[0].rstrip("*") if chosen else None
+
+
+@pytest.mark.skipif(slurm_partition() is None, reason="no SLURM cluster here (sinfo/sbatch missing or not answering)")
+def test_slurm_sweep_runs_each_job_as_a_slurm_job_and_collects_both(tmp_path: Path, run_env) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_entry("train.py", ["-m", *TINY, "optimizer.lr=0.05,0.1", "hydra/launcher=slurm",
+                                  f"hydra.launcher.partition={slurm_partition()}", "hydra.launcher.gpus_per_node=null",
+                                  "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+                                  f"hydra.sweep.dir={sweep}"], run_env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = report(sweep)["runs"]
+    assert sorted(r["job"] for r in runs) == [0, 1] and {r["status"] for r in runs} == {"ok"}
+    assert all(r["summary"]["cpu_threads"] == 1 for r in runs)  # SLURM_CPUS_PER_TASK
+    tasks = [p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
+    assert len(tasks) == 2  # one sbatch job array, one SLURM task per run
+    (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
+    assert "#SBATCH --array=0-1" in script.read_text() and "#SBATCH --cpus-per-task=1" in script.read_text()

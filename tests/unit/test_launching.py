@@ -1,0 +1,34 @@
+"""The cores a job was given: SLURM's count first, then the submitit launcher's cpus_per_task, else none."""
+
+import pytest
+import torch
+from helpers import compose_config
+from hydra.core.hydra_config import HydraConfig
+
+from reparam.launching import cores_given, use_cores_given
+
+
+@pytest.fixture(autouse=True)
+def no_hydra_after():
+    yield
+    HydraConfig.instance().cfg = None
+
+
+def test_slurm_count_comes_first(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    compose_config("train", ["hydra/launcher=local"], run_dir=tmp_path)
+    assert cores_given() == 3
+
+
+def test_submitit_cpus_per_task_else_nothing(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    HydraConfig.instance().cfg = None
+    assert cores_given() is None  # outside Hydra
+    compose_config("train", [], run_dir=tmp_path)
+    assert cores_given() is None  # the basic launcher gives no cores: torch keeps its own choice
+    compose_config("train", ["hydra/launcher=local", "hydra.launcher.cpus_per_task=1"], run_dir=tmp_path)
+    before = torch.get_num_threads()
+    try:
+        assert cores_given() == 1 and use_cores_given() == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
