@@ -9,7 +9,7 @@ finite-loss check every 50 steps), ``compiled`` (``fast`` + torch.compile of the
 graphs on a GPU). Same network, optimizer (SGD + warm-up cosine, no decay on BN/bias), loss, data and batch size on
 both sides; the plain loop compiles the same way. The template side is what ``train.py`` runs per training step: the
 ClassifierModule (loss, torchmetrics accuracy, logging), the default callbacks (finite-loss guard, SpeedMonitor,
-checkpointing, LR monitor), the CSV logger and the progress bar (to stderr), as the configs set them. Validation is
+checkpointing, LR monitor), the CSV logger and the progress bar (sent to stderr), as the configs set them. Validation is
 off (``limit_val_batches=0``): it is not a training step. Both sides skip ``--warmup`` steps (compilation and graph
 recording happen there), then time ``--steps`` steps; CUDA is synchronized at both ends. The data are CIFAR-shaped
 random uint8 images (speed does not depend on their values).
@@ -22,6 +22,7 @@ template step time minus plain step time, in milliseconds per step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import platform
 import sys
@@ -123,7 +124,8 @@ def template_throughput(spec, dm, args, preset: dict, module_class: type[Classif
                             logger=CSVLogger(out, name="csv", version=""), log_every_n_steps=LOG_EVERY,
                             enable_progress_bar=refresh > 0, enable_model_summary=False,
                             callbacks=callbacks, num_sanity_val_steps=0, profiler=profiler)
-        trainer.fit(module, datamodule=dm)
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning's bar writes to stdout: keep the tables clean
+            trainer.fit(module, datamodule=dm)
     return timer.images / (timer.end - timer.start)
 
 
