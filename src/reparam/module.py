@@ -47,6 +47,10 @@ class ClassifierModule(L.LightningModule):
     never recompile. The compiled module is not a registered child: checkpoint keys stay plain.
     ``step_metrics_in_progress_bar=False`` keeps the per-step loss out of the progress bar, whose every update
     reads it back from the GPU (a host sync per step that stops the CPU from running ahead).
+
+    The training step adds as little as it can to the network's own work: the epoch's loss and accuracy are summed on
+    the device (:class:`~reparam.metrics.TrainingStats`) and logged once per epoch, and the step loss is logged only
+    on the steps whose values Lightning writes to the loggers (docs/gpu.md, "The template's own cost per step").
     """
 
     def __init__(
@@ -108,8 +112,8 @@ class ClassifierModule(L.LightningModule):
 
     def _writes_step_metrics(self) -> bool:
         """Whether Lightning hands this training step's logged values to the loggers (every
-        ``trainer.log_every_n_steps`` steps, the last step, every step of a fast_dev_run): ``self.log`` costs
-        Python work, so the step loss is logged on those steps only."""
+        ``trainer.log_every_n_steps`` steps, once a stop is requested, every step of a fast_dev_run): ``self.log``
+        costs Python work every call, so the step loss is logged on those steps only."""
         trainer = self._trainer
         return trainer is None or bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
 
