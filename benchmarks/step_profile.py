@@ -12,6 +12,7 @@ markdown; no plain-loop side.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 import time
@@ -57,12 +58,13 @@ class ProfilerWindow(L.Callback):
             self.profile.__exit__(None, None, None)
 
 
-def hook_table(durations: dict[str, list[float]], steps: int) -> list[str]:
+def hook_table(durations: dict[str, list[float]], steps: int, top: int = 25) -> list[str]:
     rows = [(name, values) for name, values in durations.items()
             if len(values) >= steps and any(key in name for key in STEP_ACTIONS)]
     rows.sort(key=lambda r: -float(np.median(r[1])))
     lines = ["| Lightning action (host time) | median ms | calls |", "|---|---|---|"]
-    lines += [f"| `{name}` | {1000 * float(np.median(values)):.3f} | {len(values)} |" for name, values in rows]
+    lines += [f"| `{re.sub(r'{.*}', '', name)}` | {1000 * float(np.median(values)):.3f} | {len(values)} |"
+              for name, values in rows[:top]]
     return lines
 
 
