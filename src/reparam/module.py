@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .device import device_of, place
+from .metrics import TrainingStats
 from .models import build_model, input_size
 
 __all__ = ["ClassifierModule", "parameter_groups", "COMPILE_MODES"]
@@ -46,6 +47,10 @@ class ClassifierModule(L.LightningModule):
     never recompile. The compiled module is not a registered child: checkpoint keys stay plain.
     ``step_metrics_in_progress_bar=False`` keeps the per-step loss out of the progress bar, whose every update
     reads it back from the GPU (a host sync per step that stops the CPU from running ahead).
+
+    The training step adds as little as it can to the network's own work: the epoch's loss and accuracy are summed on
+    the device (:class:`~reparam.metrics.TrainingStats`) and logged once per epoch, and the step loss is logged only
+    on the steps whose values Lightning writes to the loggers (docs/gpu.md, "The template's own cost per step").
     """
 
     def __init__(
@@ -77,7 +82,8 @@ class ClassifierModule(L.LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         num_classes = int(net["num_classes"])
         # micro-averaged top-1: the fraction of images classified correctly
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # training: loss and accuracy summed on the device per step, computed and logged once per epoch
+        self.train_stats = TrainingStats()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         if channels_last:
@@ -104,15 +110,12 @@ class ClassifierModule(L.LightningModule):
             object.__setattr__(self, "_train_net", net)
         return self._train_net
 
-    def _log_step(self, stage: str, loss: torch.Tensor, metric: MulticlassAccuracy, batch_size: int) -> None:
-        if stage == "train":
-            # the step value unsynchronized (no collective per step under DDP), the epoch mean across processes
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=batch_size,
-                     prog_bar=self.hparams.step_metrics_in_progress_bar)
-            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
-        else:
-            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
-        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+    def _writes_step_metrics(self) -> bool:
+        """Whether Lightning hands this training step's logged values to the loggers (every
+        ``trainer.log_every_n_steps`` steps, once a stop is requested, every step of a fast_dev_run): ``self.log``
+        costs Python work every call, so the step loss is logged on those steps only."""
+        trainer = self._trainer
+        return trainer is None or bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -121,15 +124,29 @@ class ClassifierModule(L.LightningModule):
             torch.compiler.cudagraph_mark_step_begin()
         logits = self.training_net()(self._layout(x))
         loss = self.criterion(logits, y)
-        self.train_acc.update(logits.detach(), y)  # read before the next replay reuses the logits' memory
-        self._log_step("train", loss, self.train_acc, len(y))
+        self.train_stats.update(logits, y, loss)  # on the device; before the next replay reuses the logits' memory
+        if self._writes_step_metrics():
+            # the step value unsynchronized (no collective per step under DDP)
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(y),
+                     prog_bar=self.hparams.step_metrics_in_progress_bar)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_stats.update_count == 0:  # no training batch this epoch
+            return
+        stats = self.train_stats.compute()  # once per epoch; summed across processes by torchmetrics
+        # already global: sync_dist only averages identical values (and keeps Lightning's DDP warning away)
+        self.log("train/loss_epoch", stats.loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/acc", stats.acc, on_step=False, on_epoch=True, sync_dist=True, prog_bar=True)
+        self.train_stats.reset()
 
     def _eval_step(self, batch, metric: MulticlassAccuracy, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         metric.update(logits, y)
-        self._log_step(stage, self.criterion(logits, y), metric, len(y))
+        self.log(f"{stage}/loss", self.criterion(logits, y), on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=len(y))
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return logits
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -57,6 +57,8 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
         callbacks += [c for c in [trial_pruning(cfg)] if c is not None]
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     with reraise_as_user_error("trainer config", ValueError, TypeError):
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer

@@ -9,7 +9,8 @@ from helpers import CONFIGS, ROOT
 from omegaconf import OmegaConf
 
 # building blocks of callbacks/default.yaml, selectable but not listed as choices
-UNLISTED = {"callbacks": {"finite_loss", "learning_rate_monitor", "model_checkpoint", "reparameterize", "speed_monitor"}}
+UNLISTED = {"callbacks": {"finite_loss", "learning_rate_monitor", "model_checkpoint", "progress_bar", "reparameterize",
+                          "speed_monitor"}}
 
 
 def groups_of(config: str) -> set[str]:

@@ -1,0 +1,69 @@
+"""The training epoch's loss and accuracy: accumulated on the device, logged per epoch, the step loss every N steps."""
+
+import csv
+import functools
+
+import lightning as L
+import pytest
+import torch
+from helpers import TINY_SPEC
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from reparam.loggers import CSVLogger
+from reparam.metrics import TrainingStats
+from reparam.module import ClassifierModule
+
+
+def test_training_stats_match_torchmetrics_accuracy_and_the_size_weighted_mean_loss() -> None:
+    g = torch.Generator().manual_seed(0)
+    stats, reference = TrainingStats(), MulticlassAccuracy(10, average="micro")
+    losses, sizes = [], []
+    for n in (8, 8, 3):  # a short last batch: the epoch loss weights batches by their size
+        logits, target = torch.randn(n, 10, generator=g), torch.randint(0, 10, (n,), generator=g)
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        stats.update(logits, target, loss)
+        reference.update(logits, target)
+        losses.append(loss.item())
+        sizes.append(n)
+    result = stats.compute()
+    assert result.acc.item() == pytest.approx(reference.compute().item(), abs=1e-7)
+    assert result.loss.item() == pytest.approx(sum(l * n for l, n in zip(losses, sizes)) / sum(sizes), rel=1e-6)
+    stats.reset()
+    assert stats.update_count == 0 and stats.total.item() == 0
+
+
+class StepLosses(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+@pytest.mark.slow
+def test_a_fit_logs_epoch_loss_and_accuracy_and_the_step_loss_every_n_steps(tmp_path) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, 32, 32), torch.randint(0, 10, (40,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)  # 5 steps an epoch
+    module = ClassifierModule(TINY_SPEC, functools.partial(torch.optim.SGD, lr=0.05))
+    steps = StepLosses()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path, name="csv"),
+                        callbacks=[steps], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=loader)
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    step_rows = [r for r in rows if r.get("train/loss_step")]
+    # Lightning writes step values every log_every_n_steps steps (3, 6, 9 of 10): the loss of exactly those steps
+    assert [int(r["step"]) for r in step_rows] == [2, 5, 8]
+    assert [float(r["train/loss_step"]) for r in step_rows] == pytest.approx([steps.losses[i] for i in (2, 5, 8)],
+                                                                               rel=1e-5)
+    epoch_rows = [r for r in rows if r.get("train/loss_epoch")]
+    assert len(epoch_rows) == 2
+    for epoch, row in enumerate(epoch_rows):
+        losses = steps.losses[5 * epoch:5 * (epoch + 1)]
+        assert float(row["train/loss_epoch"]) == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+        acc = float(row["train/acc"])
+        assert 0.0 <= acc <= 1.0 and (acc * 40) == pytest.approx(round(acc * 40), abs=1e-4)  # k correct of 40
+    assert module.train_stats.update_count == 0  # reset for the next epoch
