@@ -108,7 +108,11 @@ class FileDataset(Dataset):
 
 def skip_missing_collate(batch: list):
     """``default_collate`` over the items that could be read."""
-    return default_collate([item for item in batch if item is not None])
+    items = [item for item in batch if item is not None]
+    if not items:
+        raise BadImageError(f"all {len(batch)} images of a batch were unreadable; check the data folder (warnings above "
+                            "name each file)")
+    return default_collate(items)
 
 
 def _visible(entries) -> list[os.DirEntry]:
