@@ -52,12 +52,14 @@ def write_cifar_like(root: str | Path, name: str = "cifar10", per_batch: int = 4
 
 
 def write_digits_folder(root: str | Path, per_class: int | None = None, seed: int = 0, splits=("train", "val"),
-                        val_fraction: float = 0.2, jpeg: bool = True) -> Path:
+                        jpeg: bool = True) -> Path:
     """scikit-learn's 1,797 real 8x8 digits as an image folder: ``root/<split>/<digit>/<n>.png|jpg``.
 
     Each image is upscaled to a random size (40-95 px, not square) and saved in a mix of formats and modes: PNG in
     grayscale, RGB, RGBA and palette; JPEG in grayscale, RGB and CMYK (``jpeg=False``: PNG only). ``per_class``
-    limits the images per class (all by default). What ``data=imagefolder`` is tested and benchmarked on.
+    limits the images per class (all by default). Of every 10 images of a class, one goes to each split after the
+    first (``val``, ``test``), the rest to ``train``, so every split holds every class. What ``data=imagefolder`` is
+    tested on.
     """
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -72,8 +74,9 @@ def write_digits_folder(root: str | Path, per_class: int | None = None, seed: in
         label = int(digits.target[i])
         if per_class is not None and counts.get(label, 0) >= per_class:
             continue
-        counts[label] = counts.get(label, 0) + 1
-        split = splits[0] if len(splits) == 1 or rng.random() >= val_fraction else splits[1 + n % (len(splits) - 1)]
+        k = counts.get(label, 0)
+        counts[label] = k + 1
+        split = splits[k % 10 + 1] if k % 10 + 1 < len(splits) else splits[0]
         gray = Image.fromarray((digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8), mode="L")
         size = (int(rng.integers(40, 96)), int(rng.integers(40, 96)))
         image = gray.resize(size, Image.BILINEAR)
