@@ -294,7 +294,8 @@ class ImageDataModule(L.LightningDataModule):
                 torch.from_numpy(labels).to(device),
                 batch_size, list(self.preprocessing.mean), list(self.preprocessing.std), shuffle=train,
                 augment=train and hp.augment, drop_last=train,
-                padding=DEFAULT_CROP_PADDING if hp.crop_padding is None else hp.crop_padding, hflip=hp.hflip, erase_prob=hp.erase_prob, seed=torch.initial_seed() % 2**31,
+                padding=DEFAULT_CROP_PADDING if hp.crop_padding is None else hp.crop_padding, hflip=hp.hflip,
+                erase_prob=hp.erase_prob, seed=torch.initial_seed() % 2**31,
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 epoch_source=self._current_epoch if trainer else None,
             )
