@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from ..errors import UserError
 
 __all__ = ["DATASETS", "ArraySplit", "DatasetSource", "FileSplit", "SourceSplits", "register_dataset",
-           "COMMON_OPTIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "COMMON_OPTIONS", "IMAGENET_MEAN", "IMAGENET_STD", "dataset_source", "refuse_unread_options"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +76,7 @@ class DatasetSource:
     default_val_size: ClassVar[int | float] = 0.1
     normalization: ClassVar[str] = "train_split"
     in_memory: ClassVar[bool] = True  # the fast pipeline holds the whole dataset on the device
+    fixed_num_classes: ClassVar[int | None] = None  # the class count when the dataset fixes it (CIFAR-10: 10)
 
     def __init__(self, **options) -> None:
         self.opts = options
@@ -89,7 +89,7 @@ class DatasetSource:
 
     def num_classes(self) -> int | None:
         """The class count without reading the images (None: only :meth:`read` knows)."""
-        return None
+        return self.fixed_num_classes
 
     def input_size(self) -> tuple[int, int]:
         """``(H, W)`` of the model's input."""
@@ -129,8 +129,3 @@ def refuse_unread_options(source: type[DatasetSource], given: dict) -> None:
         raise UserError(f"data={source.name} does not read data.{', data.'.join(unread)}; remove "
                         f"{'it' if len(unread) == 1 else 'them'}{hint}")
 
-
-def existing_dir(path: str | Path | None, what: str) -> Path:
-    if path is None:
-        raise UserError(f"{what} needs data.data_dir=<folder>")
-    return Path(str(path)).expanduser()

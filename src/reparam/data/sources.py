@@ -229,12 +229,10 @@ class CIFARSource(_ArraysSource):
     def arrays(self) -> ImageArrays:
         return read_cifar(Path(str(self.opts.get("data_dir") or "data")), self.name)
 
-    def num_classes(self) -> int:
-        return CIFAR[self.name].num_classes
 
-
-register_dataset("cifar10")(type("CIFAR10Source", (CIFARSource,), {"__doc__": CIFARSource.__doc__}))
-register_dataset("cifar100")(type("CIFAR100Source", (CIFARSource,), {"__doc__": CIFARSource.__doc__}))
+for _name in ("cifar10", "cifar100"):
+    register_dataset(_name)(type(f"{_name.upper()}Source", (CIFARSource,),
+                                 {"__doc__": CIFARSource.__doc__, "fixed_num_classes": CIFAR[_name].num_classes}))
 
 
 @register_dataset("digits")
@@ -243,12 +241,10 @@ class DigitsSource(_ArraysSource):
 
     options = frozenset({"crop_padding"})
     default_val_size = 0.1
+    fixed_num_classes = 10
 
     def arrays(self) -> ImageArrays:
         return load_digits32()
-
-    def num_classes(self) -> int:
-        return 10
 
 
 SOURCES = ("cifar10", "cifar100", "digits")

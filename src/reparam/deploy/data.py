@@ -43,7 +43,7 @@ def deploy_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataMod
     if "dataset" not in params:
         raise UserError(f"{loaded.source} records no data config; pass data.dataset=cifar10|cifar100|digits|imagefolder "
                         "(and data.data_dir=/path/to/data)")
-    known = dataset_source(params["dataset"])().num_classes() if params["dataset"] != "imagefolder" else None
+    known = dataset_source(params["dataset"]).fixed_num_classes
     if known is not None:  # known before reading a single file
         _check_classes(loaded, params["dataset"], known)
     with reraise_as_user_error("data", ValueError, TypeError):
