@@ -52,15 +52,16 @@ class SyntheticCIFAR(ImageDataModule):
         self.n = n
 
     def setup(self, stage=None) -> None:
-        from reparam.data.sources import ImageArrays
+        from reparam.data.registry import ArraySplit
 
-        if self.arrays is not None:
+        if self._classes is not None:
             return
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (self.n, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, self.n).astype(np.int64)
-        self.arrays = ImageArrays("synthetic", images, labels, images[:256], labels[:256], [str(i) for i in range(10)])
-        self._splits = {"train": (images, labels), "val": (images[:256], labels[:256]), "test": (images[:256], labels[:256])}
+        held_out = ArraySplit(images[:256], labels[:256])
+        self._splits = {"train": ArraySplit(images, labels), "val": held_out, "test": held_out}
+        self._classes = [str(i) for i in range(10)]
         self.mean, self.std = [0.5] * 3, [0.25] * 3
 
 

@@ -24,6 +24,7 @@ from .ema import EMAWeights
 from .errors import Interrupted, Preempted, UserError, reraise_as_user_error
 from .launching import use_cores_given
 from .loggers import ResumePoint
+from .models import complete_spec, load_pretrained
 from .module import ClassifierModule
 from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
@@ -43,12 +44,14 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
         datamodule = instantiate(cfg.data)
     net = OmegaConf.to_container(cfg.model, resolve=True)
     with reraise_as_user_error("model config", ValueError, TypeError):
+        net = _spec_for_data(net, datamodule)
         module = ClassifierModule(
             net=net,
             optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             **OmegaConf.to_container(cfg.module, resolve=True),
         )
+    load_pretrained(module.net, net)  # once, before training; rebuilds from checkpoints never read it again
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("hparams_search") is not None:  # a trial of a search: report every epoch, stop when pruned
@@ -62,6 +65,17 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
     with reraise_as_user_error("trainer config", ValueError, TypeError):
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
+
+
+def _spec_for_data(net: dict, datamodule: L.LightningDataModule) -> dict:
+    """The model spec completed from the data (class count, input size, stride plan), when the datamodule says."""
+    if not hasattr(datamodule, "input_size"):
+        return net
+    spec = complete_spec(net, lambda: datamodule.num_classes, datamodule.input_size)
+    if tuple(spec["input_size"][1:]) != tuple(datamodule.input_size):
+        raise UserError(f"model.input_size={spec['input_size']} but the data gives {list(datamodule.input_size)} "
+                        "images; leave model.input_size=null (it follows the data), or set data.image_size")
+    return spec
 
 
 def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str | None, ResumePoint | None]:

@@ -185,7 +185,7 @@ def test_bad_inputs_each_get_one_clear_line(trained_run, tmp_path: Path, capsys)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}}, other)
     expect_one_line(capsys, tmp_path, other, "not a reparam checkpoint", "another project")
-    expect_one_line(capsys, tmp_path, last, "10-class model but cifar100 has 100 classes",
+    expect_one_line(capsys, tmp_path, last, "was trained on data=digits, not data.dataset=cifar100",
                     overrides=["data.dataset=cifar100"])
     expect_one_line(capsys, tmp_path, last, "unknown target 'tensorrt'; choose from auto, train_form, fused",
                     overrides=["targets=[auto,tensorrt]"])
@@ -236,9 +236,9 @@ def test_cli_without_ckpt_and_with_missing_file(tmp_path: Path, run_env) -> None
         assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")][0].count(fragment) == 1
 
 
-def test_a_100_class_checkpoint_on_digits_names_the_class_mismatch(trained_run, tmp_path: Path, run_env) -> None:
-    """The command a user types: the class counts disagree, whatever the run's own data settings (val_size=5000 for
-    CIFAR-100 leaves nothing of digits' 1,438 training images) would say."""
+def test_a_cifar100_checkpoint_on_digits_names_the_other_dataset(trained_run, tmp_path: Path, run_env) -> None:
+    """The command a user types: another dataset than the model was trained on is refused first, whatever the run's
+    own data settings (val_size=5000 for CIFAR-100 leaves nothing of digits' 1,438 training images) would say."""
     ckpt = torch.load(trained_run.last_checkpoint, weights_only=True)
     state = ckpt["state_dict"]
     state["net.head.weight"] = torch.zeros(100, state["net.head.weight"].shape[1])
@@ -252,7 +252,7 @@ def test_a_100_class_checkpoint_on_digits_names_the_class_mismatch(trained_run, 
                                    f"hydra.run.dir={tmp_path / 'out'}"], run_env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "is a 100-class model but digits has 10 classes" in errors[0], proc.stderr[-2000:]
+    assert len(errors) == 1 and "was trained on data=cifar100, not data.dataset=digits" in errors[0], proc.stderr[-2000:]
     assert "val_size" not in proc.stderr and "No CUDA runtime" not in proc.stderr, proc.stderr
 
 

@@ -25,6 +25,8 @@ import pytest
 import torch
 from helpers import ROOT, write_fake_cifar
 
+from reparam.data.synthetic import write_digits_folder
+
 # the commands run once, in a module fixture: the per-test timeout covers all of them
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -81,7 +83,17 @@ def user_dir(tmp_path_factory) -> Path:
     where = tmp_path_factory.mktemp("user")
     # more training images than the default validation hold-out (5,000), as in the real dataset
     write_fake_cifar(where / "data", "cifar10", per_batch=1040, n_test=200)
+    # "Train on your own images": a folder of image files, and timm weights in a local file (random, not downloaded)
+    write_digits_folder(where / "my_images", per_class=12, splits=("train", "val", "test"))
+    write_timm_weights(where / "repvgg_a0.safetensors", "repvgg_a0")
     return where
+
+
+def write_timm_weights(path: Path, name: str) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}, str(path))
 
 
 @pytest.fixture(scope="module")
@@ -207,10 +219,24 @@ def outcomes(user_dir: Path, env: dict) -> dict[str, Outcome]:
     runnable = [c for c in COMMANDS if skip_reason(c) is None]
     first = next(c for c in runnable if c.line == "python train.py")
     results: dict[str, Outcome] = {}
+    # a line whose ckpt= is the fixed hydra.run.dir= of another line runs after that one
+    fixed_dirs = {a.split("=", 1)[1]: c for c in runnable for a in c.argv if a.startswith("hydra.run.dir=")}
+
+    def producer(command: Command) -> Command | None:
+        return next((fixed_dirs[a.split("=", 1)[1]] for a in command.argv
+                     if a.startswith("ckpt=") and a.split("=", 1)[1] in fixed_dirs), None)
+
+    def after(future, command: Command) -> Outcome:
+        future.result()
+        return command_task(command, None)
+
     with ThreadPoolExecutor(max_workers=2) as pool:
         head = pool.submit(command_task, first, None)
-        later = {pool.submit(command_task, c, None): c.line for c in runnable
-                 if c is not first and not needs_a_run(c.line)}
+        independent = [c for c in runnable if c is not first and not needs_a_run(c.line) and producer(c) is None]
+        started = {c.line: pool.submit(command_task, c, None) for c in independent}
+        later = {future: line for line, future in started.items()}
+        later |= {pool.submit(after, started[producer(c).line], c): c.line for c in runnable
+                  if c is not first and not needs_a_run(c.line) and producer(c) is not None}
         later |= {pool.submit(snippet_task, i, None): f"snippet {i}" for i, code in snippets.items()
                   if not needs_a_run(code)}
         results[first.line] = head.result()

@@ -1,10 +1,19 @@
-"""Data: CIFAR-10/100 (own safe pickle reader), the embedded digits demo, standard and fast pipelines."""
+"""Data: a registry of datasets (CIFAR-10/100 with an own safe pickle reader, the embedded digits demo, image
+folders of any size), one datamodule, standard and fast pipelines."""
 
 from .datamodule import ArrayDataset, ImageDataModule
+from .imagefolder import BadImageError, ImageFolderSource, load_image
+from .registry import DATASETS, DatasetSource, register_dataset
 from .fast import TensorBatchLoader, random_crop_flip, random_erase
 from .sources import CIFAR, ImageArrays, download_cifar, load_digits32, load_source, read_cifar
 
 __all__ = [
+    "DATASETS",
+    "BadImageError",
+    "DatasetSource",
+    "ImageFolderSource",
+    "load_image",
+    "register_dataset",
     "CIFAR",
     "ArrayDataset",
     "ImageArrays",

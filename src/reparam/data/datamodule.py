@@ -1,8 +1,7 @@
-"""One LightningDataModule for CIFAR-10, CIFAR-100 and the embedded digits demo."""
+"""One LightningDataModule for every registered dataset: CIFAR-10, CIFAR-100, the embedded digits, image folders."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -13,9 +12,14 @@ from torchvision.transforms import v2
 from ..errors import UserError
 from ..preprocess import Preprocessing
 from .fast import ERASE_RATIO, ERASE_SCALE, TensorBatchLoader
-from .sources import SOURCES, ImageArrays, load_source
+from .imagefolder import FileDataset, skip_missing_collate
+from .registry import IMAGENET_MEAN, IMAGENET_STD, ArraySplit, FileSplit, dataset_source, refuse_unread_options
 
 __all__ = ["ImageDataModule", "ArrayDataset"]
+
+DEFAULT_CROP_PADDING = 4
+DEFAULT_CROP_PCT = 0.875  # the ImageNet convention: resize to 256, center-crop 224
+NORMALIZATION_SAMPLE = 512  # training images whose pixels give the mean/std of an image folder
 
 
 class ArrayDataset(Dataset):
@@ -59,140 +63,211 @@ class EpochSeededSampler(Sampler[int]):
         return iter(order.tolist())
 
 
-# held-out validation images when data.val_size is not given (a run that recorded no data config, say)
-DEFAULT_VAL_SIZE: dict[str, int | float] = {"cifar10": 5000, "cifar100": 5000, "digits": 0.1}
+def _val_count(val_size: int | float, n: int) -> int:
+    return int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Train/val/test splits of a small-image dataset with the standard CIFAR augmentation.
+    """Train/val/test splits of any registered dataset (:data:`reparam.data.DATASETS`), with its augmentation.
 
+    ``dataset``: the registry name (cifar10, cifar100, digits, imagefolder). Options a dataset does not read
+    (``data_dir`` for digits, ``image_size`` for CIFAR, ...) are refused when set, never ignored.
     ``num_classes``: what the model was configured for; checked against the dataset in ``setup``.
-    ``val_size``: images held out of the official train split for validation (an int), or a fraction
-    (a float < 1), or None for the dataset's default (5000 for CIFAR, 10% of digits); the split is drawn with
-    ``split_seed``, independent of the training seed.
-    ``hflip``: mirror half the training images (right for CIFAR; wrong for digits or text).
+    ``val_size``: images held out of the train split for validation (an int), or a fraction (a float < 1), or None
+    for the dataset's default (5000 for CIFAR, 10% otherwise); drawn with ``split_seed``, independent of the
+    training seed. A dataset with its own validation split (imagefolder's ``val/``) uses that instead.
+    ``hflip``: mirror half the training images (right for photos; wrong for digits or text).
     ``erase_prob``: random erasing (cutout) of one rectangle per training image with this probability, after
     normalization (torchvision's ``RandomErasing``; batched on the device in the fast pipeline).
+    In-memory datasets of one size (CIFAR, digits): random crop with ``crop_padding`` zero padding, normalization by
+    the whole training split's per-channel mean/std. Image folders: ``RandomResizedCrop(image_size,
+    scale=(min_crop_scale, 1))`` for training, and for evaluation the recorded rule (resize the shorter side to
+    ``image_size / crop_pct``, center-crop ``image_size``); normalization measured on a sample of the training split
+    (``normalization=train_split``) or ImageNet's (``normalization=imagenet``, for pretrained weights).
     ``pipeline='standard'`` uses DataLoader workers and torchvision transforms (any transform works);
-    ``pipeline='fast'`` keeps uint8 tensors on the training device and augments whole batches.
-    Normalization uses the per-channel mean/std of the training split, recorded for deployment.
+    ``pipeline='fast'`` keeps uint8 tensors on the training device and augments whole batches (in-memory datasets).
     """
 
     def __init__(
         self,
         dataset: str = "cifar10",
-        data_dir: str = "data",
+        data_dir: str | None = None,
         num_classes: int | None = None,
-        download: bool = False,
+        download: bool | None = None,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         val_size: int | float | None = None,
         split_seed: int = 0,
         augment: bool = True,
-        crop_padding: int = 4,
+        crop_padding: int | None = None,
         hflip: bool = True,
         erase_prob: float = 0.0,
         pipeline: str = "standard",
         num_workers: int = 2,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        image_size: int | None = None,
+        crop_pct: float | None = None,
+        min_crop_scale: float | None = None,
+        normalization: str | None = None,
+        skip_bad_images: bool | None = None,
     ) -> None:
         super().__init__()
-        if dataset not in SOURCES:
-            raise UserError(f"unknown dataset '{dataset}'; choose cifar10, cifar100 or digits "
-                            "(train.py: data=cifar10; deploy.py: data.dataset=cifar10)")
+        source_cls = dataset_source(dataset)
+        specific = {"data_dir": data_dir, "download": download, "crop_padding": crop_padding,
+                    "image_size": image_size, "crop_pct": crop_pct, "min_crop_scale": min_crop_scale,
+                    "normalization": normalization, "skip_bad_images": skip_bad_images}
+        refuse_unread_options(source_cls, specific)
         if pipeline not in ("standard", "fast"):
             raise UserError(f"data.pipeline must be 'standard' or 'fast', got '{pipeline}'")
+        if pipeline == "fast" and not source_cls.in_memory:
+            raise UserError(f"data.pipeline=fast holds a whole dataset of one image size in memory; data={dataset} "
+                            "reads files of any size from disk with DataLoader workers: use data.pipeline=standard")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= erase_prob <= 1.0:
             raise UserError(f"data.erase_prob must be a probability in [0, 1], got {erase_prob}")
         if num_workers < 0:
             raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
+        if image_size is not None and int(image_size) < 8:
+            raise UserError(f"data.image_size must be >= 8 pixels, got {image_size}")
+        if crop_pct is not None and not 0.0 < float(crop_pct) <= 1.0:
+            raise UserError(f"data.crop_pct must be in (0, 1] (0.875: resize to image_size/0.875, crop), got {crop_pct}")
+        if min_crop_scale is not None and not 0.0 < float(min_crop_scale) <= 1.0:
+            raise UserError(f"data.min_crop_scale must be in (0, 1], got {min_crop_scale}")
+        if normalization not in (None, "train_split", "imagenet"):
+            raise UserError(f"data.normalization must be train_split or imagenet, got '{normalization}'")
         self.save_hyperparameters()
-        self.arrays: ImageArrays | None = None
+        self.source = source_cls(**{k: v for k, v in specific.items() if k in source_cls.options})
+        self._classes: list[str] | None = None
+        self.skipped: tuple[str, ...] = ()
         self.mean: list[float] = []
         self.std: list[float] = []
-        self._splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._splits: dict[str, ArraySplit | FileSplit] = {}
+        self._recorded: Preprocessing | None = None
 
-    # -- what deployment needs to know -------------------------------------------------------------
+    # -- what the model and deployment need to know ------------------------------------------------
     @property
     def classes(self) -> list[str]:
         self._require_setup()
-        return list(self.arrays.classes)
+        return list(self._classes)
 
     @property
     def num_classes(self) -> int:
+        if self._classes is None and self.source.num_classes() is not None:
+            return int(self.source.num_classes())
         return len(self.classes)
 
     @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the model's input: the native size, or ``data.image_size``; known before ``setup``."""
+        return tuple(self.source.input_size())
+
+    @property
     def preprocessing(self) -> Preprocessing:
-        """The evaluation-time rule (native size, training-split mean/std): recorded in the fused artifact."""
+        """The evaluation-time rule (input size, resize rule, training-split or ImageNet mean/std, class names):
+        recorded in the fused artifact. Deploy sets the recorded one with :meth:`use_recorded_preprocessing`."""
         self._require_setup()
-        h, w = self.arrays.train_images.shape[1:3]
-        return Preprocessing(size=(int(h), int(w)), mean=tuple(self.mean), std=tuple(self.std),
-                             classes=tuple(self.classes), crop_pct=1.0, dataset=self.hparams.dataset)
+        if self._recorded is not None:
+            return self._recorded
+        crop_pct = 1.0 if self.source.native_size else float(self.hparams.crop_pct or DEFAULT_CROP_PCT)
+        return Preprocessing(size=self.input_size, mean=tuple(self.mean), std=tuple(self.std),
+                             classes=tuple(self.classes), crop_pct=crop_pct, dataset=self.hparams.dataset)
+
+    def use_recorded_preprocessing(self, recorded: Preprocessing) -> None:
+        """Evaluate (and calibrate) with the rule a model was trained with, never one recomputed from this data."""
+        self._recorded = recorded
 
     def deploy_info(self) -> dict:
         """What a fused artifact records about its inputs (everything needed to preprocess an image)."""
-        return self.preprocessing.to_record()
+        record = self.preprocessing.to_record()
+        if self.skipped:
+            record["skipped_images"] = len(self.skipped)
+        return record
 
     def _require_setup(self) -> None:
-        if self.arrays is None:
+        if self._classes is None:
             raise RuntimeError("call datamodule.setup() first")
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.hparams.download and self.hparams.dataset != "digits":
-            load_source(self.hparams.dataset, self.hparams.data_dir, download=True)
+        self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.arrays is not None:
+        if self._classes is not None:
             return
         hp = self.hparams
-        arrays = load_source(hp.dataset, Path(hp.data_dir), download=False)
-        if hp.num_classes is not None and hp.num_classes != arrays.num_classes:
+        data = self.source.read()
+        if hp.num_classes is not None and hp.num_classes != len(data.classes):
             raise UserError(
-                f"data.num_classes={hp.num_classes} but {hp.dataset} has {arrays.num_classes} classes; "
+                f"data.num_classes={hp.num_classes} but {hp.dataset} has {len(data.classes)} classes; "
                 "remove the override or fix it"
             )
-        n = len(arrays.train_labels)
-        val_size = DEFAULT_VAL_SIZE.get(hp.dataset, 0.1) if hp.val_size is None else hp.val_size
-        n_val = int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
-        if not 0 <= n_val < n:
-            raise UserError(f"data.val_size={val_size} leaves no training images out of {n}; use a smaller value")
-        order = np.random.default_rng(hp.split_seed).permutation(n)
-        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-        self._splits = {
-            "train": (arrays.train_images[train_idx], arrays.train_labels[train_idx]),
-            "val": (arrays.train_images[val_idx], arrays.train_labels[val_idx]),
-            "test": (arrays.test_images, arrays.test_labels),
-        }
-        if n_val == 0:  # validate on the test split, and say so in the logs via the split size
-            self._splits["val"] = self._splits["test"]
-        train_images = self._splits["train"][0]
-        self.mean = [float(v) for v in train_images.reshape(-1, 3).mean(0) / 255.0]
-        self.std = [float(v) for v in train_images.reshape(-1, 3).std(0) / 255.0]
-        self.arrays = arrays
+        splits = {"train": data.train}
+        if data.val is None:
+            n = len(data.train.labels)
+            val_size = self.source.default_val_size if hp.val_size is None else hp.val_size
+            n_val = _val_count(val_size, n)
+            if not 0 <= n_val < n:
+                raise UserError(f"data.val_size={val_size} leaves no training images out of {n}; use a smaller value")
+            order = np.random.default_rng(hp.split_seed).permutation(n)
+            splits = {"train": data.train.subset(np.sort(order[n_val:])),
+                      "val": data.train.subset(np.sort(order[:n_val]))}
+            if n_val == 0:  # validate on the test split, and say so in the logs via the split size
+                splits["val"] = data.test
+        else:
+            splits["val"] = data.val
+        splits["test"] = data.test if data.test is not None else splits["val"]
+        if splits["val"] is None:
+            raise UserError(f"data.val_size=0 but {hp.dataset} has no test split to validate on; use data.val_size>0")
+        self._splits, self.skipped = splits, data.skipped
+        self.mean, self.std = self._normalization(splits["train"])
+        self._classes = list(data.classes)
+
+    def _normalization(self, train: ArraySplit | FileSplit) -> tuple[list[float], list[float]]:
+        if self.hparams.normalization == "imagenet":
+            return list(IMAGENET_MEAN), list(IMAGENET_STD)
+        if isinstance(train, ArraySplit):
+            pixels = train.images.reshape(-1, 3)
+            return [float(v) for v in pixels.mean(0) / 255.0], [float(v) for v in pixels.std(0) / 255.0]
+        # a seeded sample of the training split, at the evaluation geometry
+        size, crop_pct = self.input_size, float(self.hparams.crop_pct or DEFAULT_CROP_PCT)
+        geometry = Preprocessing(size=size, mean=(0.0,) * 3, std=(1.0,) * 3, crop_pct=crop_pct).geometry()
+        index = np.random.default_rng(0).permutation(len(train.labels))[:NORMALIZATION_SAMPLE]
+        dataset = FileDataset(train, geometry, skip_bad=True)
+        images = [item[0] for item in (dataset[int(i)] for i in index) if item is not None]
+        pixels = torch.stack(images).to(torch.float64).div_(255.0).permute(1, 0, 2, 3).reshape(3, -1)
+        return [float(v) for v in pixels.mean(1)], [float(max(v, 1e-3)) for v in pixels.std(1)]
 
     def calibration_images(self, count: int, seed: int = 0) -> torch.Tensor:
         """``count`` training-split images, normalized like every batch but not augmented, drawn with ``seed``:
         what post-training quantization calibrates its activation ranges on."""
         self._require_setup()
-        images = self._splits["train"][0]
-        idx = np.sort(np.random.default_rng(seed).permutation(len(images))[: max(int(count), 1)])
-        return self.preprocessing(torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous())
+        train = self._splits["train"]
+        idx = np.sort(np.random.default_rng(seed).permutation(len(train.labels))[: max(int(count), 1)])
+        if isinstance(train, ArraySplit):
+            return self.preprocessing(torch.from_numpy(train.images[idx]).permute(0, 3, 1, 2).contiguous())
+        dataset = FileDataset(train, self.preprocessing.transform(), skip_bad=True)
+        return torch.stack([item[0] for item in (dataset[int(i)] for i in idx) if item is not None])
 
     def split_sizes(self) -> dict[str, int]:
-        return {k: len(v[1]) for k, v in self._splits.items()}
+        return {k: len(v.labels) for k, v in self._splits.items()}
 
     def _transform(self, train: bool) -> v2.Transform:
-        steps: list[v2.Transform] = []
-        if train and self.hparams.augment:
-            steps.append(v2.RandomCrop(self.arrays.train_images.shape[1], padding=self.hparams.crop_padding))
-            if self.hparams.hflip:
-                steps.append(v2.RandomHorizontalFlip())
-        steps.append(self.preprocessing.transform() if not train else self.preprocessing.normalize())
+        if not train:  # the one evaluation rule, recorded in the artifact
+            return self.preprocessing.transform()
+        hp, steps = self.hparams, []
+        if not hp.augment and not self.source.native_size:
+            steps.append(self.preprocessing.geometry())
+        elif hp.augment and self.source.native_size:
+            steps.append(v2.RandomCrop(list(self.input_size), padding=DEFAULT_CROP_PADDING if hp.crop_padding is None
+                                       else hp.crop_padding))
+        elif hp.augment:
+            steps.append(v2.RandomResizedCrop(list(self.input_size), scale=(hp.min_crop_scale or 0.08, 1.0),
+                                              antialias=True))
+        if hp.augment and hp.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        steps.append(self.preprocessing.normalize())
         if train and self.hparams.augment and self.hparams.erase_prob > 0:  # after normalizing: erased = the mean
             steps.append(v2.RandomErasing(self.hparams.erase_prob, ERASE_SCALE, ERASE_RATIO, value=0))
         return v2.Compose(steps)
@@ -207,17 +282,20 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, split: str):
         self._require_setup()
         hp = self.hparams
-        images, labels = self._splits[split]
+        data = self._splits[split]
+        labels = data.labels
         train = split == "train"
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
         if hp.pipeline == "fast":
             trainer = getattr(self, "trainer", None)
             device = self._device()
             return TensorBatchLoader(
-                torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
+                torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(device),
                 torch.from_numpy(labels).to(device),
-                batch_size, self.mean, self.std, shuffle=train, augment=train and hp.augment, drop_last=train,
-                padding=hp.crop_padding, hflip=hp.hflip, erase_prob=hp.erase_prob, seed=torch.initial_seed() % 2**31,
+                batch_size, list(self.preprocessing.mean), list(self.preprocessing.std), shuffle=train,
+                augment=train and hp.augment, drop_last=train,
+                padding=DEFAULT_CROP_PADDING if hp.crop_padding is None else hp.crop_padding, hflip=hp.hflip,
+                erase_prob=hp.erase_prob, seed=torch.initial_seed() % 2**31,
                 rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                 epoch_source=self._current_epoch if trainer else None,
             )
@@ -230,8 +308,14 @@ class ImageDataModule(L.LightningDataModule):
         elif train:
             generator = torch.Generator()
             sampler = EpochSeededSampler(len(labels), torch.initial_seed() % 2**31, generator, hp.num_workers == 0)
+        if isinstance(data, ArraySplit):
+            dataset, collate = ArrayDataset(data.images, labels, self._transform(train)), None
+        else:
+            skip = bool(hp.skip_bad_images)
+            dataset, collate = FileDataset(data, self._transform(train), skip), skip_missing_collate if skip else None
         return DataLoader(
-            ArrayDataset(images, labels, self._transform(train)),
+            dataset,
+            collate_fn=collate,
             batch_size=batch_size,
             shuffle=shuffle,
             sampler=sampler,

@@ -1,7 +1,7 @@
-"""Where images come from: the CIFAR pickle files (read here, safely) and the embedded digits demo.
+"""In-memory sources: the CIFAR pickle files (read here, safely) and the embedded digits demo.
 
-Every source returns :class:`ImageArrays`: uint8 images ``(N, H, W, 3)`` and int64 labels, for a
-train and a test split, plus class names.
+Each reader returns :class:`ImageArrays`: uint8 images ``(N, H, W, 3)`` and int64 labels, for a train and a test
+split, plus class names; the registered sources (:mod:`reparam.data.registry`) hand them to the datamodule.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataNotFoundError, UserError
+from .registry import ArraySplit, DatasetSource, SourceSplits, dataset_source, register_dataset
 
-__all__ = ["ImageArrays", "CIFAR", "load_source", "read_cifar", "download_cifar", "load_digits32", "SOURCES"]
+__all__ = ["ImageArrays", "CIFAR", "load_source", "read_cifar", "download_cifar", "load_digits32", "SOURCES",
+           "CIFARSource", "DigitsSource"]
 
 
 @dataclass(frozen=True)
@@ -200,16 +202,60 @@ def load_digits32(test_fraction: float = 0.2, seed: int = 0) -> ImageArrays:
     )
 
 
+class _ArraysSource(DatasetSource):
+    """A source whose whole dataset is one uint8 array of one size."""
+
+    native_size = (32, 32)
+
+    def arrays(self) -> ImageArrays:
+        raise NotImplementedError
+
+    def read(self) -> SourceSplits:
+        arrays = self.arrays()
+        return SourceSplits(train=ArraySplit(arrays.train_images, arrays.train_labels), classes=list(arrays.classes),
+                            test=ArraySplit(arrays.test_images, arrays.test_labels))
+
+
+class CIFARSource(_ArraysSource):
+    """CIFAR-10 / CIFAR-100 from the official Python pickles under ``data.data_dir`` (``data.download=true``)."""
+
+    options = frozenset({"data_dir", "download", "crop_padding"})
+    default_val_size = 5000
+
+    def prepare(self) -> None:
+        if self.opts.get("download"):
+            download_cifar(self.opts.get("data_dir") or "data", self.name)
+
+    def arrays(self) -> ImageArrays:
+        return read_cifar(Path(str(self.opts.get("data_dir") or "data")), self.name)
+
+
+for _name in ("cifar10", "cifar100"):
+    register_dataset(_name)(type(f"{_name.upper()}Source", (CIFARSource,),
+                                 {"__doc__": CIFARSource.__doc__, "fixed_num_classes": CIFAR[_name].num_classes}))
+
+
+@register_dataset("digits")
+class DigitsSource(_ArraysSource):
+    """scikit-learn's bundled 8x8 digits as 32x32 RGB: reads no files, so no ``data_dir`` and no download."""
+
+    options = frozenset({"crop_padding"})
+    default_val_size = 0.1
+    fixed_num_classes = 10
+
+    def arrays(self) -> ImageArrays:
+        return load_digits32()
+
+
 SOURCES = ("cifar10", "cifar100", "digits")
 
 
 def load_source(name: str, data_dir: str | Path, download: bool = False) -> ImageArrays:
-    """The one entry point the datamodule uses."""
-    if name == "digits":
-        return load_digits32()
-    if name not in CIFAR:
-        raise UserError(f"unknown dataset '{name}'; choose one of {list(SOURCES)} "
-                        "(train.py: data=cifar10; deploy.py: data.dataset=cifar10)")
-    if download:
-        download_cifar(data_dir, name)
-    return read_cifar(data_dir, name)
+    """The arrays of an in-memory source (CIFAR or digits)."""
+    source = dataset_source(name)
+    if not issubclass(source, _ArraysSource):
+        raise UserError(f"{name} is not an in-memory dataset")
+    options = {"data_dir": data_dir, "download": download} if issubclass(source, CIFARSource) else {}
+    instance = source(**options)
+    instance.prepare()
+    return instance.arrays()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_cifar_like"]
+__all__ = ["write_cifar_like", "write_digits_folder"]
 
 
 def write_cifar_like(root: str | Path, name: str = "cifar10", per_batch: int = 40, n_test: int = 40, seed: int = 0) -> Path:
@@ -49,3 +49,41 @@ def write_cifar_like(root: str | Path, name: str = "cifar10", per_batch: int = 4
         meta = {b"fine_label_names": [f"class{i}".encode() for i in range(100)], b"coarse_label_names": []}
         (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
     return folder
+
+
+def write_digits_folder(root: str | Path, per_class: int | None = None, seed: int = 0, splits=("train", "val"),
+                        jpeg: bool = True) -> Path:
+    """scikit-learn's 1,797 real 8x8 digits as an image folder: ``root/<split>/<digit>/<n>.png|jpg``.
+
+    Each image is upscaled to a random size (40-95 px, not square) and saved in a mix of formats and modes: PNG in
+    grayscale, RGB, RGBA and palette; JPEG in grayscale, RGB and CMYK (``jpeg=False``: PNG only). ``per_class``
+    limits the images per class (all by default). Of every 10 images of a class, one goes to each split after the
+    first (``val``, ``test``), the rest to ``train``, so every split holds every class. What ``data=imagefolder`` is
+    tested on.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    order = rng.permutation(len(digits.target))
+    counts: dict[int, int] = {}
+    png_modes, jpeg_modes = ("L", "RGB", "RGBA", "P"), ("L", "RGB", "CMYK")
+    for n, i in enumerate(order):
+        label = int(digits.target[i])
+        if per_class is not None and counts.get(label, 0) >= per_class:
+            continue
+        k = counts.get(label, 0)
+        counts[label] = k + 1
+        split = splits[k % 10 + 1] if k % 10 + 1 < len(splits) else splits[0]
+        gray = Image.fromarray((digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8), mode="L")
+        size = (int(rng.integers(40, 96)), int(rng.integers(40, 96)))
+        image = gray.resize(size, Image.BILINEAR)
+        folder = root / split / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        if jpeg and n % 2:
+            image.convert(jpeg_modes[(n // 2) % len(jpeg_modes)]).save(folder / f"{n}.jpg", quality=90)
+        else:
+            image.convert(png_modes[(n // 2) % len(png_modes)]).save(folder / f"{n}.png")
+    return root

@@ -68,7 +68,7 @@ def print_deploy_summary(report: DeployReport) -> None:
     if report.benchmark:
         load = "" if machine.load_after is None else f"; load average {machine.load_after:.2f} at the end"
         _say("threads ", f"{machine.threads} ({machine.threads_chosen_because}){load}")
-    for warning in machine.warnings:
+    for warning in [*report.data_warnings, *machine.warnings]:
         _say("warning: ", warning, "bold yellow")
     for fmt, export in report.exports.items():
         timing = (f", {export.latency_ms_median:.2f} ms/batch of {export.batch_size} in onnxruntime"

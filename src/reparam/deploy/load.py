@@ -80,6 +80,17 @@ def _load_train_form(ckpt: dict, path: Path) -> tuple[nn.Module, dict]:
     return model.eval(), spec
 
 
+def _run_input(checkpoint: Path) -> dict:
+    """The preprocessing recorded by the run a checkpoint belongs to (``<run>/fused/config.json``), if any: the
+    same run, the same data."""
+    config = checkpoint.parent.parent / "fused" / CONFIG
+    try:
+        record = json.loads(config.read_text()).get("input") if checkpoint.parent.name == "checkpoints" else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return {}
+    return dict(record) if isinstance(record, dict) else {}
+
+
 def load_for_deploy(path: str | Path) -> Loaded:
     """Load a ``.ckpt`` (train form, fused here), a fused folder, or a run directory (its last.ckpt).
 
@@ -110,7 +121,7 @@ def load_for_deploy(path: str | Path) -> Loaded:
         train_form, spec = _load_train_form(ckpt, source)
         loaded = Loaded(source, "checkpoint", fuse_model(spec, train_form), train_form, spec,
                         dict(ckpt.get("datamodule_hyper_parameters") or {}),
-                        {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")})
+                        {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}, _run_input(source))
     loaded.chosen_because = chosen_because
     return loaded
 

@@ -105,6 +105,8 @@ class DeployReport:
     report_path: str
     plot_path: str | None = None
     schema_version: int = SCHEMA_VERSION
+    # what looks wrong with the test data (an accuracy far below the recorded one): printed, never a failure
+    data_warnings: list[str] = field(default_factory=list)
 
     def target(self, name: str) -> TargetReport | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -132,6 +134,7 @@ class DeployReport:
             "dataset": self.dataset,
             "num_test_images": self.num_test_images,
             "recorded_test_acc": self.recorded_test_acc,
+            "data_warnings": list(self.data_warnings),
             "model": self.model,
             "device": self.device,
             "reference": REFERENCE,

@@ -14,7 +14,7 @@ from ..data import ImageDataModule
 from ..device import resolve_device
 from ..errors import UserError, reraise_as_user_error
 from .benchmark import BenchmarkResult, benchmark_targets
-from .data import deploy_datamodule
+from .data import accuracy_warning, deploy_datamodule
 from .evaluate import COMPARISON_PRECISION, TargetEvaluation, evaluate_targets
 from .export import ExportResult, export_onnx, export_program
 from .load import Loaded, load_for_deploy
@@ -99,6 +99,7 @@ def _report(loaded: Loaded, dm: ImageDataModule, device: torch.device, cfg: Dict
         targets=[TargetReport.of(t, evaluations[t.name], reference, benchmark) for t in targets],
         skipped_targets=selection.skipped, benchmark=benchmark, exports=exports, machine=machine,
         report_path=str(out_dir / "report.json"),
+        data_warnings=[w for w in (accuracy_warning(reference.accuracy, loaded.recorded.get("test_acc")),) if w],
     )
 
 

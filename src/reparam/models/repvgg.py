@@ -1,9 +1,10 @@
-"""The RepVGG family (Ding et al., 2021), adapted to 32x32 inputs.
+"""The RepVGG family (Ding et al., 2021) at any input size.
 
 Stages and widths follow the paper: stage widths ``[min(64, 64a), 64a, 128a, 256a, 512b]`` and depths
-``A: 1,2,4,14,1``, ``B: 1,4,6,16,1``. On ImageNet every stage downsamples (224 -> 7); on CIFAR's
-32x32 that would leave a 1x1 map, so by default stages 0 and 1 keep the resolution and stages 2-4
-halve it: 32 -> 32 -> 32 -> 16 -> 8 -> 4, then global average pooling and a linear classifier.
+``A: 1,2,4,14,1``, ``B: 1,4,6,16,1``. The stride plan follows the input (:func:`stride_plan`): on ImageNet's 224
+every stage downsamples (224 -> 7), as in the paper; on CIFAR's 32x32 that would leave a 1x1 map, so stages 0 and
+1 keep the resolution and stages 2-4 halve it (32 -> 4); between, as many stages halve as keep the last map at
+least 4 pixels wide. Then global average pooling and a linear classifier. The plan is recorded in the spec.
 
 Any registered block kind fills the layout (``block``: repvgg, qarepvgg, acnet, dbb, mobileone, ...), so
 every kind is compared on the same stages and all fuse to the same plain-VGG shape (mobileone: a
@@ -30,7 +31,17 @@ VARIANTS: dict[str, tuple[tuple[int, int, int, int], float, float]] = {
     "B0": ((4, 6, 16, 1), 1.0, 2.5),
     "B1": ((4, 6, 16, 1), 2.0, 4.0),
 }
-DEFAULT_STRIDES = (1, 1, 2, 2, 2)
+DEFAULT_STRIDES = (1, 1, 2, 2, 2)  # the CIFAR plan: stride_plan(32, 32)
+
+
+def stride_plan(height: int, width: int) -> list[int]:
+    """Strides of stages 0..4 for an input of ``height x width``: the last ``n`` stages halve the map, ``n`` the
+    most halvings (at most 5) that leave the shorter side at least 4 pixels: 32 -> 3 (CIFAR: 32 -> 4), 64 -> 4,
+    224 -> 5 (ImageNet: 224 -> 7)."""
+    side, halvings = min(int(height), int(width)), 0
+    while halvings < 5 and side // 2 ** (halvings + 1) >= 4:
+        halvings += 1
+    return [1] * (5 - halvings) + [2] * halvings
 
 
 @dataclass
@@ -46,7 +57,10 @@ class RepVGGSpec:
     in_channels: int = 3
     widths: list[int] | None = None
     depths: list[int] | None = None
-    strides: list[int] = field(default_factory=lambda: list(DEFAULT_STRIDES))
+    # null: the stride plan of input_size (stride_plan); completed and recorded before training
+    strides: list[int] | None = None
+    # (channels, height, width) of one input image; null: 32x32 (specs recorded before the field existed)
+    input_size: list[int] | None = None
     arch: str = "repvgg"
     # the block kind of every stage (reparam.blocks registry) and its extra options, e.g. num_conv_branches
     block: str = "repvgg"
@@ -64,6 +78,11 @@ class RepVGGSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolved_strides(self) -> list[int]:
+        if self.strides:
+            return [int(v) for v in self.strides]
+        return stride_plan(*self.input_size[1:]) if self.input_size else list(DEFAULT_STRIDES)
 
     def resolved(self) -> tuple[list[int], list[int]]:
         """(widths, depths) for stages 0..4 after applying the variant and the overrides."""
@@ -83,7 +102,7 @@ class RepVGGSpec:
             depths = [1, *stage_depths]
             widths = list(self.widths) if self.widths is not None else widths
             depths = list(self.depths) if self.depths is not None else depths
-        for name, values in (("widths", widths), ("depths", depths), ("strides", self.strides)):
+        for name, values in (("widths", widths), ("depths", depths), ("strides", self.resolved_strides())):
             if len(values) != 5 or any(int(v) < 1 for v in values):
                 raise ValueError(f"model.{name} needs 5 positive integers (stages 0..4), got {values}")
         if self.num_classes < 2 or self.in_channels < 1:
@@ -103,7 +122,7 @@ class RepVGG(nn.Module):
         widths, depths = spec.resolved()
         stages: list[nn.Module] = []
         in_ch = spec.in_channels
-        for width, depth, stride in zip(widths, depths, spec.strides):
+        for width, depth, stride in zip(widths, depths, spec.resolved_strides()):
             blocks = []
             for i in range(depth):
                 block = make_block(spec.block, in_ch, width, 3, stride=stride if i == 0 else 1, deploy=deploy,
