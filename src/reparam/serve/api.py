@@ -39,19 +39,19 @@ class _Batch:
 
 
 class ClassifierAPI(ls.LitAPI):
-    def __init__(self, spec: WorkerSpec, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
+    def __init__(self, worker: WorkerSpec, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-        self.spec = spec
+        self.worker = worker  # not "spec": LitAPI.spec is its OpenAI-style API spec
 
     def setup(self, device: str) -> None:
         from ..deploy.load import load_for_deploy
 
-        torch.set_num_threads(self.spec.threads)
-        loaded = load_for_deploy(self.spec.checkpoint)
-        self.classifier = Classifier(build_target(self.spec.target, loaded, device, self.spec.threads),
-                                     self.spec.classes, self.spec.top_k)
+        torch.set_num_threads(self.worker.threads)
+        loaded = load_for_deploy(self.worker.checkpoint)
+        self.classifier = Classifier(build_target(self.worker.target, loaded, device, self.worker.threads),
+                                     self.worker.classes, self.worker.top_k)
         # the first call of a runtime is slow (allocations, compilation): pay it before /health says ready
-        self.classifier.probabilities(torch.zeros(max(1, self.max_batch_size), *self.spec.input_size))
+        self.classifier.probabilities(torch.zeros(max(1, self.max_batch_size), *self.worker.input_size))
 
     def authorize(self) -> None:
         """The API key is checked by InputGate, before the body is read; LitServe's own check would repeat it."""
@@ -75,5 +75,5 @@ class ClassifierAPI(ls.LitAPI):
         return output
 
     def encode_response(self, output: list[Prediction]) -> dict:
-        return {"predictions": [p.to_dict() for p in output], "target": self.spec.target.name,
-                "weights_sha256": self.spec.weights_sha256}
+        return {"predictions": [p.to_dict() for p in output], "target": self.worker.target.name,
+                "weights_sha256": self.worker.weights_sha256}

@@ -172,7 +172,11 @@ def _drain_on_sigterm() -> None:
     """SIGTERM: the HTTP processes stop accepting and finish what they hold, then LitServe shuts down as after
     Ctrl-C (workers stopped, queues closed) and ``run`` returns."""
 
+    owner = os.getpid()
+
     def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # an HTTP process inherited this handler: uvicorn re-raises SIGTERM once drained
+            raise SystemExit(0)
         http = [p for p in multiprocessing.active_children() if p.name.startswith("LitServer-")]
         for process in http:
             os.kill(process.pid, signal.SIGTERM)
