@@ -18,7 +18,8 @@ from reparam.deploy.report_index import find_reports, record_report, run_dir_of,
 from reparam.errors import UserError
 from reparam.preprocess import Preprocessing
 from reparam.serve.choice import choose_target
-from reparam.serve.http_input import BadInput, declared_size, images_of, model_input, pack, unpack
+from reparam.serve.http_input import (BadInput, declared_size, images_of, model_input, model_sized_image, pack,
+                                      unpack)
 
 PRE = Preprocessing(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), classes=tuple("abcdefghij"))
 
@@ -99,8 +100,19 @@ def test_any_mode_and_size_becomes_the_model_input_of_the_recorded_rule() -> Non
 
 
 def test_pack_round_trips_exactly() -> None:
-    batch = torch.randn(3, 3, 8, 8)
+    batch = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
     assert torch.equal(unpack(json.loads(pack(batch))), batch)
+
+
+def test_resize_here_and_normalize_per_batch_are_the_whole_recorded_rule() -> None:
+    wide = Preprocessing(size=(24, 24), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), crop_pct=0.875)
+    out = io.BytesIO()
+    Image.effect_noise((50, 40), 60).convert("RGB").save(out, "PNG")
+    sized = model_sized_image(out.getvalue(), wide, 10**7)
+    assert sized.dtype == torch.uint8 and sized.shape == (3, 24, 24)
+    from reparam.preprocess import decode_image_bytes
+    whole = wide(decode_image_bytes(out.getvalue()))
+    assert torch.equal(wide.normalize()(sized[None])[0], whole)
 
 
 # -- the choice of target ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import litserve as ls
 import torch
 
+from ..preprocess import Preprocessing
 from .choice import ServedTarget
 from .http_input import unpack
 from .model import Classifier, Prediction, build_target
@@ -25,8 +26,7 @@ class WorkerSpec:
 
     checkpoint: str  # the weights deploy loaded (load_for_deploy's source)
     target: ServedTarget
-    classes: tuple[str, ...]
-    input_size: tuple[int, ...]  # (C, H, W)
+    preprocessing: dict  # the recorded rule (Preprocessing.to_record): classes, input size, normalization
     top_k: int
     threads: int  # CPU threads of the target
     weights_sha256: str
@@ -48,10 +48,12 @@ class ClassifierAPI(ls.LitAPI):
 
         torch.set_num_threads(self.worker.threads)
         loaded = load_for_deploy(self.worker.checkpoint)
+        preprocessing = Preprocessing.from_record(self.worker.preprocessing)
         self.classifier = Classifier(build_target(self.worker.target, loaded, device, self.worker.threads),
-                                     self.worker.classes, self.worker.top_k)
+                                     preprocessing, self.worker.top_k)
         # the first call of a runtime is slow (allocations, compilation): pay it before /health says ready
-        self.classifier.probabilities(torch.zeros(max(1, self.max_batch_size), *self.worker.input_size))
+        size = (preprocessing.channels, *preprocessing.size)
+        self.classifier.probabilities(torch.zeros(max(1, self.max_batch_size), *size, dtype=torch.uint8))
 
     def authorize(self) -> None:
         """The API key is checked by InputGate, before the body is read; LitServe's own check would repeat it."""

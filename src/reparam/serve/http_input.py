@@ -5,7 +5,9 @@ the request's images (raw ``image/*`` body, multipart upload, JSON ``{"image": b
 image's declared width x height against ``max_pixels`` (read from its header, before decoding: decompression
 bombs), then the decode and the recorded preprocessing. A bad request gets a 4xx JSON ``{"detail": "<one line>"}``
 here and never reaches the inference worker; LitServe's batching would otherwise fail every request batched with it.
-Good requests go on as JSON holding the preprocessed float32 batch (:func:`pack` / :func:`unpack`).
+Good requests go on as JSON holding the images at the model's input size, still uint8 (:func:`pack` /
+:func:`unpack`): the recorded rule's resize and crop run here, its normalization runs in the worker on the whole
+batch at once (:class:`~reparam.serve.model.Classifier`), where it costs a twentieth per image of a call per image.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import torch
 
 from ..preprocess import Preprocessing, decode_image_bytes
 
-__all__ = ["InputLimits", "BadInput", "InputGate", "images_of", "declared_size", "model_input", "pack", "unpack",
-           "API_KEY_HEADER"]
+__all__ = ["InputLimits", "BadInput", "InputGate", "images_of", "declared_size", "model_sized_image", "model_input",
+           "pack", "unpack", "API_KEY_HEADER"]
 
 API_KEY_HEADER = "x-api-key"
 IMAGE_TYPES_HINT = ("send an image body (Content-Type image/png, image/jpeg, ...), a multipart form with image files, "
@@ -117,9 +119,11 @@ def declared_size(data: bytes) -> tuple[int, int]:
             raise BadInput(400, f"unreadable image header ({' '.join(str(err).split()) or type(err).__name__})") from None
 
 
-def model_input(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> torch.Tensor:
-    """Encoded bytes -> the model's float32 input ``(C, H, W)``: the declared size checked first, then decoded and
-    preprocessed by the recorded rule."""
+def model_sized_image(data: bytes, preprocessing: Preprocessing, max_pixels: int,
+                      geometry: Callable | None = None) -> torch.Tensor:
+    """Encoded bytes -> uint8 ``(C, H, W)`` at the model's input size: the declared size checked first, then decoded
+    and resized/cropped by the recorded rule (``geometry``: ``preprocessing.geometry()``, built once by callers in a
+    loop). ``preprocessing.normalize()`` finishes the rule (on a batch)."""
     width, height = declared_size(data)
     if width * height > max_pixels:
         raise BadInput(413, f"image is {width}x{height} = {width * height:,} pixels, more than "
@@ -130,22 +134,30 @@ def model_input(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> t
         raise BadInput(400, str(err)) from None
     except Exception as err:  # noqa: BLE001 - a decoder failing on crafted input is the input's fault
         raise BadInput(400, f"unreadable image ({type(err).__name__}: {' '.join(str(err).split())})") from None
-    return preprocessing(image)
+    if tuple(image.shape[-2:]) == tuple(preprocessing.size):
+        return image  # the rule's resize and crop are no-ops at the input size
+    return (geometry or preprocessing.geometry())(image)
 
 
-def _single_threaded_model_input(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> torch.Tensor:
+def model_input(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> torch.Tensor:
+    """Encoded bytes -> the model's float32 input ``(C, H, W)`` by the whole recorded rule."""
+    return preprocessing.normalize()(model_sized_image(data, preprocessing, max_pixels))
+
+
+def _single_threaded(data: bytes, preprocessing: Preprocessing, max_pixels: int, geometry: Callable) -> torch.Tensor:
     torch.set_num_threads(1)  # OpenMP's thread count is per thread: set it in this one too
-    return model_input(data, preprocessing, max_pixels)
+    return model_sized_image(data, preprocessing, max_pixels, geometry)
 
 
 # -- what the inference worker receives ----------------------------------------------------------------------------
 def pack(batch: torch.Tensor) -> bytes:
-    array = batch.contiguous().numpy().astype(np.float32, copy=False)
+    """A uint8 batch as the JSON LitServe's endpoint reads."""
+    array = batch.contiguous().numpy().astype(np.uint8, copy=False)
     return json.dumps({"shape": list(array.shape), "pixels": base64.b64encode(array.tobytes()).decode()}).encode()
 
 
 def unpack(payload: dict) -> torch.Tensor:
-    array = np.frombuffer(base64.b64decode(payload["pixels"]), dtype=np.float32).reshape(payload["shape"])
+    array = np.frombuffer(base64.b64decode(payload["pixels"]), dtype=np.uint8).reshape(payload["shape"])
     return torch.from_numpy(array.copy())
 
 
@@ -179,6 +191,7 @@ class InputGate:
         torch.set_num_threads(1)
         self.app, self.limits, self.api_key = app, limits, api_key
         self.preprocessing = Preprocessing.from_record(preprocessing)
+        self.geometry = self.preprocessing.geometry()
         self.path, self.public_paths = path, public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -263,9 +276,9 @@ class InputGate:
     async def _model_input(self, index: int, data: bytes, count: int) -> torch.Tensor:
         try:
             if len(data) > THREAD_DECODE_BYTES:
-                return await asyncio.to_thread(_single_threaded_model_input, data, self.preprocessing,
-                                               self.limits.max_pixels)
-            return model_input(data, self.preprocessing, self.limits.max_pixels)
+                return await asyncio.to_thread(_single_threaded, data, self.preprocessing, self.limits.max_pixels,
+                                               self.geometry)
+            return model_sized_image(data, self.preprocessing, self.limits.max_pixels, self.geometry)
         except BadInput as err:
             if count > 1:
                 raise BadInput(err.status, f"image {index}: {err.detail}") from None

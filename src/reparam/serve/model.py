@@ -15,6 +15,7 @@ import torch
 from ..deploy.gates import Reference
 from ..deploy.load import Loaded
 from ..deploy.targets import TARGETS, Target, TorchTarget
+from ..preprocess import Preprocessing
 from .choice import ServedTarget
 
 __all__ = ["build_target", "Prediction", "Classifier"]
@@ -46,18 +47,20 @@ class Prediction:
 
 
 class Classifier:
-    """A target plus class names: preprocessed float32 batches in, top-k predictions out."""
+    """A target, the recorded preprocessing and class names: uint8 batches at the model's input size in (see
+    :func:`~reparam.serve.http_input.model_sized_image`), top-k predictions out."""
 
-    def __init__(self, target: Target, classes: Sequence[str], top_k: int = 5) -> None:
-        self.target, self.classes = target, list(classes)
+    def __init__(self, target: Target, preprocessing: Preprocessing, top_k: int = 5) -> None:
+        self.target, self.classes = target, list(preprocessing.classes)
+        self.normalize = preprocessing.normalize()  # the rule's last step, once per batch
         self.top_k = max(1, min(int(top_k), len(self.classes))) if self.classes else max(1, int(top_k))
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities (CPU float32) for a model-input batch."""
+        """Softmax probabilities (CPU float32) for a uint8 batch at the input size."""
         if len(images) == 0:
             return torch.empty(0, len(self.classes))
-        return torch.softmax(self.target.predict(images).float().cpu(), dim=1)
+        return torch.softmax(self.target.predict(self.normalize(images)).float().cpu(), dim=1)
 
     def name_of(self, index: int) -> str:
         return self.classes[index] if index < len(self.classes) else str(index)

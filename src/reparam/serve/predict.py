@@ -18,7 +18,7 @@ from ..deploy.report_index import weights_sha256
 from ..device import resolve_device
 from ..errors import UserError, reraise_as_user_error
 from .choice import ServedTarget, choose_target
-from .http_input import BadInput, model_input
+from .http_input import BadInput, model_sized_image
 from .model import Classifier, Prediction, build_target
 
 __all__ = ["PredictionRun", "image_files", "predict_files", "print_prediction_summary"]
@@ -68,21 +68,21 @@ def predict_files(cfg: DictConfig) -> PredictionRun:
     with reraise_as_user_error("device", ValueError):
         device = resolve_device(cfg.device)
     files = image_files(Path(str(cfg.predict)).expanduser())
-    from .server import recorded_preprocessing
+    from .server import recorded_preprocessing, with_class_names
 
     loaded = load_for_deploy(str(cfg.ckpt))
-    preprocessing = recorded_preprocessing(loaded)
+    preprocessing = with_class_names(recorded_preprocessing(loaded), loaded)
     served = choose_target(loaded.source, weights_sha256(loaded.fused), device.type, target=options.target,
                            report=options.report, max_batch_size=int(options.batch_size),
                            recorded_accuracy=loaded.recorded.get("test_acc"))
-    classes = preprocessing.classes or tuple(str(i) for i in range(int(loaded.spec.get("num_classes") or 0)))
-    classifier = Classifier(build_target(served, loaded, device, usable_cores()), classes, int(options.top_k))
+    classifier = Classifier(build_target(served, loaded, device, usable_cores()), preprocessing, int(options.top_k))
+    geometry = preprocessing.geometry()
     results: list[tuple[str, Prediction | str]] = []
     for start in range(0, len(files), int(options.batch_size)):
         inputs, names = [], []
         for path in files[start:start + int(options.batch_size)]:
             try:
-                inputs.append(model_input(path.read_bytes(), preprocessing, int(options.max_pixels)))
+                inputs.append(model_sized_image(path.read_bytes(), preprocessing, int(options.max_pixels), geometry))
                 names.append(str(path))
             except BadInput as err:
                 results.append((str(path), err.detail))

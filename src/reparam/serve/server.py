@@ -30,7 +30,7 @@ from .api import WorkerSpec
 from .choice import ServedTarget, choose_target
 from .http_input import InputLimits
 
-__all__ = ["ServeSettings", "Prepared", "prepare", "serve", "recorded_preprocessing", "PAGE"]
+__all__ = ["ServeSettings", "Prepared", "prepare", "serve", "recorded_preprocessing", "with_class_names", "PAGE"]
 
 PAGE = Path(__file__).with_name("page.html")
 UVICORN_DRAIN_S = 30  # what the HTTP process may take to answer the requests it holds after SIGTERM
@@ -50,6 +50,7 @@ class ServeSettings:
     threads: int | None
     log_level: str
     dry_run: bool
+    fast_queue: bool
 
     @classmethod
     def from_config(cls, node: DictConfig) -> ServeSettings:
@@ -69,7 +70,8 @@ class ServeSettings:
         return cls(s["host"], int(s["port"]), int(s["max_batch_size"]), float(s["batch_timeout"]),
                    int(s["workers_per_device"]), float(s["timeout"]),
                    InputLimits(int(s["max_bytes"]), int(s["max_pixels"]), int(s["max_images"])), int(s["top_k"]),
-                   str(s["api_key_env"]), s["threads"], str(s["log_level"]), bool(s["dry_run"]))
+                   str(s["api_key_env"]), s["threads"], str(s["log_level"]), bool(s["dry_run"]),
+                   bool(s["fast_queue"]))
 
 
 def recorded_preprocessing(loaded: Loaded) -> Preprocessing:
@@ -92,6 +94,15 @@ def recorded_preprocessing(loaded: Loaded) -> Preprocessing:
     return deploy_datamodule(loaded, {}).preprocessing
 
 
+def with_class_names(preprocessing: Preprocessing, loaded: Loaded) -> Preprocessing:
+    """The rule with class names: the recorded ones, or the class indices where none were recorded."""
+    if preprocessing.classes:
+        return preprocessing
+    from dataclasses import replace
+
+    return replace(preprocessing, classes=tuple(str(i) for i in range(int(loaded.spec.get("num_classes") or 0))))
+
+
 @dataclass(frozen=True)
 class Prepared:
     """Everything chosen before the server starts: what it serves, how, and what /info says."""
@@ -103,7 +114,7 @@ class Prepared:
 
     def info(self) -> dict[str, Any]:
         return {"target": self.worker.target.to_dict(), "checkpoint": self.worker.checkpoint,
-                "weights_sha256": self.worker.weights_sha256, "classes": list(self.worker.classes),
+                "weights_sha256": self.worker.weights_sha256, "classes": list(self.preprocessing.classes),
                 "input": self.preprocessing.to_record(), "top_k": self.worker.top_k,
                 "limits": asdict(self.settings.limits), "max_batch_size": self.settings.max_batch_size,
                 "batch_timeout": self.settings.batch_timeout, "device": str(self.device),
@@ -138,10 +149,9 @@ def prepare(cfg: DictConfig) -> Prepared:
     weights = weights_sha256(loaded.fused)
     served = choose_target(loaded.source, weights, device.type, target=cfg.serve.target, report=cfg.serve.report,
                            max_batch_size=settings.max_batch_size, recorded_accuracy=loaded.recorded.get("test_acc"))
-    num_classes = loaded.spec.get("num_classes")
-    classes = preprocessing.classes or tuple(str(i) for i in range(int(num_classes or 0)))
-    worker = WorkerSpec(str(loaded.source), served, tuple(classes), (preprocessing.channels, *preprocessing.size),
-                        settings.top_k, _threads(settings.threads, device), weights)
+    preprocessing = with_class_names(preprocessing, loaded)
+    worker = WorkerSpec(str(loaded.source), served, preprocessing.to_record(), settings.top_k,
+                        _threads(settings.threads, device), weights)
     return Prepared(worker, preprocessing, device, settings)
 
 
@@ -160,7 +170,7 @@ def build_server(prepared: Prepared):
         ClassifierAPI(prepared.worker, s.max_batch_size, s.batch_timeout),
         accelerator="cuda" if prepared.device.type == "cuda" else "cpu", devices=1,
         workers_per_device=s.workers_per_device, timeout=s.timeout, model_metadata=prepared.info(),
-        middlewares=[(InputGate, gate)],
+        middlewares=[(InputGate, gate)], fast_queue=s.fast_queue,
     )
     page = PAGE.read_text()
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
