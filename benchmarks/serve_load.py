@@ -33,7 +33,7 @@ def served_classifier(ckpt: str, target: str | None, max_batch_size: int, thread
     from reparam.deploy.report_index import weights_sha256
     from reparam.serve.choice import choose_target
     from reparam.serve.model import Classifier, build_target
-    from reparam.serve.server import recorded_preprocessing, with_class_names
+    from reparam.serve.model import recorded_preprocessing, with_class_names
 
     loaded = load_for_deploy(ckpt)
     preprocessing = with_class_names(recorded_preprocessing(loaded), loaded)

@@ -7,18 +7,19 @@ Used by the server's inference workers and by ``deploy.py predict=...``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..deploy.gates import Reference
 from ..deploy.load import Loaded
 from ..deploy.targets import TARGETS, Target, TorchTarget
+from ..errors import reraise_as_user_error
 from ..preprocess import Preprocessing
 from .choice import ServedTarget
 
-__all__ = ["build_target", "Prediction", "Classifier"]
+__all__ = ["build_target", "recorded_preprocessing", "with_class_names", "Prediction", "Classifier"]
 
 
 def build_target(served: ServedTarget, loaded: Loaded, device: torch.device | str, threads: int) -> Target:
@@ -30,6 +31,33 @@ def build_target(served: ServedTarget, loaded: Loaded, device: torch.device | st
     cls.check_device(device)
     return TorchTarget(cls.network(loaded), device, Reference(), dtype=cls.dtype, channels_last=served.channels_last,
                        compiled=cls.compiled, name=served.name, form=cls.form, compile_mode=served.compile_mode)
+
+
+def recorded_preprocessing(loaded: Loaded) -> Preprocessing:
+    """The preprocessing rule recorded with the weights: ``fused/config.json``'s ``input`` (for a checkpoint, that of
+    its run's ``fused/``); failing both, the training run's data config rebuilds it (same train-split statistics)."""
+    record = loaded.input_info
+    if not record and loaded.kind == "checkpoint":
+        from ..deploy.report_index import run_dir_of
+
+        config = run_dir_of(loaded.source) / "fused" / "config.json"
+        try:
+            record = json.loads(config.read_text()).get("input") or {}
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            record = {}
+    if record:
+        with reraise_as_user_error(f"the preprocessing recorded with {loaded.source}", ValueError):
+            return Preprocessing.from_record(record)
+    from ..deploy.data import deploy_datamodule
+
+    return deploy_datamodule(loaded, {}).preprocessing
+
+
+def with_class_names(preprocessing: Preprocessing, loaded: Loaded) -> Preprocessing:
+    """The rule with class names: the recorded ones, or the class indices where none were recorded."""
+    if preprocessing.classes:
+        return preprocessing
+    return replace(preprocessing, classes=tuple(str(i) for i in range(int(loaded.spec.get("num_classes") or 0))))
 
 
 @dataclass(frozen=True)

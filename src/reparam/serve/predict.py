@@ -68,7 +68,7 @@ def predict_files(cfg: DictConfig) -> PredictionRun:
     with reraise_as_user_error("device", ValueError):
         device = resolve_device(cfg.device)
     files = image_files(Path(str(cfg.predict)).expanduser())
-    from .server import recorded_preprocessing, with_class_names
+    from .model import recorded_preprocessing, with_class_names
 
     loaded = load_for_deploy(str(cfg.ckpt))
     preprocessing = with_class_names(recorded_preprocessing(loaded), loaded)

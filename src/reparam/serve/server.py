@@ -8,7 +8,6 @@ then everything stops and the process exits 0.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -20,17 +19,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..deploy.load import Loaded, load_for_deploy
+from ..deploy.load import load_for_deploy
 from ..deploy.machine import usable_cores
 from ..deploy.report_index import weights_sha256
 from ..device import resolve_device
 from ..errors import UserError, reraise_as_user_error
 from ..preprocess import Preprocessing
 from .api import WorkerSpec
-from .choice import ServedTarget, choose_target
+from .choice import choose_target
 from .http_input import InputLimits
+from .model import recorded_preprocessing, with_class_names
 
-__all__ = ["ServeSettings", "Prepared", "prepare", "serve", "recorded_preprocessing", "with_class_names", "PAGE"]
+__all__ = ["ServeSettings", "Prepared", "prepare", "serve", "PAGE"]
 
 PAGE = Path(__file__).with_name("page.html")
 UVICORN_DRAIN_S = 30  # what the HTTP process may take to answer the requests it holds after SIGTERM
@@ -72,35 +72,6 @@ class ServeSettings:
                    InputLimits(int(s["max_bytes"]), int(s["max_pixels"]), int(s["max_images"])), int(s["top_k"]),
                    str(s["api_key_env"]), s["threads"], str(s["log_level"]), bool(s["dry_run"]),
                    bool(s["fast_queue"]))
-
-
-def recorded_preprocessing(loaded: Loaded) -> Preprocessing:
-    """The preprocessing rule recorded with the weights: ``fused/config.json``'s ``input`` (for a checkpoint, that of
-    its run's ``fused/``); failing both, the training run's data config rebuilds it (same train-split statistics)."""
-    record = loaded.input_info
-    if not record and loaded.kind == "checkpoint":
-        from ..deploy.report_index import run_dir_of
-
-        config = run_dir_of(loaded.source) / "fused" / "config.json"
-        try:
-            record = json.loads(config.read_text()).get("input") or {}
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            record = {}
-    if record:
-        with reraise_as_user_error(f"the preprocessing recorded with {loaded.source}", ValueError):
-            return Preprocessing.from_record(record)
-    from ..deploy.data import deploy_datamodule
-
-    return deploy_datamodule(loaded, {}).preprocessing
-
-
-def with_class_names(preprocessing: Preprocessing, loaded: Loaded) -> Preprocessing:
-    """The rule with class names: the recorded ones, or the class indices where none were recorded."""
-    if preprocessing.classes:
-        return preprocessing
-    from dataclasses import replace
-
-    return replace(preprocessing, classes=tuple(str(i) for i in range(int(loaded.spec.get("num_classes") or 0))))
 
 
 @dataclass(frozen=True)
