@@ -1,4 +1,5 @@
-"""What ``train.py`` / ``deploy.py`` run, and the console commands ``reparam-train`` / ``reparam-deploy``.
+"""What ``train.py`` / ``deploy.py`` / ``serve.py`` run, and the console commands ``reparam-train`` /
+``reparam-deploy`` / ``reparam-serve``.
 
 The console commands read the Hydra configs of the checkout reparam was installed from (``pip install -e .``), or
 ``$REPARAM_CONFIG_DIR``, or ``./configs``; every override works as with the scripts.
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 
 from .cli import guarded
 
-__all__ = ["train_task", "deploy_task", "train_main", "deploy_main", "config_dir"]
+__all__ = ["train_task", "deploy_task", "serve_task", "train_main", "deploy_main", "serve_main", "config_dir"]
 
 
 @guarded
@@ -42,10 +43,22 @@ def _sibling_command(name: str) -> str:
 
 @guarded
 def deploy_task(cfg: DictConfig) -> None:
+    if cfg.get("predict"):  # predict=<file or folder>: predictions.csv with the served target, no deploy run
+        from .serve.predict import predict_files, print_prediction_summary
+
+        print_prediction_summary(predict_files(cfg))
+        return
     from .deploy import deploy
     from .deploy.report import print_deploy_summary
 
     print_deploy_summary(deploy(cfg))
+
+
+@guarded
+def serve_task(cfg: DictConfig) -> None:
+    from .serve import serve
+
+    serve(cfg)
 
 
 def config_dir() -> Path:
@@ -75,3 +88,8 @@ def train_main() -> None:
 def deploy_main() -> None:
     """``reparam-deploy ckpt=... [overrides]``: the same as ``python deploy.py ckpt=... [overrides]``."""
     _run(deploy_task, "deploy")
+
+
+def serve_main() -> None:
+    """``reparam-serve ckpt=... [overrides]``: the same as ``python serve.py ckpt=... [overrides]``."""
+    _run(serve_task, "serve")

@@ -86,6 +86,13 @@ def user_dir(tmp_path_factory) -> Path:
     # "Train on your own images": a folder of image files, and timm weights in a local file (random, not downloaded)
     write_digits_folder(where / "my_images", per_class=12, splits=("train", "val", "test"))
     write_timm_weights(where / "repvgg_a0.safetensors", "repvgg_a0")
+    # the user's own image files for `deploy.py predict=photos/`: two images and a file that is not one
+    from PIL import Image
+
+    (where / "photos").mkdir()
+    for name, size in (("cat.png", (32, 32)), ("big.jpg", (120, 90))):
+        Image.effect_noise(size, 50).convert("RGB").save(where / "photos" / name)
+    (where / "photos" / "notes.txt").write_text("not an image")
     return where
 
 
@@ -149,6 +156,8 @@ def as_run(command: Command, user_dir: Path, run: Path | None) -> list[str]:
         argv = [a.replace("logs/train/runs/<run>", str(rel)) for a in argv]
         argv = [f"ckpt={rel}/checkpoints/last.ckpt" if a == "ckpt=..." else a for a in argv]
     argv = [a.replace("/elsewhere/cifar", str(user_dir / "data")) for a in argv]  # a data path
+    if "serve.py" in argv[1] or argv[0].endswith("reparam-serve"):
+        argv.append("serve.dry_run=true")  # the startup line, then exit: tests/integration/test_serve.py serves for real
     if "train.py" in argv[1] or argv[0].endswith("reparam-train"):
         argv = [re.sub(r"^trainer\.max_epochs=\d+$", "trainer.max_epochs=1", a) for a in argv]
         if not any(a.startswith("trainer.max_epochs=") for a in argv):

@@ -21,6 +21,7 @@ from .load import Loaded, load_for_deploy
 from .machine import Machine, cpu_threads
 from .plot import plot_benchmark
 from .report import DeployReport, TargetReport, write_report
+from .report_index import record_report, weights_sha256
 from .targets import TARGETS, Selection, Target, TargetContext, build_targets, select_targets, shorthand_targets
 
 __all__ = ["deploy"]
@@ -43,6 +44,8 @@ def deploy(cfg: DictConfig) -> DeployReport:
         machine.review(benchmark)
     report = _report(loaded, dm, device, cfg, targets, evaluations, selection, benchmark, exports, machine)
     _publish(report, cfg)
+    # serve.py and deploy.py predict=... find this report through the run directory's index
+    record_report(report.report_path, loaded.source, weights_sha256(loaded.fused), report.device)
     _fail_on_checks(report)
     return report
 

@@ -1,0 +1,81 @@
+"""The LitServe API: one inference worker's model, batching of requests that each hold one or more images.
+
+Requests reach it already checked and preprocessed by :class:`~reparam.serve.http_input.InputGate` (in the HTTP
+process), so nothing here depends on the client's input being well formed: a batch never fails because of one bad
+request. ``max_batch_size`` counts requests; a request with several images adds them all to the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import litserve as ls
+import torch
+
+from ..preprocess import Preprocessing
+from .choice import ServedTarget
+from .http_input import unpack
+from .model import Classifier, Prediction, build_target
+
+__all__ = ["WorkerSpec", "ClassifierAPI"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a (spawned) inference worker needs to rebuild the served model: only paths, names and numbers."""
+
+    checkpoint: str  # the weights deploy loaded (load_for_deploy's source)
+    target: ServedTarget
+    preprocessing: dict  # the recorded rule (Preprocessing.to_record): classes, input size, normalization
+    top_k: int
+    threads: int  # CPU threads of the target
+    weights_sha256: str
+
+
+@dataclass
+class _Batch:
+    images: torch.Tensor
+    counts: list[int]  # images per request, in order
+
+
+class ClassifierAPI(ls.LitAPI):
+    def __init__(self, worker: WorkerSpec, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.worker = worker  # not "spec": LitAPI.spec is its OpenAI-style API spec
+
+    def setup(self, device: str) -> None:
+        from ..deploy.load import load_for_deploy
+
+        torch.set_num_threads(self.worker.threads)
+        loaded = load_for_deploy(self.worker.checkpoint)
+        preprocessing = Preprocessing.from_record(self.worker.preprocessing)
+        self.classifier = Classifier(build_target(self.worker.target, loaded, device, self.worker.threads),
+                                     preprocessing, self.worker.top_k)
+        # the first call of a runtime is slow (allocations, compilation): pay it before /health says ready
+        size = (preprocessing.channels, *preprocessing.size)
+        self.classifier.probabilities(torch.zeros(max(1, self.max_batch_size), *size, dtype=torch.uint8))
+
+    def authorize(self) -> None:
+        """The API key is checked by InputGate, before the body is read; LitServe's own check would repeat it."""
+
+    def decode_request(self, request: dict) -> torch.Tensor:
+        return unpack(request)
+
+    def batch(self, inputs: list[torch.Tensor]) -> _Batch:
+        return _Batch(torch.cat(inputs), [len(x) for x in inputs])
+
+    def predict(self, x: _Batch | torch.Tensor) -> list[list[Prediction]] | list[Prediction]:
+        batch = x if isinstance(x, _Batch) else _Batch(x, [len(x)])
+        predictions = self.classifier(batch.images)
+        per_request, start = [], 0
+        for count in batch.counts:
+            per_request.append(predictions[start:start + count])
+            start += count
+        return per_request if isinstance(x, _Batch) else per_request[0]
+
+    def unbatch(self, output: list[list[Prediction]]) -> list[list[Prediction]]:
+        return output
+
+    def encode_response(self, output: list[Prediction]) -> dict:
+        return {"predictions": [p.to_dict() for p in output], "target": self.worker.target.name,
+                "weights_sha256": self.worker.weights_sha256}

@@ -1,0 +1,165 @@
+"""Which deploy target to serve (or to predict with), from the deploy report made from the same weights.
+
+By default: the newest ``report.json`` recorded for these weights on this kind of device
+(:mod:`reparam.deploy.report_index`), and in it the fastest target whose gate passed, at the largest benchmarked batch
+size that fits ``max_batch_size``. ``report=<path>`` names the report, ``target=<name>`` the target. Without a report
+only the fused fp32 model can be served: it is the reference, checked at training time. The multi-branch train form
+is never served.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..deploy.report_index import INDEX_FILE, find_reports, run_dir_of
+from ..deploy.targets import REFERENCE, TARGETS
+from ..errors import UserError
+
+__all__ = ["ServedTarget", "choose_target", "NOT_SERVED"]
+
+NOT_SERVED = {"train_form"}  # the multi-branch network: what fusion replaces
+
+
+@dataclass(frozen=True)
+class ServedTarget:
+    """The target that answers requests, and what deploy measured of it."""
+
+    name: str
+    label: str  # "onnxruntime int8 cpu"
+    chosen_because: str
+    report: str | None = None  # the report.json it was chosen from
+    accuracy: float | None = None  # on the test split (deploy's), or recorded at training time without a report
+    correct: int | None = None
+    num_images: int | None = None
+    throughput: dict[str, float] = field(default_factory=dict)  # deploy's images/s by batch size
+    artifact: str | None = None  # the file an ONNX-based target runs (the one deploy checked)
+    channels_last: bool = False
+    compile_mode: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _load_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except OSError as err:
+        raise UserError(f"serve.report={path} cannot be read ({err.strerror}); pass the report.json a deploy run "
+                        "wrote (logs/deploy/runs/<time>/report.json)") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"serve.report={path} is not JSON ({err}); pass a deploy report.json") from err
+    if not isinstance(report, dict) or not isinstance(report.get("targets"), dict):
+        raise UserError(f"serve.report={path} is not a deploy report with targets (schema_version 2); run deploy.py "
+                        "again with this version")
+    return report
+
+
+def _named_report(path: Path, checkpoint: Path, weights: str, device_type: str) -> dict:
+    """A report the user named: it must come from these weights and this kind of device."""
+    report = _load_report(path)
+    recorded = {e.report for e in find_reports(checkpoint, weights, device_type)}
+    same_file = Path(str(report.get("checkpoint", ""))).resolve() == checkpoint.resolve()
+    if not same_file and str(path.resolve()) not in recorded:
+        raise UserError(f"serve.report={path} was made from {report.get('checkpoint')}, not from {checkpoint}; pass "
+                        "that checkpoint, or a report of a deploy run on this one")
+    report_device = str(report.get("device", "")).split(":")[0]
+    if report_device != device_type:
+        raise UserError(f"serve.report={path} measured targets on {report_device}, but this server runs on "
+                        f"{device_type}; pass device={report_device} or a report made on {device_type}")
+    return report
+
+
+def _batch_size(throughput: dict[str, float], max_batch_size: int) -> str | None:
+    """The largest benchmarked batch size <= max_batch_size (else the smallest benchmarked)."""
+    sizes = sorted(int(b) for b in throughput)
+    if not sizes:
+        return None
+    fitting = [b for b in sizes if b <= max_batch_size]
+    return str(fitting[-1] if fitting else sizes[0])
+
+
+def _artifact(report: dict, name: str) -> str | None:
+    if not TARGETS[name].needs_onnx:
+        return None
+    entry = report["targets"][name]
+    path = entry.get("artifact") or (report.get("exports", {}).get("onnx") or {}).get("path")
+    if not path or not Path(path).is_file():
+        raise UserError(f"target {name} runs {path or 'an ONNX file'}, which is gone; run deploy.py again")
+    return str(path)
+
+
+def _served(report: dict, report_path: str, name: str, because: str) -> ServedTarget:
+    entry = report["targets"][name]
+    details = entry.get("details") or {}
+    return ServedTarget(
+        name=name, label=str(entry.get("label", name)), chosen_because=because, report=report_path,
+        accuracy=entry.get("accuracy"), correct=entry.get("correct"), num_images=entry.get("num_images"),
+        throughput={str(k): float(v) for k, v in (entry.get("throughput") or {}).items()},
+        artifact=_artifact(report, name), channels_last=bool(details.get("channels_last", False)),
+        compile_mode=details.get("compile_mode"),
+    )
+
+
+def _passed(entry: dict) -> bool:
+    return bool((entry.get("gate") or {}).get("passed"))
+
+
+def choose_target(checkpoint: str | Path, weights: str, device_type: str, *, target: str | None = None,
+                  report: str | Path | None = None, max_batch_size: int = 1,
+                  recorded_accuracy: float | None = None) -> ServedTarget:
+    """The target to serve for these weights (``weights``: :func:`~reparam.deploy.report_index.weights_sha256`)."""
+    checkpoint = Path(checkpoint)
+    if target is not None and target not in TARGETS:
+        raise UserError(f"unknown target '{target}'; choose from {', '.join(t for t in TARGETS if t not in NOT_SERVED)}")
+    if target in NOT_SERVED:
+        raise UserError(f"serve.target={target} is the multi-branch network fusion replaces; serve a fused target "
+                        f"(e.g. serve.target={REFERENCE})")
+    if report is not None:
+        report_path = Path(report).expanduser()
+        data = _named_report(report_path, checkpoint, weights, device_type)
+        where = f"{report_path} (serve.report)"
+    else:
+        found = find_reports(checkpoint, weights, device_type)
+        if not found:
+            return _without_report(checkpoint, device_type, target, recorded_accuracy)
+        report_path, data = Path(found[0].report), _load_report(Path(found[0].report))
+        where = f"the newest deploy report of these weights on {device_type}, {report_path}"
+    targets = data["targets"]
+    if target is not None:
+        if target not in targets:
+            raise UserError(f"serve.target={target} was not checked in {report_path}; run python deploy.py "
+                            f"ckpt={checkpoint} targets=[auto,{target}] first")
+        if not _passed(targets[target]):
+            failure = (targets[target].get("gate") or {}).get("failure")
+            raise UserError(f"serve.target={target} failed its check in {report_path}: {failure}")
+        return _served(data, str(report_path), target, f"serve.target, checked in {where}")
+    candidates = {n: e for n, e in targets.items() if n in TARGETS and n not in NOT_SERVED and _passed(e)}
+    timed = {n: e["throughput"][bs] for n, e in candidates.items()
+             if (bs := _batch_size(e.get("throughput") or {}, max_batch_size)) is not None}
+    if not timed:
+        return _served(data, str(report_path), REFERENCE, f"{where} has no benchmark: the fused fp32 reference")
+    best = max(timed, key=timed.get)
+    bs = _batch_size(candidates[best]["throughput"], max_batch_size)
+    return _served(data, str(report_path), best,
+                   f"fastest of the {len(candidates)} targets that passed their check, at batch {bs} "
+                   f"({timed[best]:.0f} images/s), in {where}")
+
+
+def _without_report(checkpoint: Path, device_type: str, target: str | None,
+                    recorded_accuracy: float | None) -> ServedTarget:
+    index = run_dir_of(checkpoint) / INDEX_FILE
+    if target not in (None, REFERENCE):
+        raise UserError(f"serve.target={target} needs a deploy report that checked it, and none for these weights on "
+                        f"{device_type} is recorded in {index}; run python deploy.py ckpt={checkpoint} "
+                        f"targets=[auto,{target}] first, or pass serve.report=<report.json>")
+    return ServedTarget(
+        name=REFERENCE, label=f"fused torch fp32 {device_type}",
+        chosen_because=(f"no deploy report of these weights on {device_type} (none recorded in {index}): the fused "
+                        f"fp32 model; python deploy.py ckpt={checkpoint} measures faster targets"),
+        accuracy=recorded_accuracy,
+    )

@@ -1,0 +1,183 @@
+"""What ``python serve.py ckpt=...`` does: choose the target, describe it, and run LitServe with the input gate.
+
+Processes: this one (LitServe's manager: it waits), one HTTP process (uvicorn + :class:`InputGate`: checks, decodes
+and preprocesses) and ``workers_per_device`` inference workers per device (spawned: each rebuilds the target and
+runs batches). SIGTERM drains: the HTTP process stops accepting and answers what it holds (the workers still run),
+then everything stops and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..deploy.load import load_for_deploy
+from ..deploy.machine import usable_cores
+from ..deploy.report_index import weights_sha256
+from ..device import resolve_device
+from ..errors import UserError, reraise_as_user_error
+from ..preprocess import Preprocessing
+from .api import WorkerSpec
+from .choice import choose_target
+from .http_input import InputLimits
+from .model import recorded_preprocessing, with_class_names
+
+__all__ = ["ServeSettings", "Prepared", "prepare", "serve", "PAGE"]
+
+PAGE = Path(__file__).with_name("page.html")
+UVICORN_DRAIN_S = 30  # what the HTTP process may take to answer the requests it holds after SIGTERM
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str
+    port: int
+    max_batch_size: int
+    batch_timeout: float  # seconds a batch waits to fill
+    workers_per_device: int
+    timeout: float  # seconds a request may wait for a worker (504 after)
+    limits: InputLimits
+    top_k: int
+    api_key_env: str
+    threads: int | None
+    log_level: str
+    dry_run: bool
+    fast_queue: bool
+
+    @classmethod
+    def from_config(cls, node: DictConfig) -> ServeSettings:
+        s = OmegaConf.to_container(node, resolve=True)
+        checks = {"serve.max_batch_size": s["max_batch_size"] >= 1, "serve.workers_per_device": s["workers_per_device"] >= 1,
+                  "serve.max_bytes": s["max_bytes"] >= 1, "serve.max_pixels": s["max_pixels"] >= 1,
+                  "serve.max_images": s["max_images"] >= 1, "serve.top_k": s["top_k"] >= 1,
+                  "serve.batch_timeout": s["batch_timeout"] >= 0, "serve.timeout": s["timeout"] > 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise UserError(f"{bad[0]}={s[bad[0].split('.')[1]]} is out of range (sizes and counts >= 1, times >= 0)")
+        if s["host"] not in ("127.0.0.1", "0.0.0.0", "::"):
+            raise UserError(f"serve.host={s['host']}: LitServe binds 127.0.0.1 (this machine only), 0.0.0.0 or :: "
+                            "(every interface)")
+        if not 1024 <= int(s["port"]) <= 65535:
+            raise UserError(f"serve.port={s['port']} must be in 1024..65535")
+        return cls(s["host"], int(s["port"]), int(s["max_batch_size"]), float(s["batch_timeout"]),
+                   int(s["workers_per_device"]), float(s["timeout"]),
+                   InputLimits(int(s["max_bytes"]), int(s["max_pixels"]), int(s["max_images"])), int(s["top_k"]),
+                   str(s["api_key_env"]), s["threads"], str(s["log_level"]), bool(s["dry_run"]),
+                   bool(s["fast_queue"]))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything chosen before the server starts: what it serves, how, and what /info says."""
+
+    worker: WorkerSpec
+    preprocessing: Preprocessing
+    device: torch.device
+    settings: ServeSettings
+
+    def info(self) -> dict[str, Any]:
+        return {"target": self.worker.target.to_dict(), "checkpoint": self.worker.checkpoint,
+                "weights_sha256": self.worker.weights_sha256, "classes": list(self.preprocessing.classes),
+                "input": self.preprocessing.to_record(), "top_k": self.worker.top_k,
+                "limits": asdict(self.settings.limits), "max_batch_size": self.settings.max_batch_size,
+                "batch_timeout": self.settings.batch_timeout, "device": str(self.device),
+                "threads": self.worker.threads}
+
+    def startup_line(self) -> str:
+        t, s = self.worker.target, self.settings
+        acc = ("accuracy not measured" if t.accuracy is None else
+               f"test accuracy {t.accuracy:.2%}" + (f" ({t.correct}/{t.num_images}, deploy)" if t.correct is not None
+                                                    else " (recorded at training)"))
+        key = f"; API key required (X-API-Key, from ${s.api_key_env})" if os.environ.get(s.api_key_env) else ""
+        return (f"serving {t.name} ({t.label}) of {self.worker.checkpoint}: {acc}; at http://{s.host}:{s.port} "
+                f"(POST /predict, GET /health, GET /info, page at /){key}\n  chosen: {t.chosen_because}")
+
+
+def _threads(requested: int | None, device: torch.device) -> int:
+    if requested:
+        return int(requested)
+    # the HTTP process decodes on one core; the model gets the others (a pool thread waiting for a busy core
+    # stalls the rest: docs/benchmarks.md)
+    return max(1, usable_cores() - 1) if device.type == "cpu" else 1
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt in (None, ""):
+        raise UserError("ckpt is required: python serve.py ckpt=<run> (or <run>/checkpoints/last.ckpt, <run>/fused)")
+    settings = ServeSettings.from_config(cfg.serve)
+    with reraise_as_user_error("device", ValueError):
+        device = resolve_device(cfg.device)
+    loaded = load_for_deploy(str(cfg.ckpt))
+    preprocessing = recorded_preprocessing(loaded)
+    weights = weights_sha256(loaded.fused)
+    served = choose_target(loaded.source, weights, device.type, target=cfg.serve.target, report=cfg.serve.report,
+                           max_batch_size=settings.max_batch_size, recorded_accuracy=loaded.recorded.get("test_acc"))
+    preprocessing = with_class_names(preprocessing, loaded)
+    worker = WorkerSpec(str(loaded.source), served, preprocessing.to_record(), settings.top_k,
+                        _threads(settings.threads, device), weights)
+    return Prepared(worker, preprocessing, device, settings)
+
+
+def build_server(prepared: Prepared):
+    """The LitServer: the API, the input gate in front of it, and the page at ``/``."""
+    import litserve as ls
+    from fastapi.responses import HTMLResponse
+
+    from .api import ClassifierAPI
+    from .http_input import InputGate
+
+    s = prepared.settings
+    gate = {"limits": s.limits, "preprocessing": prepared.preprocessing.to_record(),
+            "api_key": os.environ.get(s.api_key_env) or None}
+    server = ls.LitServer(
+        ClassifierAPI(prepared.worker, s.max_batch_size, s.batch_timeout),
+        accelerator="cuda" if prepared.device.type == "cuda" else "cpu", devices=1,
+        workers_per_device=s.workers_per_device, timeout=s.timeout, model_metadata=prepared.info(),
+        middlewares=[(InputGate, gate)], fast_queue=s.fast_queue,
+    )
+    page = PAGE.read_text()
+    server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
+    server.app.add_api_route("/", lambda: HTMLResponse(page), methods=["GET"], include_in_schema=False)
+    return server
+
+
+def _drain_on_sigterm() -> None:
+    """SIGTERM: the HTTP processes stop accepting and finish what they hold, then LitServe shuts down as after
+    Ctrl-C (workers stopped, queues closed) and ``run`` returns."""
+
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # an HTTP process inherited this handler: uvicorn re-raises SIGTERM once drained
+            raise SystemExit(0)
+        http = [p for p in multiprocessing.active_children() if p.name.startswith("LitServer-")]
+        for process in http:
+            os.kill(process.pid, signal.SIGTERM)
+        for process in http:
+            process.join(UVICORN_DRAIN_S + 5)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def serve(cfg: DictConfig) -> Prepared:
+    torch.set_num_threads(1)  # this process only waits; its forked HTTP process must not inherit a thread pool
+    prepared = prepare(cfg)
+    print(prepared.startup_line(), flush=True)
+    if prepared.settings.dry_run:
+        return prepared
+    server = build_server(prepared)
+    server.uvicorn_graceful_timeout = UVICORN_DRAIN_S
+    _drain_on_sigterm()
+    s = prepared.settings
+    server.run(host=s.host, port=s.port, log_level=s.log_level, generate_client_file=False)
+    print("server stopped", file=sys.stderr, flush=True)
+    return prepared

@@ -1,0 +1,224 @@
+"""serve.py for real: a trained and deployed digits run, the server started in a subprocess on 127.0.0.1 with a free
+port, real HTTP requests (httpx). The default target is the report's fastest passing one; every body form gives the
+same answer; the test split served scores exactly deploy's correct count; every bad input is a 4xx JSON line while
+good requests around it are answered right; the API key; predictions.csv; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import ROOT
+from PIL import Image
+from serving import fastest_passing, split_pngs, start_server, train_and_deploy
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+MAX_IMAGES, MAX_BYTES = 16, 200_000
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> tuple[Path, dict]:
+    return train_and_deploy(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def test_split() -> tuple[list[bytes], list[int]]:
+    images, labels = split_pngs()
+    return images, [int(v) for v in labels]
+
+
+@pytest.fixture(scope="module")
+def server(deployed, tmp_path_factory):
+    run, _ = deployed
+    server = start_server(run, tmp_path_factory.mktemp("server"), f"serve.max_images={MAX_IMAGES}",
+                          f"serve.max_bytes={MAX_BYTES}", "serve.max_batch_size=16", "serve.batch_timeout=0.01")
+    yield server
+    server.stop()
+
+
+def top1(response: httpx.Response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [p["index"] for p in response.json()["predictions"]]
+
+
+async def served_correct(url: str, images: list[bytes], labels: list[int], per_request: int, concurrency: int,
+                         headers: dict | None = None) -> int:
+    """Correct top-1 answers over the images, sent as JSON lists of ``per_request`` from ``concurrency`` clients."""
+    chunks = [list(range(i, min(i + per_request, len(images)))) for i in range(0, len(images), per_request)]
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=120, headers=headers or {}) as client:
+        async def one(chunk: list[int]) -> int:
+            async with gate:
+                body = {"images": [base64.b64encode(images[i]).decode() for i in chunk]}
+                predicted = top1(await client.post(f"{url}/predict", json=body))
+            return sum(p == labels[i] for p, i in zip(predicted, chunk))
+        return sum(await asyncio.gather(*(one(c) for c in chunks)))
+
+
+def test_serves_the_fastest_checked_target_and_every_body_form(server, deployed, test_split) -> None:
+    run, report = deployed
+    images, _ = test_split
+    info = httpx.get(f"{server.url}/info").json()["model"]
+    chosen = fastest_passing(report, "16" if "16" in report["targets"]["fused"]["throughput"] else "1")
+    assert info["target"]["name"] == chosen, info["target"]["chosen_because"]
+    assert info["target"]["correct"] == report["targets"][chosen]["correct"]
+    assert info["classes"] == [str(i) for i in range(10)] and info["input"]["size"] == [3, 32, 32]
+    assert f"serving {chosen} " in server.output() and server.url in server.output()
+    raw = httpx.post(f"{server.url}/predict", content=images[0], headers={"Content-Type": "image/png"})
+    body = raw.json()
+    assert body["target"] == chosen and len(body["weights_sha256"]) == 64
+    assert len(body["predictions"][0]["top_k"]) == 5
+    assert abs(sum(p["probability"] for p in body["predictions"][0]["top_k"]) - 1) < 0.5
+    expected = top1(httpx.post(f"{server.url}/predict", json={"images": [base64.b64encode(i).decode() for i in images[:3]]}))
+    assert top1(raw) == expected[:1]
+    assert top1(httpx.post(f"{server.url}/predict", json={"image": base64.b64encode(images[0]).decode()})) == expected[:1]
+    files = [("files", (f"{i}.png", images[i], "image/png")) for i in range(3)]
+    assert top1(httpx.post(f"{server.url}/predict", files=files)) == expected
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and "<html" in page.text and "/predict" in page.text
+    assert httpx.get(f"{server.url}/health").text == "ok"
+
+
+def test_served_test_split_scores_exactly_what_deploy_measured(server, deployed, test_split) -> None:
+    _, report = deployed
+    images, labels = test_split
+    name = httpx.get(f"{server.url}/info").json()["model"]["target"]["name"]
+    correct = asyncio.run(served_correct(server.url, images, labels, per_request=7, concurrency=8))
+    assert len(images) == report["targets"][name]["num_images"]
+    assert correct == report["targets"][name]["correct"]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def bad_requests(image: bytes) -> dict[str, tuple[dict, int]]:
+    """Every bad input of the issue: httpx.post arguments and the status it must get."""
+    jpeg = io.BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(jpeg, "JPEG")
+    b64 = base64.b64encode(image).decode()
+    png = {"Content-Type": "image/png"}
+    return {
+        "not an image": ({"content": b"hello, this is text", "headers": png}, 400),
+        "truncated image": ({"content": jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "headers": {"Content-Type": "image/jpeg"}}, 400),
+        "declared size over max_pixels": ({"content": _png_header_only(12_000, 12_000), "headers": png}, 413),
+        "body over max_bytes": ({"content": b"\x89PNG" + b"\0" * (MAX_BYTES + 10), "headers": png}, 413),
+        "wrong content type": ({"content": image, "headers": {"Content-Type": "text/plain"}}, 415),
+        "empty body": ({"content": b"", "headers": png}, 400),
+        "malformed JSON": ({"content": b"{\"image\": ", "headers": {"Content-Type": "application/json"}}, 400),
+        "malformed base64": ({"json": {"image": "%%%" + b64[3:]}}, 400),
+        "too many images": ({"json": {"images": [b64] * (MAX_IMAGES + 1)}}, 413),
+        "malformed multipart": ({"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 400),
+    }
+
+
+def test_every_bad_input_is_a_4xx_line_and_good_requests_around_it_are_right(server, test_split) -> None:
+    images, _ = test_split
+    good = images[:MAX_IMAGES]
+    expected = top1(httpx.post(f"{server.url}/predict", json={"images": [base64.b64encode(i).decode() for i in good]}))
+    bad = bad_requests(images[0])
+    repeats = 5
+
+    async def main() -> tuple[list, list]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            async def good_one(i: int):
+                r = await client.post(f"{server.url}/predict", content=good[i], headers={"Content-Type": "image/png"})
+                return i, r
+            async def bad_one(name: str):
+                kwargs, _ = bad[name]
+                return name, await client.post(f"{server.url}/predict", **kwargs)
+            tasks = []
+            for round_ in range(repeats):
+                for j, name in enumerate(bad):
+                    tasks += [bad_one(name), good_one((round_ * len(bad) + j) % len(good))]
+            results = await asyncio.gather(*tasks)
+        return [r for r in results if isinstance(r[0], str)], [r for r in results if isinstance(r[0], int)]
+
+    bad_results, good_results = asyncio.run(main())
+    assert len(bad_results) == repeats * len(bad) and len(good_results) == repeats * len(bad)
+    for name, response in bad_results:
+        assert response.status_code == bad[name][1], (name, response.status_code, response.text)
+        detail = response.json()["detail"]
+        assert isinstance(detail, str) and detail and "\n" not in detail, (name, detail)
+    for i, response in good_results:
+        assert top1(response) == [expected[i]]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_predict_writes_a_csv_with_the_served_target_and_lists_unreadable_files(server, deployed, test_split,
+                                                                                  tmp_path: Path) -> None:
+    run, _ = deployed
+    images, _ = test_split
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(5):
+        (folder / ("sub" if i % 2 else "") / f"digit{i}.png").write_bytes(images[i])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(images[0][:40])
+    served = httpx.post(f"{server.url}/predict", json={"images": [base64.b64encode(i).decode() for i in images[:5]]})
+    served = {f"digit{i}.png": p for i, p in enumerate(served.json()["predictions"])}
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(ROOT / "deploy.py"), f"ckpt={run}", f"predict={folder}",
+                             f"hydra.run.dir={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "2 file(s) could not be read" in result.stdout and "notes.txt" in result.stdout
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert set(rows) == {*served, "notes.txt", "broken.png"}
+    assert rows["notes.txt"]["status"] == "unreadable" and "not an image" in rows["notes.txt"]["error"]
+    assert rows["broken.png"]["status"] == "unreadable"
+    for name, prediction in served.items():
+        assert rows[name]["status"] == "ok" and rows[name]["class_1"] == prediction["class"]
+        assert abs(float(rows[name]["probability_1"]) - prediction["probability"]) < 1e-5
+
+
+def test_api_key_unbatched_int8_target_scores_what_deploy_measured(deployed, test_split, tmp_path: Path) -> None:
+    run, report = deployed
+    images, labels = test_split
+    keyed = start_server(run, tmp_path, "serve.target=onnxruntime_int8", "serve.max_batch_size=1",
+                         env={"LIT_SERVER_API_KEY": "s3cret"})
+    try:
+        url, png = keyed.url, {"Content-Type": "image/png"}
+        for headers in ({}, {"X-API-Key": "wrong"}):
+            response = httpx.post(f"{url}/predict", content=images[0], headers={**png, **headers})
+            assert response.status_code == 401 and "API key" in response.json()["detail"]
+            assert httpx.get(f"{url}/info", headers=headers).status_code == 401
+        assert httpx.get(f"{url}/").status_code == 200  # the page itself holds nothing; its requests need the key
+        assert "API key required" in keyed.output()
+        key = {"X-API-Key": "s3cret"}
+        assert httpx.post(f"{url}/predict", content=images[0], headers={**png, **key}).status_code == 200
+        correct = asyncio.run(served_correct(url, images, labels, per_request=5, concurrency=4, headers=key))
+        assert correct == report["targets"]["onnxruntime_int8"]["correct"]
+    finally:
+        assert keyed.stop() == 0
+
+
+def test_sigterm_answers_requests_in_flight_and_exits_0(server, test_split) -> None:
+    images, _ = test_split
+    body = {"images": [base64.b64encode(i).decode() for i in images[:MAX_IMAGES]]}
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
+            tasks = [asyncio.create_task(client.post(f"{server.url}/predict", json=body)) for _ in range(48)]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            server.process.send_signal(__import__("signal").SIGTERM)
+            return [r.status_code for r in await asyncio.gather(*tasks)]
+
+    statuses = asyncio.run(main())
+    assert statuses == [200] * 48
+    assert server.process.wait(90) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/health", timeout=5)

@@ -1,0 +1,163 @@
+"""The server's input checks and target choice, without a server: every bad input is a BadInput with a 4xx and one
+line; the declared size is refused before decoding; the choice reads deploy's report and index."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from reparam.deploy.report_index import find_reports, record_report, run_dir_of, weights_sha256
+from reparam.errors import UserError
+from reparam.preprocess import Preprocessing
+from reparam.serve.choice import choose_target
+from reparam.serve.http_input import (BadInput, declared_size, images_of, model_input, model_sized_image, pack,
+                                      unpack)
+
+PRE = Preprocessing(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), classes=tuple("abcdefghij"))
+
+
+def png(width: int = 32, height: int = 32, mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (width, height), (128,) * len(mode) if mode in ("RGB", "RGBA") else 128).save(out, "PNG")
+    return out.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height (IHDR) but holds almost no pixel data: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def status_of(fn, *args) -> tuple[int, str]:
+    with pytest.raises(BadInput) as info:
+        fn(*args)
+    assert "\n" not in info.value.detail and info.value.detail
+    return info.value.status, info.value.detail
+
+
+def test_each_body_form_gives_its_images() -> None:
+    image = png()
+    assert images_of("image/png", image, 4) == [image]
+    assert images_of("application/octet-stream", image, 4) == [image]
+    b64 = base64.b64encode(image).decode()
+    assert images_of("application/json", json.dumps({"image": b64}).encode(), 4) == [image]
+    assert images_of("application/json; charset=utf-8",
+                     json.dumps({"images": [b64, f"data:image/png;base64,{b64}"]}).encode(), 4) == [image, image]
+
+
+@pytest.mark.parametrize("content_type, body, status, fragment", [
+    ("image/png", b"", 400, "empty request body"),
+    ("text/plain", b"hello", 415, "unsupported Content-Type 'text/plain'"),
+    ("", b"hello", 415, "unsupported Content-Type 'none'"),
+    ("application/json", b"{not json", 400, "malformed JSON"),
+    ("application/json", b"[1, 2]", 400, "must be an object"),
+    ("application/json", b'{"image": "***not base64***"}', 400, "not valid base64"),
+    ("application/json", b'{"image": 12}', 400, "must be a base64 string"),
+    ("application/json", b'{"images": []}', 400, "holds no image"),
+    ("application/json", json.dumps({"images": ["aGk="] * 5}).encode(), 413, "more than serve.max_images=4"),
+])
+def test_bad_bodies_are_4xx_with_one_line(content_type: str, body: bytes, status: int, fragment: str) -> None:
+    got, detail = status_of(images_of, content_type, body, 4)
+    assert got == status and fragment in detail
+
+
+def test_declared_size_is_checked_before_decoding() -> None:
+    bomb = png_header_only(12_000, 12_000)  # 144 M pixels declared, 80 bytes sent
+    assert declared_size(bomb) == (12_000, 12_000)
+    status, detail = status_of(model_input, bomb, PRE, 25_000_000)
+    assert status == 413 and "12000x12000" in detail and "serve.max_pixels" in detail
+    status, detail = status_of(model_input, png_header_only(60_000, 60_000), PRE, 25_000_000)  # Pillow refuses too
+    assert status == 413 and "too many pixels" in detail
+    assert status_of(model_input, png(64, 64), PRE, 64 * 64 - 1)[0] == 413
+
+
+def test_not_an_image_and_truncated_image_are_400() -> None:
+    assert status_of(model_input, b"GIF89a this is not really a gif", PRE, 10**7)[0] == 400
+    status, detail = status_of(model_input, b"hello world, no image here", PRE, 10**7)
+    assert status == 400 and "not an image" in detail
+    full = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(full, "JPEG")
+    status, detail = status_of(model_input, full.getvalue()[: len(full.getvalue()) // 2], PRE, 10**7)
+    assert status == 400 and "unreadable image" in detail
+
+
+def test_any_mode_and_size_becomes_the_model_input_of_the_recorded_rule() -> None:
+    for mode in ("L", "RGBA", "P", "RGB"):
+        x = model_input(png(50, 40, mode), PRE, 10**7)
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    same = model_input(png(32, 32), PRE, 10**7)
+    assert torch.allclose(same, torch.full((3, 32, 32), (128 / 255 - 0.5) / 0.25), atol=1e-6)
+
+
+def test_pack_round_trips_exactly() -> None:
+    batch = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(unpack(json.loads(pack(batch))), batch)
+
+
+def test_resize_here_and_normalize_per_batch_are_the_whole_recorded_rule() -> None:
+    wide = Preprocessing(size=(24, 24), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), crop_pct=0.875)
+    out = io.BytesIO()
+    Image.effect_noise((50, 40), 60).convert("RGB").save(out, "PNG")
+    sized = model_sized_image(out.getvalue(), wide, 10**7)
+    assert sized.dtype == torch.uint8 and sized.shape == (3, 24, 24)
+    from reparam.preprocess import decode_image_bytes
+    whole = wide(decode_image_bytes(out.getvalue()))
+    assert torch.equal(wide.normalize()(sized[None])[0], whole)
+
+
+# -- the choice of target ---------------------------------------------------------------------------------------
+def _report(path: Path, checkpoint: Path, device: str = "cpu", **targets: dict) -> Path:
+    entries = {name: {"label": name, "accuracy": 0.9, "correct": 9, "num_images": 10, "details": {},
+                      "gate": {"passed": passed}, "throughput": throughput, "artifact": None}
+               for name, (passed, throughput) in targets.items()}
+    path.write_text(json.dumps({"checkpoint": str(checkpoint), "device": device, "targets": entries,
+                                "exports": {}}))
+    return path
+
+
+def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"x")
+    assert run_dir_of(ckpt) == run
+    assert choose_target(ckpt, "h", "cpu").name == "fused"  # no report: the reference
+    old = _report(tmp_path / "old.json", ckpt, plain_vgg=(True, {"1": 10.0, "32": 999.0}),
+                  fused=(True, {"1": 5.0, "32": 50.0}))
+    record_report(old, ckpt, "h", "cpu")
+    new = _report(tmp_path / "new.json", ckpt, train_form=(True, {"32": 10**6}), fused_bf16=(False, {"32": 10**5}),
+                  plain_vgg=(True, {"1": 10.0, "32": 40.0}), fused=(True, {"1": 5.0, "32": 50.0}))
+    record_report(new, ckpt, "h", "cpu")
+    record_report(_report(tmp_path / "gpu.json", ckpt, "cuda", fused=(True, {"32": 10**7})), ckpt, "h", "cuda")
+    assert [Path(e.report).name for e in find_reports(ckpt, "h", "cpu")] == ["new.json", "old.json"]
+    chosen = choose_target(ckpt, "h", "cpu", max_batch_size=32)
+    assert chosen.name == "fused" and chosen.report == str(new.resolve())  # never the train form, never a failed gate
+    assert choose_target(ckpt, "h", "cpu", max_batch_size=8).name == "plain_vgg"  # batch 1 measured: 10 > 5
+    assert choose_target(ckpt, "h", "cpu", report=old, max_batch_size=32).name == "plain_vgg"
+    assert choose_target(ckpt, "h", "cuda", max_batch_size=32).report == str((tmp_path / "gpu.json").resolve())
+    for kwargs, fragment in [({"target": "fused_bf16"}, "failed its check"), ({"target": "train_form"}, "multi-branch"),
+                             ({"target": "compiled"}, "was not checked"), ({"target": "nope"}, "unknown target")]:
+        with pytest.raises(UserError, match=fragment):
+            choose_target(ckpt, "h", "cpu", **kwargs)
+    other = _report(tmp_path / "other.json", tmp_path / "elsewhere.ckpt", fused=(True, {}))
+    with pytest.raises(UserError, match="was made from"):
+        choose_target(ckpt, "h", "cpu", report=other)
+
+
+def test_weights_hash_depends_on_every_weight() -> None:
+    model = torch.nn.Conv2d(3, 4, 3)
+    before = weights_sha256(model)
+    assert weights_sha256(model) == before
+    with torch.no_grad():
+        model.bias[0] += 1e-7
+    assert weights_sha256(model) != before
