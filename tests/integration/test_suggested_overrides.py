@@ -42,6 +42,7 @@ SUGGESTED = {
     "scheduler.warmup_epochs": [("train", "scheduler.warmup_epochs=2")],
     "optimized_metric": [("train", "optimized_metric=test_acc")],
     "callbacks": [("train", "callbacks=ema")],
+    "callbacks.ema.bn_data": [("train", "callbacks=ema callbacks.ema.bn_data=augmented")],
     "callbacks.reparameterize.source": [("train", "callbacks.reparameterize.source=last")],
     "model": [("train", "model=custom")],
     "logger": [("train", "logger=mlflow"), ("train", "logger=wandb"), ("deploy", "logger=csv")],
