@@ -82,7 +82,8 @@ def test_onnx_export_matches_pytorch_on_test_images(trained_run, cifar_root, tmp
     import onnxruntime as ort
 
     run_deploy(trained_run.last_checkpoint, tmp_path, "benchmark.enabled=false", "export.torch_export=false")
-    fused = load_for_deploy(trained_run.fused_dir).fused
+    # the model deploy exported: fused from last.ckpt (fused/ holds the best epoch's weights, another one)
+    fused = load_for_deploy(trained_run.last_checkpoint).fused
     dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, eval_batch_size=40)
     dm.setup()
     x, _ = next(iter(dm.test_dataloader()))
@@ -185,7 +186,7 @@ def test_bad_inputs_each_get_one_clear_line(trained_run, tmp_path: Path, capsys)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}}, other)
     expect_one_line(capsys, tmp_path, other, "not a reparam checkpoint", "another project")
-    expect_one_line(capsys, tmp_path, last, "was trained on data=digits, not data.dataset=cifar100",
+    expect_one_line(capsys, tmp_path, last, "was trained on data=cifar10, not data.dataset=cifar100",
                     overrides=["data.dataset=cifar100"])
     expect_one_line(capsys, tmp_path, last, "unknown target 'tensorrt'; choose from auto, train_form, fused",
                     overrides=["targets=[auto,tensorrt]"])
