@@ -93,7 +93,7 @@ def test_unknown_quantize_method_is_one_clear_line(qarepvgg_demo: dict, tmp_path
 def test_calibration_images_are_the_unaugmented_normalized_train_split() -> None:
     from reparam.data import ImageDataModule
 
-    dm = ImageDataModule("digits", "unused", num_workers=0)
+    dm = ImageDataModule("digits", num_workers=0)
     dm.setup()
     images = dm.calibration_images(64)
     assert images.shape == (64, 3, 32, 32) and torch.equal(images, dm.calibration_images(64))
