@@ -233,3 +233,17 @@ def test_erasing_reaches_both_pipelines_and_keeps_shapes_and_dtypes(pipeline: st
     assert bool(((x0 == 0).flatten(1).sum(1) < 3 * 20).all())  # without erasing, no such block of exact zeros
     with pytest.raises(UserError, match="data.erase_prob must be a probability"):
         ImageDataModule("cifar10", str(cifar_root), erase_prob=1.5)
+
+
+def test_a_batch_larger_than_the_training_split_is_one_clear_line(tmp_path) -> None:
+    """Training drops the last incomplete batch: a folder smaller than one batch would train nothing and ship the
+    initial weights with exit 0 (found by a new user with 32 images and the default batch of 64)."""
+    from reparam.data.synthetic import write_digits_folder
+    from reparam.errors import UserError
+
+    folder = write_digits_folder(tmp_path / "images", per_class=2, splits=("train", "val"))
+    dm = ImageDataModule("imagefolder", str(folder), batch_size=64, num_workers=0, image_size=32)
+    dm.setup()
+    with pytest.raises(UserError, match=r"data.batch_size=64 is larger than the \d+ training images"):
+        dm.train_dataloader()
+    dm.val_dataloader()  # evaluation keeps its last, smaller batch

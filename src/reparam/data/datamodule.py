@@ -279,6 +279,18 @@ class ImageDataModule(L.LightningDataModule):
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch
 
+    def _check_a_training_batch_fits(self, images: int, batch_size: int) -> None:
+        """Training drops the last incomplete batch (static shapes): with fewer images than one batch per process, an
+        epoch would have no step and the run would ship its initial weights."""
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if images // world < batch_size:
+            per = f" per process ({world} processes)" if world > 1 else ""
+            raise UserError(
+                f"data.batch_size={batch_size} is larger than the {images // world} training images{per}: no training "
+                f"step would run; pass data.batch_size={max(1, min(images // world, batch_size) // 2)} or smaller, "
+                "or add images")
+
     def _loader(self, split: str):
         self._require_setup()
         hp = self.hparams
@@ -286,6 +298,8 @@ class ImageDataModule(L.LightningDataModule):
         labels = data.labels
         train = split == "train"
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
+        if train:
+            self._check_a_training_batch_fits(len(labels), batch_size)
         if hp.pipeline == "fast":
             trainer = getattr(self, "trainer", None)
             device = self._device()
