@@ -12,7 +12,7 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 install: $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[serve,search,timm]'
 
 install-dev: $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[dev]'
