@@ -33,8 +33,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 # the only additions: one epoch, a few batches (Lightning's limits), no sanity pass
-LIMITS = ["++trainer.limit_train_batches=2", "++trainer.limit_val_batches=2", "++trainer.limit_test_batches=2",
-          "trainer.num_sanity_val_steps=0"]
+LIMITS = [
+    "++trainer.limit_train_batches=2",
+    "++trainer.limit_val_batches=2",
+    "++trainer.limit_test_batches=2",
+    "trainer.num_sanity_val_steps=0",
+]
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def user_dir(tmp_path_factory) -> Path:
     """A user's working directory outside the checkout, with CIFAR-10 where the default config looks (./data)."""
     where = tmp_path_factory.mktemp("user")
     # more training images than the default validation hold-out (5,000), as in the real dataset
-    write_fake_cifar(where / "data", "cifar10", per_batch=1040, n_test=200)
+    write_fake_cifar(where / "data", "cifar10", per_batch=1100, n_test=200)
     # "Train on your own images": a folder of image files, and timm weights in a local file (random, not downloaded)
     write_digits_folder(where / "my_images", per_class=12, splits=("train", "val", "test"))
     write_timm_weights(where / "repvgg_a0.safetensors", "repvgg_a0")
@@ -106,8 +110,14 @@ def write_timm_weights(path: Path, name: str) -> None:
 @pytest.fixture(scope="module")
 def env() -> dict:
     # two commands run at a time (see `outcomes`), one CPU thread each: the cores are shared, not oversubscribed
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "OMP_NUM_THREADS": "1",
-            "PYTHONWARNINGS": "ignore", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+    return {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "WANDB_SILENT": "true",
+        "MPLBACKEND": "Agg",
+    }
 
 
 @dataclass
@@ -157,7 +167,9 @@ def as_run(command: Command, user_dir: Path, run: Path | None) -> list[str]:
         argv = [f"ckpt={rel}/checkpoints/last.ckpt" if a == "ckpt=..." else a for a in argv]
     argv = [a.replace("/elsewhere/cifar", str(user_dir / "data")) for a in argv]  # a data path
     if "serve.py" in argv[1] or argv[0].endswith("reparam-serve"):
-        argv.append("serve.dry_run=true")  # the startup line, then exit: tests/integration/test_serve.py serves for real
+        argv.append(
+            "serve.dry_run=true"
+        )  # the startup line, then exit: tests/integration/test_serve.py serves for real
     if "train.py" in argv[1] or argv[0].endswith("reparam-train"):
         argv = [re.sub(r"^trainer\.max_epochs=\d+$", "trainer.max_epochs=1", a) for a in argv]
         if not any(a.startswith("trainer.max_epochs=") for a in argv):
@@ -172,8 +184,14 @@ def make_target(target: str, user_dir: Path, env: dict) -> Outcome:
     # a make that runs this suite (make test) passes MAKELEVEL/MAKEFLAGS down, and a nested make then prints
     # "make[1]: Entering directory" lines; this make is a top-level one, as the user's is
     top_level = {k: v for k, v in env.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
-    dry = subprocess.run(["make", "--no-print-directory", "-n", target, f"DEMO_DIR={user_dir / 'demo-make'}"],
-                         cwd=ROOT, env=top_level, capture_output=True, text=True, check=True).stdout
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", target, f"DEMO_DIR={user_dir / 'demo-make'}"],
+        cwd=ROOT,
+        env=top_level,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     outcome = None
     for line in dry.splitlines():
         argv = shlex.split(line)
@@ -232,8 +250,14 @@ def outcomes(user_dir: Path, env: dict) -> dict[str, Outcome]:
     fixed_dirs = {a.split("=", 1)[1]: c for c in runnable for a in c.argv if a.startswith("hydra.run.dir=")}
 
     def producer(command: Command) -> Command | None:
-        return next((fixed_dirs[a.split("=", 1)[1]] for a in command.argv
-                     if a.startswith("ckpt=") and a.split("=", 1)[1] in fixed_dirs), None)
+        return next(
+            (
+                fixed_dirs[a.split("=", 1)[1]]
+                for a in command.argv
+                if a.startswith("ckpt=") and a.split("=", 1)[1] in fixed_dirs
+            ),
+            None,
+        )
 
     def after(future, command: Command) -> Outcome:
         future.result()
@@ -244,16 +268,21 @@ def outcomes(user_dir: Path, env: dict) -> dict[str, Outcome]:
         independent = [c for c in runnable if c is not first and not needs_a_run(c.line) and producer(c) is None]
         started = {c.line: pool.submit(command_task, c, None) for c in independent}
         later = {future: line for line, future in started.items()}
-        later |= {pool.submit(after, started[producer(c).line], c): c.line for c in runnable
-                  if c is not first and not needs_a_run(c.line) and producer(c) is not None}
-        later |= {pool.submit(snippet_task, i, None): f"snippet {i}" for i, code in snippets.items()
-                  if not needs_a_run(code)}
+        later |= {
+            pool.submit(after, started[producer(c).line], c): c.line
+            for c in runnable
+            if c is not first and not needs_a_run(c.line) and producer(c) is not None
+        }
+        later |= {
+            pool.submit(snippet_task, i, None): f"snippet {i}" for i, code in snippets.items() if not needs_a_run(code)
+        }
         results[first.line] = head.result()
         run = run_dir_of(results[first.line]) if results[first.line].returncode == 0 else None
         if run is not None:
             later |= {pool.submit(command_task, c, run): c.line for c in runnable if needs_a_run(c.line)}
-            later |= {pool.submit(snippet_task, i, run): f"snippet {i}" for i, code in snippets.items()
-                      if needs_a_run(code)}
+            later |= {
+                pool.submit(snippet_task, i, run): f"snippet {i}" for i, code in snippets.items() if needs_a_run(code)
+            }
         for future, key in later.items():
             results[key] = future.result()
     return results

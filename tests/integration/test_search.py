@@ -21,8 +21,15 @@ from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 
-TINY = ["experiment=demo", "model.widths=[8,8,16,16,32]", "debug=limit", "data.batch_size=16",
-        "data.eval_batch_size=64", "trainer.limit_train_batches=3", "logger=none"]
+TINY = [
+    "experiment=demo",
+    "model.widths=[8,8,16,16,32]",
+    "debug=limit",
+    "data.batch_size=16",
+    "data.eval_batch_size=64",
+    "trainer.limit_train_batches=3",
+    "logger=none",
+]
 
 
 def report(sweep: Path) -> dict:
@@ -40,8 +47,19 @@ def span(run_dir: Path) -> tuple[float, float]:
 
 def test_submitit_local_sweep_runs_two_jobs_at_a_time_and_the_table_collects_all(tmp_path: Path, run_env) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_entry("train.py", ["-m", *TINY, "optimizer.lr=0.02,0.05,0.1,0.2", "hydra/launcher=local",
-                                  "hydra.sweeper.max_batch_size=2", f"hydra.sweep.dir={sweep}"], run_env, timeout=1200)
+    proc = run_entry(
+        "train.py",
+        [
+            "-m",
+            *TINY,
+            "optimizer.lr=0.02,0.05,0.1,0.2",
+            "hydra/launcher=local",
+            "hydra.sweeper.max_batch_size=2",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        run_env,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = report(sweep)["runs"]
     assert sorted(r["job"] for r in runs) == [0, 1, 2, 3] and {r["status"] for r in runs} == {"ok"}
@@ -59,10 +77,23 @@ def test_submitit_local_sweep_runs_two_jobs_at_a_time_and_the_table_collects_all
 
 def test_optuna_search_through_submitit_local_records_every_trial(tmp_path: Path, run_env) -> None:
     sweep = tmp_path / "search"
-    proc = run_entry("train.py", ["-m", *TINY, "hparams_search=optuna", "hparams_search.study_name=s",
-                                  "hparams_search.n_trials=4", "hparams_search.n_jobs=2", "hparams_search.pruner=none",
-                                  "optimizer.lr=interval(0.02,0.2)", "hydra/launcher=local", f"hydra.sweep.dir={sweep}"],
-                     run_env, timeout=1200)
+    proc = run_entry(
+        "train.py",
+        [
+            "-m",
+            *TINY,
+            "hparams_search=optuna",
+            "hparams_search.study_name=s",
+            "hparams_search.n_trials=4",
+            "hparams_search.n_jobs=2",
+            "hparams_search.pruner=none",
+            "optimizer.lr=interval(0.02,0.2)",
+            "hydra/launcher=local",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        run_env,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     trials = study(sweep, "s").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
@@ -83,12 +114,25 @@ def test_search_records_pruned_and_failed_trials_and_goes_on(tmp_path: Path, run
     sweep = tmp_path / "search"
     # seeded, the sampler tries a rate that diverges (failed), then 0.1, then one too small to learn anything: behind
     # the completed trial after its first epoch, it is pruned
-    proc = run_entry("train.py", ["-m", *TINY, "trainer.limit_train_batches=20", "hparams_search=optuna",
-                                  "hparams_search.study_name=s", "hparams_search.n_trials=3",
-                                  "hparams_search.n_startup_trials=5", "hparams_search.seed=2",
-                                  "+hparams_search.pruner_options.n_startup_trials=1",
-                                  "+hparams_search.pruner_options.n_warmup_steps=0",
-                                  "optimizer.lr=choice(0.1,1e-9,1e9)", f"hydra.sweep.dir={sweep}"], run_env, timeout=1200)
+    proc = run_entry(
+        "train.py",
+        [
+            "-m",
+            *TINY,
+            "trainer.limit_train_batches=20",
+            "hparams_search=optuna",
+            "hparams_search.study_name=s",
+            "hparams_search.n_trials=3",
+            "hparams_search.n_startup_trials=5",
+            "hparams_search.seed=2",
+            "+hparams_search.pruner_options.n_startup_trials=1",
+            "+hparams_search.pruner_options.n_warmup_steps=0",
+            "optimizer.lr=choice(0.1,1e-9,1e9)",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        run_env,
+        timeout=1200,
+    )
     trials = study(sweep, "s").trials
     states = {t.params["optimizer.lr"]: t.state for t in trials}
     assert len(trials) == 3 and set(states) == {0.1, 1e-9, 1e9}, [(t.params, t.state) for t in trials]
@@ -96,8 +140,10 @@ def test_search_records_pruned_and_failed_trials_and_goes_on(tmp_path: Path, run
     runs = report(sweep)["runs"]
     for trial in trials:
         run = next(r for r in runs if r["trial"] == trial.number)
-        assert run["status"] == {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned",
-                                 TrialState.FAIL: "failed"}[trial.state]
+        assert (
+            run["status"]
+            == {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[trial.state]
+        )
         summary = json.loads((sweep / str(trial.number) / "summary.json").read_text())
         assert summary["status"] == {"ok": "completed", "pruned": "pruned", "failed": "failed"}[run["status"]]
         if run["status"] == "pruned":
@@ -108,30 +154,53 @@ def test_search_records_pruned_and_failed_trials_and_goes_on(tmp_path: Path, run
 
 def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path: Path, run_env) -> None:
     sweep = tmp_path / "search"
-    args = [str(ROOT / "train.py"), "-m", *TINY, "hparams_search=optuna", "hparams_search.study_name=s",
-            "hparams_search.n_trials=3", "hparams_search.pruner=none", "optimizer.lr=interval(0.05,0.2)",
-            f"hydra.sweep.dir={sweep}"]
-    search = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=run_env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    args = [
+        str(ROOT / "train.py"),
+        "-m",
+        *TINY,
+        "hparams_search=optuna",
+        "hparams_search.study_name=s",
+        "hparams_search.n_trials=3",
+        "hparams_search.pruner=none",
+        "optimizer.lr=interval(0.05,0.2)",
+        "trainer.max_epochs=20",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    search = subprocess.Popen(
+        [sys.executable, *args], cwd=tmp_path, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 600
-    while not (sweep / "1" / ".hydra" / "config.yaml").exists() and search.poll() is None:
+    # inside the second trial: its first epoch's last.ckpt is written and 19 epochs remain (a fixed sleep raced a
+    # fast machine, where the whole trial ended before the signal)
+    while not (sweep / "1" / "checkpoints" / "last.ckpt").exists() and search.poll() is None:
         assert time.monotonic() < deadline, "the second trial never started"
-        time.sleep(0.2)
-    time.sleep(2)  # inside the second trial
+        time.sleep(0.02)
     search.send_signal(signal.SIGTERM)
     _, stderr = search.communicate(timeout=300)
     # 143: Lightning's handler turned it into reparam's Preempted; -15: it came before fit installed that handler
     assert search.returncode in (143, -signal.SIGTERM), stderr[-3000:]
-    assert not (sweep / "1" / "summary.json").exists() or \
-        json.loads((sweep / "1" / "summary.json").read_text())["status"] != "completed"
+    assert (
+        not (sweep / "1" / "summary.json").exists()
+        or json.loads((sweep / "1" / "summary.json").read_text())["status"] != "completed"
+    )
     assert [t.state for t in study(sweep, "s").trials] == [TrialState.COMPLETE, TrialState.RUNNING]
 
     again = subprocess.run([sys.executable, *args], cwd=tmp_path, env=run_env, capture_output=True, text=True)
-    assert again.returncode == 2 and "study 's' already exists" in again.stderr and "hparams_search.resume=true" in \
-        again.stderr and "Traceback" not in again.stderr
+    assert (
+        again.returncode == 2
+        and "study 's' already exists" in again.stderr
+        and "hparams_search.resume=true" in again.stderr
+        and "Traceback" not in again.stderr
+    )
 
-    resumed = subprocess.run([sys.executable, *args, "hparams_search.resume=true"], cwd=tmp_path, env=run_env,
-                             capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, *args, "hparams_search.resume=true"],
+        cwd=tmp_path,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     trials = study(sweep, "s").trials
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -164,10 +233,22 @@ def slurm_partition() -> str | None:
 @pytest.mark.skipif(slurm_partition() is None, reason="no SLURM cluster here (sinfo/sbatch missing or not answering)")
 def test_slurm_sweep_runs_each_job_as_a_slurm_job_and_collects_both(tmp_path: Path, run_env) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_entry("train.py", ["-m", *TINY, "optimizer.lr=0.05,0.1", "hydra/launcher=slurm",
-                                  f"hydra.launcher.partition={slurm_partition()}", "hydra.launcher.gpus_per_node=null",
-                                  "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
-                                  f"hydra.sweep.dir={sweep}"], run_env, timeout=1200)
+    proc = run_entry(
+        "train.py",
+        [
+            "-m",
+            *TINY,
+            "optimizer.lr=0.05,0.1",
+            "hydra/launcher=slurm",
+            f"hydra.launcher.partition={slurm_partition()}",
+            "hydra.launcher.gpus_per_node=null",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=null",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        run_env,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = report(sweep)["runs"]
     assert sorted(r["job"] for r in runs) == [0, 1] and {r["status"] for r in runs} == {"ok"}

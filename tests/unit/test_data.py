@@ -92,11 +92,14 @@ def test_datamodule_checks_num_classes(cifar_root) -> None:
         dm.setup()
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(dataset="mnist"), "unknown dataset 'mnist'"),
-    (dict(pipeline="turbo"), "data.pipeline"),
-    (dict(batch_size=0), "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(dataset="mnist"), "unknown dataset 'mnist'"),
+        (dict(pipeline="turbo"), "data.pipeline"),
+        (dict(batch_size=0), "batch_size"),
+    ],
+)
 def test_datamodule_rejects_bad_options(kwargs, message) -> None:
     with pytest.raises(UserError, match=message):
         ImageDataModule(**kwargs)
@@ -151,8 +154,9 @@ def test_hflip_option_reaches_both_pipelines(cifar_root, hflip: bool) -> None:
     fast = TensorBatchLoader(images, torch.zeros(64), 64, dm.mean, dm.std, augment=True, padding=0, hflip=hflip)
     fast_batch = next(iter(fast))[0]
     for out in (standard, fast_batch):
-        mirrored = [not torch.allclose(o, p, atol=1e-5) and torch.allclose(o, p.flip(-1), atol=1e-5)
-                    for o, p in zip(out, plain)]
+        mirrored = [
+            not torch.allclose(o, p, atol=1e-5) and torch.allclose(o, p.flip(-1), atol=1e-5) for o, p in zip(out, plain)
+        ]
         if hflip:
             assert 10 < sum(mirrored) < 54
         else:
@@ -192,7 +196,7 @@ def test_under_ddp_the_order_goes_to_lightnings_distributed_sampler(cifar_root) 
 
     from torch.utils.data import RandomSampler
 
-    dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0)
+    dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, batch_size=16)
     dm.setup()
     dm.trainer = SimpleNamespace(world_size=2)
     assert isinstance(dm.train_dataloader().sampler, RandomSampler)  # Lightning replaces it with DistributedSampler
