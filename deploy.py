@@ -1,7 +1,7 @@
 """Evaluate the fused model against the train form, benchmark both, export, and report (also ``reparam-deploy``).
 
-    python deploy.py ckpt=logs/train/runs/<run>/checkpoints/last.ckpt
-    python deploy.py ckpt=logs/train/runs/<run>/fused benchmark.batch_sizes=[1,64] export.onnx=false
+python deploy.py ckpt=logs/train/runs/<run>/checkpoints/last.ckpt
+python deploy.py ckpt=logs/train/runs/<run>/fused benchmark.batch_sizes=[1,64] export.onnx=false
 """
 
 import hydra

@@ -1,7 +1,7 @@
 """Serve the fused model over HTTP (also ``reparam-serve``): the fastest target deploy checked, with batching.
 
-    python serve.py ckpt=logs/train/runs/<run>
-    python serve.py ckpt=logs/train/runs/<run>/fused serve.target=fused serve.port=8080
+python serve.py ckpt=logs/train/runs/<run>
+python serve.py ckpt=logs/train/runs/<run>/fused serve.target=fused serve.port=8080
 """
 
 import hydra

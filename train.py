@@ -1,8 +1,8 @@
 """Train a multi-branch network, fuse it at the end, and print a summary (also installed as ``reparam-train``).
 
-    python train.py                                  # RepVGG-A0 on CIFAR-10 (data in ./data)
-    python train.py experiment=demo                  # offline demo on embedded digits
-    python train.py model=repvgg_b0 trainer.max_epochs=100 data.batch_size=256
+python train.py                                  # RepVGG-A0 on CIFAR-10 (data in ./data)
+python train.py experiment=demo                  # offline demo on embedded digits
+python train.py model=repvgg_b0 trainer.max_epochs=100 data.batch_size=256
 """
 
 import hydra

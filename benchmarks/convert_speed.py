@@ -25,11 +25,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads")
-    print("| variant | train-form params | fused params | convert median (ms) | IQR (ms) | max abs diff fp32 | argmax agreement |")
+    print(
+        "| variant | train-form params | fused params | convert median (ms) | IQR (ms) | max abs diff fp32 | argmax agreement |"
+    )
     print("|---|---|---|---|---|---|---|")
     for variant in args.variants:
         model = build_model({"variant": variant}).eval()
-        timer = tbench.Timer("reparameterize_model(model)", globals={"reparameterize_model": reparameterize_model, "model": model})
+        timer = tbench.Timer(
+            "reparameterize_model(model)", globals={"reparameterize_model": reparameterize_model, "model": model}
+        )
         m = timer.blocked_autorange(min_run_time=2.0)
         fused = reparameterize_model(model)
         report = verify_equivalence(model, fused, torch.randn(32, 3, 32, 32))

@@ -27,8 +27,16 @@ def main() -> None:
     args = parser.parse_args()
     dm = ImageDataModule("digits", "data", num_workers=0, batch_size=64, hflip=False)
     dm.setup()
-    model = build_model({"arch": "repvgg", "variant": None, "num_classes": 10, "widths": [16, 16, 32, 64, 128],
-                         "depths": [1, 2, 2, 2, 1], "strides": [1, 1, 2, 2, 2]})  # model=repvgg_tiny
+    model = build_model(
+        {
+            "arch": "repvgg",
+            "variant": None,
+            "num_classes": 10,
+            "widths": [16, 16, 32, 64, 128],
+            "depths": [1, 2, 2, 2, 1],
+            "strides": [1, 1, 2, 2, 2],
+        }
+    )  # model=repvgg_tiny
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     bn_batches = list(dm.calibration_images(args.bn_images, seed=0).split(64))
     train_batches = list(dm.train_dataloader())

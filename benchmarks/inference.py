@@ -44,21 +44,38 @@ def main() -> None:
     train_form = build_model({"variant": args.variant}).eval()
     fused = reparameterize_model(train_form)
     networks = {"train_form": train_form, "fused": fused, "plain_vgg": plain_vgg_like(fused)}
-    targets = [TorchTarget(net, device, Reference(), dtype=DTYPES[args.dtype], channels_last=args.channels_last,
-                           compiled=args.compile, name=name, form=name) for name, net in networks.items()]
+    targets = [
+        TorchTarget(
+            net,
+            device,
+            Reference(),
+            dtype=DTYPES[args.dtype],
+            channels_last=args.channels_last,
+            compiled=args.compile,
+            name=name,
+            form=name,
+        )
+        for name, net in networks.items()
+    ]
     results = benchmark_targets(targets, args.batch_sizes, min_run_time=args.min_run_time, rounds=args.rounds)
     by = {(r.form, r.batch_size): r for r in results}
     r0 = results[0]
-    print(f"# RepVGG-{args.variant}, {r0.device}, torch {torch.__version__}, {r0.threads} threads, {args.dtype}, "
-          f"channels_last={args.channels_last}, compile={args.compile}")
-    print("| form | batch | latency median (ms) | IQR (ms) | throughput (img/s) | vs train form | vs plain VGG | params | GFLOPs/img |")
+    print(
+        f"# RepVGG-{args.variant}, {r0.device}, torch {torch.__version__}, {r0.threads} threads, {args.dtype}, "
+        f"channels_last={args.channels_last}, compile={args.compile}"
+    )
+    print(
+        "| form | batch | latency median (ms) | IQR (ms) | throughput (img/s) | vs train form | vs plain VGG | params | GFLOPs/img |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         base = by[("train_form", r.batch_size)].throughput_ips
         limit = by[("plain_vgg", r.batch_size)].throughput_ips
-        print(f"| {r.form} | {r.batch_size} | {r.latency_ms_median:.2f} | {r.latency_ms_iqr:.2f} | {r.throughput_ips:.0f} "
-              f"| {r.throughput_ips / base:.2f}x | {r.throughput_ips / limit:.1%} | {r.params / 1e6:.2f}M "
-              f"| {r.flops_per_image / 1e9:.3f} |")
+        print(
+            f"| {r.form} | {r.batch_size} | {r.latency_ms_median:.2f} | {r.latency_ms_iqr:.2f} | {r.throughput_ips:.0f} "
+            f"| {r.throughput_ips / base:.2f}x | {r.throughput_ips / limit:.1%} | {r.params / 1e6:.2f}M "
+            f"| {r.flops_per_image / 1e9:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,14 @@ def data_overrides(data: str, out: Path) -> list[str]:
     from helpers import write_fake_cifar
 
     write_fake_cifar(out / "data", "cifar10", per_batch=240, n_test=400)
-    return ["experiment=demo", "data=cifar10", f"data.data_dir={out / 'data'}", "data.val_size=200",
-            "data.num_workers=0", "data.batch_size=64"]
+    return [
+        "experiment=demo",
+        "data=cifar10",
+        f"data.data_dir={out / 'data'}",
+        "data.val_size=200",
+        "data.num_workers=0",
+        "data.batch_size=64",
+    ]
 
 
 def main() -> None:
@@ -53,12 +59,33 @@ def main() -> None:
     reports = {}
     for block in args.blocks:
         run_dir = args.out / f"{args.data}-{block}"
-        run("train.py", [*data, "model=repvgg_a0", f"model.block={block}", f"trainer.max_epochs={args.epochs}",
-                         "test=false", f"hydra.run.dir={run_dir}/train"])
-        bench = [f"benchmark.batch_sizes=[{','.join(map(str, args.batch_sizes))}]",
-                 f"benchmark.min_run_time={args.min_run_time}", "benchmark.rounds=3"]
-        run("deploy.py", [f"ckpt={run_dir}/train", "quantize=int8", "device=cpu", "export.torch_export=false",
-                          *(["benchmark.enabled=false"] if args.no_benchmark else bench), f"hydra.run.dir={run_dir}/deploy"])
+        run(
+            "train.py",
+            [
+                *data,
+                "model=repvgg_a0",
+                f"model.block={block}",
+                f"trainer.max_epochs={args.epochs}",
+                "test=false",
+                f"hydra.run.dir={run_dir}/train",
+            ],
+        )
+        bench = [
+            f"benchmark.batch_sizes=[{','.join(map(str, args.batch_sizes))}]",
+            f"benchmark.min_run_time={args.min_run_time}",
+            "benchmark.rounds=3",
+        ]
+        run(
+            "deploy.py",
+            [
+                f"ckpt={run_dir}/train",
+                "quantize=int8",
+                "device=cpu",
+                "export.torch_export=false",
+                *(["benchmark.enabled=false"] if args.no_benchmark else bench),
+                f"hydra.run.dir={run_dir}/deploy",
+            ],
+        )
         reports[block] = json.loads((run_dir / "deploy" / "report.json").read_text())
     first = next(iter(reports.values()))
     print(f"# {args.data}, A0 layout, {args.epochs} epochs, {first['num_test_images']} test images")
@@ -66,20 +93,29 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for block, r in reports.items():
         q = r["int8"]
-        print(f"| {block} | {q['fp32_accuracy']:.2%} | {q['accuracy']:.2%} | {q['accuracy_drop']:.2f} | "
-              f"{q['disagreements_vs_fp32']} | {q['method']}, {q['calibration_images']} images, "
-              f"reduce_range={q['reduce_range']} |")
+        print(
+            f"| {block} | {q['fp32_accuracy']:.2%} | {q['accuracy']:.2%} | {q['accuracy_drop']:.2f} | "
+            f"{q['disagreements_vs_fp32']} | {q['method']}, {q['calibration_images']} images, "
+            f"reduce_range={q['reduce_range']} |"
+        )
     if args.no_benchmark:
         return
     print(f"\n# throughput (images/s, {first['benchmark'][0]['device']}, {first['benchmark'][0]['threads']} threads)")
-    print("| block | batch | train form | fused | plain VGG | ORT fp32 | ORT INT8 | INT8 / fused eager | INT8 / ORT fp32 |")
+    print(
+        "| block | batch | train form | fused | plain VGG | ORT fp32 | ORT INT8 | INT8 / fused eager | INT8 / ORT fp32 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for block, r in reports.items():
         by = {(b["form"], b["batch_size"]): b["throughput_ips"] for b in r["benchmark"]}
         for bs in args.batch_sizes:
-            fused_ratio, ort_ratio = r["int8"]["speedup_vs_fp32"][str(bs)], r["int8"]["speedup_vs_onnxruntime_fp32"][str(bs)]
-            cells = [f"{by.get((form, bs), float('nan')):.0f}" for form in
-                     ("train_form", "fused", "plain_vgg", "onnxruntime_fp32", "onnxruntime_int8")]
+            fused_ratio, ort_ratio = (
+                r["int8"]["speedup_vs_fp32"][str(bs)],
+                r["int8"]["speedup_vs_onnxruntime_fp32"][str(bs)],
+            )
+            cells = [
+                f"{by.get((form, bs), float('nan')):.0f}"
+                for form in ("train_form", "fused", "plain_vgg", "onnxruntime_fp32", "onnxruntime_int8")
+            ]
             ratio = [f"{x['median']:.2f}x ({x['min']:.2f}..{x['max']:.2f})" for x in (fused_ratio, ort_ratio)]
             print(f"| {block} | {bs} | {' | '.join(cells)} | {' | '.join(ratio)} |")
 

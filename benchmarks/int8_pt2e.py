@@ -33,7 +33,7 @@ def pt2e_int8(model: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Mod
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for start in range(0, len(calibration), 32):
-            prepared(calibration[start:start + 32])
+            prepared(calibration[start : start + 32])
     return convert_pt2e(prepared)
 
 
@@ -54,8 +54,9 @@ def main() -> None:
     args = p.parse_args()
     artifact = read_fused_artifact(args.run / "train" / "fused")
     data = artifact.config["data"]
-    dm = ImageDataModule(data["dataset"], data["data_dir"], val_size=data["val_size"], num_workers=0,
-                         eval_batch_size=256)
+    dm = ImageDataModule(
+        data["dataset"], data["data_dir"], val_size=data["val_size"], num_workers=0, eval_batch_size=256
+    )
     dm.setup()
     calibration = dm.calibration_images(args.calibration)
     fused = artifact.model.eval()
@@ -72,7 +73,9 @@ def main() -> None:
     print("|---|---|")
     for name, model in forms.items():
         print(f"| {name} | {accuracy(model, dm.test_dataloader()):.2%} |")
-    print("\n| batch | fused eager img/s | PT2E INT8 img/s | ORT INT8 img/s | PT2E / fused | ORT / fused | ORT / PT2E |")
+    print(
+        "\n| batch | fused eager img/s | PT2E INT8 img/s | ORT INT8 img/s | PT2E / fused | ORT / fused | ORT / PT2E |"
+    )
     print("|---|---|---|---|---|---|---|")
     with torch.no_grad():
         for bs in args.batch_sizes:
@@ -91,8 +94,10 @@ def main() -> None:
                 r = [i / j for i, j in zip(a, b)]
                 return f"{statistics.median(r):.2f}x ({min(r):.2f}..{max(r):.2f})"
 
-            print(f"| {bs} | {statistics.median(f):.0f} | {statistics.median(q):.0f} | {statistics.median(o):.0f} | "
-                  f"{ratio(q, f)} | {ratio(o, f)} | {ratio(o, q)} |")
+            print(
+                f"| {bs} | {statistics.median(f):.0f} | {statistics.median(q):.0f} | {statistics.median(o):.0f} | "
+                f"{ratio(q, f)} | {ratio(o, f)} | {ratio(o, q)} |"
+            )
 
 
 if __name__ == "__main__":

@@ -45,16 +45,38 @@ def write_jpegs(root: Path, count: int, classes: int = 4, seed: int = 0) -> Path
 
 
 def torchvision_loader(root: Path, batch_size: int, workers: int) -> DataLoader:
-    transform = v2.Compose([v2.RandomResizedCrop(224, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    return DataLoader(datasets.ImageFolder(str(root / "train"), transform=transform), batch_size=batch_size,
-                      shuffle=True, drop_last=True, num_workers=workers, persistent_workers=True)
+    transform = v2.Compose(
+        [
+            v2.RandomResizedCrop(224, scale=(0.08, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    return DataLoader(
+        datasets.ImageFolder(str(root / "train"), transform=transform),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=True,
+    )
 
 
 def reparam_loader(root: Path, batch_size: int, workers: int) -> DataLoader:
-    dm = ImageDataModule("imagefolder", str(root), image_size=224, min_crop_scale=0.08, normalization="imagenet",
-                         val_size=1, batch_size=batch_size, num_workers=workers, persistent_workers=True,
-                         pin_memory=False)
+    dm = ImageDataModule(
+        "imagefolder",
+        str(root),
+        image_size=224,
+        min_crop_scale=0.08,
+        normalization="imagenet",
+        val_size=1,
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=True,
+        pin_memory=False,
+    )
     dm.setup("fit")
     return dm.train_dataloader()
 
@@ -77,25 +99,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = write_jpegs(Path(tmp), args.images)
         size_kb = statistics.mean(p.stat().st_size for p in root.glob("train/*/*.jpg")) / 1024
-        loaders = {"reparam (torchvision.io)": reparam_loader(root, args.batch_size, args.workers),
-                   "torchvision ImageFolder (PIL)": torchvision_loader(root, args.batch_size, args.workers)}
+        loaders = {
+            "reparam (torchvision.io)": reparam_loader(root, args.batch_size, args.workers),
+            "torchvision ImageFolder (PIL)": torchvision_loader(root, args.batch_size, args.workers),
+        }
         for loader in loaders.values():
             epoch(loader)  # start the workers, warm the page cache
         rates: dict[str, list[float]] = {name: [] for name in loaders}
         for r in range(args.rounds):
-            for name in (list(loaders) if r % 2 == 0 else list(loaders)[::-1]):
+            for name in list(loaders) if r % 2 == 0 else list(loaders)[::-1]:
                 seconds, images = epoch(loaders[name])
                 rates[name].append(images / seconds)
         ours, theirs = rates.values()
         ratios = sorted(a / b for a, b in zip(ours, theirs))
-        print(f"{args.images} JPEGs (mean {size_kb:.0f} kB, 300-500 px), 224x224 train transforms, "
-              f"{args.workers} workers, batch {args.batch_size}, {args.rounds} interleaved rounds, "
-              f"torch {torch.get_num_threads()} threads in the main process")
+        print(
+            f"{args.images} JPEGs (mean {size_kb:.0f} kB, 300-500 px), 224x224 train transforms, "
+            f"{args.workers} workers, batch {args.batch_size}, {args.rounds} interleaved rounds, "
+            f"torch {torch.get_num_threads()} threads in the main process"
+        )
         for name, values in rates.items():
-            print(f"  {name:32s} median {statistics.median(values):7.1f} images/s  "
-                  f"(min {min(values):.1f}, max {max(values):.1f})")
-        print(f"  ratio reparam / ImageFolder: median {statistics.median(ratios):.2f}x "
-              f"(min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")
+            print(
+                f"  {name:32s} median {statistics.median(values):7.1f} images/s  "
+                f"(min {min(values):.1f}, max {max(values):.1f})"
+            )
+        print(
+            f"  ratio reparam / ImageFolder: median {statistics.median(ratios):.2f}x "
+            f"(min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -78,29 +78,44 @@ def main() -> None:
     loaded = load_for_deploy(report["checkpoint"])
     dm = deploy_datamodule(loaded, {})
     cpu = torch.device("cpu")
-    targets = [TorchTarget(loaded.fused, cpu, Reference(), name="fused"),
-               onnxruntime(args.run / "model.onnx", args.threads, "onnxruntime_fp32", "fp32"),
-               OpenVinoTarget(args.run / "model.onnx", args.threads, "openvino_fp32", int8=False),
-               OpenVinoTarget(args.run / "model.onnx", args.threads, "openvino_default", int8=False, f32=False),
-               onnxruntime(args.run / "model.int8.onnx", args.threads, "onnxruntime_int8", "int8"),
-               OpenVinoTarget(args.run / "model.int8.onnx", args.threads, "openvino_int8", int8=True)]
+    targets = [
+        TorchTarget(loaded.fused, cpu, Reference(), name="fused"),
+        onnxruntime(args.run / "model.onnx", args.threads, "onnxruntime_fp32", "fp32"),
+        OpenVinoTarget(args.run / "model.onnx", args.threads, "openvino_fp32", int8=False),
+        OpenVinoTarget(args.run / "model.onnx", args.threads, "openvino_default", int8=False, f32=False),
+        onnxruntime(args.run / "model.int8.onnx", args.threads, "onnxruntime_int8", "int8"),
+        OpenVinoTarget(args.run / "model.int8.onnx", args.threads, "openvino_int8", int8=True),
+    ]
     evaluations = evaluate_targets(targets, dm.test_dataloader())
     results = benchmark_targets(targets, args.batch_sizes, dm.deploy_info()["size"], args.min_run_time, args.rounds)
-    print(f"# {report['checkpoint']} ({report['model'].get('widths') or report['model'].get('variant')}), "
-          f"{evaluations['fused'].num_images} test images, {args.threads} thread(s), openvino {openvino.__version__}")
-    print("| target | accuracy | differs from fused fp32 | max abs logit diff | "
-          + " | ".join(f"img/s batch {b}" for b in args.batch_sizes) + " |")
+    print(
+        f"# {report['checkpoint']} ({report['model'].get('widths') or report['model'].get('variant')}), "
+        f"{evaluations['fused'].num_images} test images, {args.threads} thread(s), openvino {openvino.__version__}"
+    )
+    print(
+        "| target | accuracy | differs from fused fp32 | max abs logit diff | "
+        + " | ".join(f"img/s batch {b}" for b in args.batch_sizes)
+        + " |"
+    )
     print("|---|---|---|---|" + "---|" * len(args.batch_sizes))
     by = {(r.form, r.batch_size): r.throughput_ips for r in results}
     for target in targets:
         e = evaluations[target.name]
-        differs, diff = ("-", "-") if e.comparison is None else (e.comparison.disagreements, f"{e.comparison.max_abs_diff:.1e}")
-        print(f"| {target.name}: {target.label} | {e.accuracy:.2%} | {differs} | {diff} | "
-              + " | ".join(f"{by[(target.name, b)]:.0f}" for b in args.batch_sizes) + " |")
+        differs, diff = (
+            ("-", "-") if e.comparison is None else (e.comparison.disagreements, f"{e.comparison.max_abs_diff:.1e}")
+        )
+        print(
+            f"| {target.name}: {target.label} | {e.accuracy:.2%} | {differs} | {diff} | "
+            + " | ".join(f"{by[(target.name, b)]:.0f}" for b in args.batch_sizes)
+            + " |"
+        )
     print("\n| ratio (median, min..max over rounds) | " + " | ".join(f"batch {b}" for b in args.batch_sizes) + " |")
     print("|---|" + "---|" * len(args.batch_sizes))
-    for numerator, denominator in (("openvino_fp32", "onnxruntime_fp32"), ("openvino_default", "onnxruntime_fp32"),
-                                   ("openvino_int8", "onnxruntime_int8")):
+    for numerator, denominator in (
+        ("openvino_fp32", "onnxruntime_fp32"),
+        ("openvino_default", "onnxruntime_fp32"),
+        ("openvino_int8", "onnxruntime_int8"),
+    ):
         ratio = ratios(results, numerator, denominator)
         print(f"| {numerator} / {denominator} | " + " | ".join(ratio[b].describe() for b in args.batch_sizes) + " |")
 

@@ -23,14 +23,26 @@ VARIANTS = {
     "base": [],
     "ema": ["callbacks=ema", "callbacks.ema.decay=0.95", "callbacks.ema.update_starting_at_step=20"],
     "erase": ["data.erase_prob=0.25"],
-    "ema+erase": ["callbacks=ema", "callbacks.ema.decay=0.95", "callbacks.ema.update_starting_at_step=20",
-                  "data.erase_prob=0.25"],
+    "ema+erase": [
+        "callbacks=ema",
+        "callbacks.ema.decay=0.95",
+        "callbacks.ema.update_starting_at_step=20",
+        "data.erase_prob=0.25",
+    ],
 }
 
 
 def run(experiment: str, overrides: list[str], seed: int, epochs: int, out: Path) -> dict:
-    args = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", f"seed={seed}",
-            f"trainer.max_epochs={epochs}", "++trainer.enable_progress_bar=false", *overrides, f"hydra.run.dir={out}"]
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"experiment={experiment}",
+        f"seed={seed}",
+        f"trainer.max_epochs={epochs}",
+        "++trainer.enable_progress_bar=false",
+        *overrides,
+        f"hydra.run.dir={out}",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(args)}\n{proc.stderr[-3000:]}")
@@ -53,20 +65,31 @@ def main() -> None:
 
         write_cifar_like(work / "data", "cifar10", per_batch=600, n_test=1000)
         # 3,000 images: 2,500 to train on, 500 held out; the demo's batch size and schedule
-        extra = ["data=cifar10", f"paths.data_dir={work / 'data'}", "data.val_size=500", "data.batch_size=64",
-                 "data.num_workers=0", "data.hflip=false"]
+        extra = [
+            "data=cifar10",
+            f"paths.data_dir={work / 'data'}",
+            "data.val_size=500",
+            "data.batch_size=64",
+            "data.num_workers=0",
+            "data.hflip=false",
+        ]
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"# experiment={args.experiment}, data={args.data}, {args.epochs} epochs, seeds {seeds}; test accuracy")
     print("| variant | overrides | test acc per seed | mean | vs base (mean) |\n|---|---|---|---|---|")
     base = None
     for name in args.variants.split(","):
-        accs = [run(args.experiment, [*extra, *VARIANTS[name]], seed, args.epochs, work / f"{name}-{seed}")["test_acc"]
-                for seed in seeds]
+        accs = [
+            run(args.experiment, [*extra, *VARIANTS[name]], seed, args.epochs, work / f"{name}-{seed}")["test_acc"]
+            for seed in seeds
+        ]
         mean = statistics.mean(accs)
         base = mean if name == "base" else base
         delta = "" if base is None or name == "base" else f"{(mean - base) * 100:+.2f} points"
-        print(f"| {name} | `{' '.join(VARIANTS[name]) or '-'}` | {', '.join(f'{a:.2%}' for a in accs)} | {mean:.2%} | "
-              f"{delta} |", flush=True)
+        print(
+            f"| {name} | `{' '.join(VARIANTS[name]) or '-'}` | {', '.join(f'{a:.2%}' for a in accs)} | {mean:.2%} | "
+            f"{delta} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -26,16 +26,26 @@ LR, SMOOTHING = (0.01, 0.5), (0.0, 0.2)
 def run(name: str, args: list[str], out: Path) -> dict:
     sweep = out / name
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args, f"hydra.sweep.dir={sweep}"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *args, f"hydra.sweep.dir={sweep}"],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - started
     (out / f"{name}.log").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-20000:])
     report = json.loads((sweep / "sweep_summary.json").read_text())
     best = report["best"] or {}
-    return {"name": name, "exit": proc.returncode, "wall_s": round(wall, 1), "runs": len(report["runs"]),
-            "counts": report["counts"], "best_val_acc": best.get("value"), "best_params": best.get("params"),
-            "epochs_trained": sum(r["summary"].get("epochs") or 0 for r in report["runs"]),
-            "reproduce": report["reproduce"]}
+    return {
+        "name": name,
+        "exit": proc.returncode,
+        "wall_s": round(wall, 1),
+        "runs": len(report["runs"]),
+        "counts": report["counts"],
+        "best_val_acc": best.get("value"),
+        "best_params": best.get("params"),
+        "epochs_trained": sum(r["summary"].get("epochs") or 0 for r in report["runs"]),
+        "reproduce": report["reproduce"],
+    }
 
 
 def main() -> None:
@@ -50,20 +60,51 @@ def main() -> None:
     lrs = [LR[0] * (LR[1] / LR[0]) ** (i / (side - 1)) for i in range(side)]
     smoothings = [SMOOTHING[0] + (SMOOTHING[1] - SMOOTHING[0]) * i / (side - 1) for i in range(side)]
     common = ["experiment=demo", f"trainer.max_epochs={args.epochs}", "logger=none", *args.extra]
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
-                      "common": common}), flush=True)
-    search = run("search", [*common, "hparams_search=optuna", "hparams_search.study_name=demo_lr_ls",
-                            f"hparams_search.n_trials={args.trials}",
-                            f"optimizer.lr=tag(log,interval({LR[0]},{LR[1]}))",
-                            f"module.label_smoothing=interval({SMOOTHING[0]},{SMOOTHING[1]})"], args.out)
+    print(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "python": platform.python_version(),
+                "common": common,
+            }
+        ),
+        flush=True,
+    )
+    search = run(
+        "search",
+        [
+            *common,
+            "hparams_search=optuna",
+            "hparams_search.study_name=demo_lr_ls",
+            f"hparams_search.n_trials={args.trials}",
+            f"optimizer.lr=tag(log,interval({LR[0]},{LR[1]}))",
+            f"module.label_smoothing=interval({SMOOTHING[0]},{SMOOTHING[1]})",
+        ],
+        args.out,
+    )
     print(json.dumps(search), flush=True)
-    grid = run("grid", [*common, "optimizer.lr=" + ",".join(f"{v:.4g}" for v in lrs),
-                        "module.label_smoothing=" + ",".join(f"{v:.4g}" for v in smoothings)], args.out)
+    grid = run(
+        "grid",
+        [
+            *common,
+            "optimizer.lr=" + ",".join(f"{v:.4g}" for v in lrs),
+            "module.label_smoothing=" + ",".join(f"{v:.4g}" for v in smoothings),
+        ],
+        args.out,
+    )
     print(json.dumps(grid), flush=True)
     if search["best_val_acc"] is not None and grid["best_val_acc"] is not None:
-        print(json.dumps({"wall_ratio_search_over_grid": round(search["wall_s"] / grid["wall_s"], 3),
-                          "best_val_acc_points_search_minus_grid":
-                              round(100 * (search["best_val_acc"] - grid["best_val_acc"]), 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "wall_ratio_search_over_grid": round(search["wall_s"] / grid["wall_s"], 3),
+                    "best_val_acc_points_search_minus_grid": round(
+                        100 * (search["best_val_acc"] - grid["best_val_acc"]), 2
+                    ),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

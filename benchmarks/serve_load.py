@@ -32,13 +32,18 @@ def served_classifier(ckpt: str, target: str | None, max_batch_size: int, thread
     from reparam.deploy.load import load_for_deploy
     from reparam.deploy.report_index import weights_sha256
     from reparam.serve.choice import choose_target
-    from reparam.serve.model import Classifier, build_target
-    from reparam.serve.model import recorded_preprocessing, with_class_names
+    from reparam.serve.model import Classifier, build_target, recorded_preprocessing, with_class_names
 
     loaded = load_for_deploy(ckpt)
     preprocessing = with_class_names(recorded_preprocessing(loaded), loaded)
-    served = choose_target(loaded.source, weights_sha256(loaded.fused), "cpu", target=target,
-                           max_batch_size=max_batch_size, recorded_accuracy=loaded.recorded.get("test_acc"))
+    served = choose_target(
+        loaded.source,
+        weights_sha256(loaded.fused),
+        "cpu",
+        target=target,
+        max_batch_size=max_batch_size,
+        recorded_accuracy=loaded.recorded.get("test_acc"),
+    )
     return Classifier(build_target(served, loaded, "cpu", threads), preprocessing), preprocessing, served
 
 
@@ -113,8 +118,9 @@ async def load(url: str, images: list[bytes], concurrency: int, duration: float,
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
             try:
-                async with session.post(url, data=images[i % len(images)],
-                                        headers={"Content-Type": "image/png"}) as response:
+                async with session.post(
+                    url, data=images[i % len(images)], headers={"Content-Type": "image/png"}
+                ) as response:
                     await response.read()
                     status = response.status
             except aiohttp.ClientError:
@@ -132,8 +138,16 @@ async def load(url: str, images: list[bytes], concurrency: int, duration: float,
     ms = sorted(v * 1e3 for v in latencies) or [float("nan")]
     pct = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
     answered = statuses.get(200, 0)
-    return {"concurrency": concurrency, "requests": len(latencies), "images_per_s": answered / duration,
-            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "errors": errors, "statuses": statuses}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "images_per_s": answered / duration,
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "errors": errors,
+        "statuses": statuses,
+    }
 
 
 def breakdown(classifier, preprocessing, images: list[bytes], max_batch_size: int) -> dict:
@@ -155,8 +169,12 @@ def breakdown(classifier, preprocessing, images: list[bytes], max_batch_size: in
     batch = torch.stack([model_sized_image(b, preprocessing, 25_000_000) for b in images[:max_batch_size]])
     one = median_s(lambda: classifier.probabilities(batch[:1]), 50)
     full = median_s(lambda: classifier.probabilities(batch), 20)
-    return {"decode_ms": decode * 1e3, "model_batch1_ms": one * 1e3,
-            "model_per_image_at_max_batch_ms": full * 1e3 / len(batch), "offline_images_per_s": len(batch) / full}
+    return {
+        "decode_ms": decode * 1e3,
+        "model_batch1_ms": one * 1e3,
+        "model_per_image_at_max_batch_ms": full * 1e3 / len(batch),
+        "offline_images_per_s": len(batch) / full,
+    }
 
 
 def main() -> None:
@@ -194,14 +212,40 @@ def main() -> None:
         images.append(buffer.getvalue())
     served_port, plain_port = _free_port(), _free_port()
     target = [f"serve.target={args.target}"] if args.target else []
-    served = _start([sys.executable, str(ROOT / "serve.py"), f"ckpt={args.ckpt}", f"serve.port={served_port}",
-                     f"serve.max_batch_size={args.max_batch_size}", f"serve.batch_timeout={args.batch_timeout}",
-                     f"serve.threads={args.threads}", f"hydra.run.dir={work / 'served'}", *target],
-                    served_port, work / "served.log")
+    served = _start(
+        [
+            sys.executable,
+            str(ROOT / "serve.py"),
+            f"ckpt={args.ckpt}",
+            f"serve.port={served_port}",
+            f"serve.max_batch_size={args.max_batch_size}",
+            f"serve.batch_timeout={args.batch_timeout}",
+            f"serve.threads={args.threads}",
+            f"hydra.run.dir={work / 'served'}",
+            *target,
+        ],
+        served_port,
+        work / "served.log",
+    )
     info = json.loads(__import__("urllib.request").request.urlopen(f"http://127.0.0.1:{served_port}/info").read())
     name = info["model"]["target"]["name"]
-    plain = _start([sys.executable, __file__, "plain", "--ckpt", args.ckpt, "--target", name, "--port",
-                    str(plain_port), "--threads", str(args.threads)], plain_port, work / "plain.log")
+    plain = _start(
+        [
+            sys.executable,
+            __file__,
+            "plain",
+            "--ckpt",
+            args.ckpt,
+            "--target",
+            name,
+            "--port",
+            str(plain_port),
+            "--threads",
+            str(args.threads),
+        ],
+        plain_port,
+        work / "plain.log",
+    )
     try:
         classifier, preprocessing, _ = served_classifier(args.ckpt, name, args.max_batch_size, args.threads)
         before = breakdown(classifier, preprocessing, images, args.max_batch_size)
@@ -210,35 +254,55 @@ def main() -> None:
             for label, port in (("litserve", served_port), ("plain_fastapi", plain_port)):
                 row = asyncio.run(load(f"http://127.0.0.1:{port}/predict", images, c, args.duration))
                 rows.append({"server": label, **row})
-                print(f"{label:14s} c={c:4d} {row['images_per_s']:8.1f} img/s p50 {row['p50_ms']:7.1f} ms "
-                      f"p95 {row['p95_ms']:7.1f} p99 {row['p99_ms']:7.1f} errors {row['errors']}", flush=True)
+                print(
+                    f"{label:14s} c={c:4d} {row['images_per_s']:8.1f} img/s p50 {row['p50_ms']:7.1f} ms "
+                    f"p95 {row['p95_ms']:7.1f} p99 {row['p99_ms']:7.1f} errors {row['errors']}",
+                    flush=True,
+                )
         after = breakdown(classifier, preprocessing, images, args.max_batch_size)
     finally:
         for process in (served, plain):
             process.terminate()
             process.wait(60)
     deploy_offline = info["model"]["target"]["throughput"].get(str(args.max_batch_size))
-    result = {"target": info["model"]["target"], "max_batch_size": args.max_batch_size,
-              "batch_timeout": args.batch_timeout, "threads": args.threads, "duration_s": args.duration,
-              "cpus": os.cpu_count(), "load_average": os.getloadavg(), "deploy_offline_images_per_s": deploy_offline,
-              "breakdown_before": before, "breakdown_after": after, "rows": rows}
+    result = {
+        "target": info["model"]["target"],
+        "max_batch_size": args.max_batch_size,
+        "batch_timeout": args.batch_timeout,
+        "threads": args.threads,
+        "duration_s": args.duration,
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "deploy_offline_images_per_s": deploy_offline,
+        "breakdown_before": before,
+        "breakdown_after": after,
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\ntarget {name} ({info['model']['target']['label']}), max_batch_size {args.max_batch_size}, "
-          f"{args.threads} model thread(s), {os.cpu_count()} CPUs shared with the load generator")
+    print(
+        f"\ntarget {name} ({info['model']['target']['label']}), max_batch_size {args.max_batch_size}, "
+        f"{args.threads} model thread(s), {os.cpu_count()} CPUs shared with the load generator"
+    )
     offline = [before["offline_images_per_s"], after["offline_images_per_s"]]
-    print(f"offline at batch {args.max_batch_size}: {min(offline):.0f}-{max(offline):.0f} images/s here (before/after), "
-          f"{deploy_offline} in the deploy report")
-    print(f"per image: decode (+ resize if needed) {before['decode_ms']:.3f} ms, model at batch 1 "
-          f"{before['model_batch1_ms']:.3f} ms, model per image at batch {args.max_batch_size} "
-          f"{before['model_per_image_at_max_batch_ms']:.3f} ms")
+    print(
+        f"offline at batch {args.max_batch_size}: {min(offline):.0f}-{max(offline):.0f} images/s here (before/after), "
+        f"{deploy_offline} in the deploy report"
+    )
+    print(
+        f"per image: decode (+ resize if needed) {before['decode_ms']:.3f} ms, model at batch 1 "
+        f"{before['model_batch1_ms']:.3f} ms, model per image at batch {args.max_batch_size} "
+        f"{before['model_per_image_at_max_batch_ms']:.3f} ms"
+    )
     print("\n| server | concurrency | images/s | p50 ms | p95 ms | p99 ms | errors | vs plain | vs offline |")
     print("|---|---|---|---|---|---|---|---|---|")
     by = {(r["server"], r["concurrency"]): r for r in rows}
     for r in rows:
         base = by[("plain_fastapi", r["concurrency"])]["images_per_s"]
-        print(f"| {r['server']} | {r['concurrency']} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
-              f"| {r['p99_ms']:.1f} | {r['errors']} | {r['images_per_s'] / base:.2f}x | "
-              f"{r['images_per_s'] / statistics.mean(offline):.0%} |")
+        print(
+            f"| {r['server']} | {r['concurrency']} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
+            f"| {r['p99_ms']:.1f} | {r['errors']} | {r['images_per_s'] / base:.2f}x | "
+            f"{r['images_per_s'] / statistics.mean(offline):.0%} |"
+        )
     print(f"\nwritten: {args.out}")
 
 

@@ -17,8 +17,7 @@ import sys
 import numpy as np
 import torch
 from torchmetrics.classification import MulticlassAccuracy
-from train_throughput import (PRESETS, datamodule, network_spec, parse_args, plain_throughput,
-                              template_throughput)
+from train_throughput import PRESETS, datamodule, network_spec, parse_args, plain_throughput, template_throughput
 
 from reparam.module import ClassifierModule
 
@@ -37,8 +36,14 @@ class PerStepLogging(ClassifierModule):
         logits = self.training_net()(self._layout(x))
         loss = self.criterion(logits, y)
         self.train_acc.update(logits.detach(), y)
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(y),
-                 prog_bar=self.hparams.step_metrics_in_progress_bar)
+        self.log(
+            "train/loss_step",
+            loss,
+            on_step=True,
+            on_epoch=False,
+            batch_size=len(y),
+            prog_bar=self.hparams.step_metrics_in_progress_bar,
+        )
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
@@ -58,8 +63,10 @@ VARIANTS = {  # name: (module class, progress bar refresh rate or None for the c
 def main() -> None:
     args = parse_args()
     block = args.blocks[0]
-    print(f"# {args.model} ({block}), batch {args.batch_size}, {args.precision}, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps after {args.warmup}, median (range) of {args.repeats} interleaved repeats")
+    print(
+        f"# {args.model} ({block}), batch {args.batch_size}, {args.precision}, {torch.get_num_threads()} threads, "
+        f"{args.steps} timed steps after {args.warmup}, median (range) of {args.repeats} interleaved repeats"
+    )
     print("| preset | variant | img/s | / plain loop | overhead (ms/step) |\n|---|---|---|---|---|")
     for name in args.presets:
         preset, spec = PRESETS[name], network_spec(args, block)
@@ -70,15 +77,25 @@ def main() -> None:
             plain.append(plain_throughput(spec, datamodule(args, preset), args, preset))
             for variant, (module_class, refresh) in VARIANTS.items():
                 torch.manual_seed(0)
-                rates[variant].append(template_throughput(spec, datamodule(args, preset), args, preset,
-                                                          module_class=module_class, progress_refresh=refresh))
+                rates[variant].append(
+                    template_throughput(
+                        spec,
+                        datamodule(args, preset),
+                        args,
+                        preset,
+                        module_class=module_class,
+                        progress_refresh=refresh,
+                    )
+                )
         print(f"| {name} | plain loop | {np.median(plain):.0f} ({min(plain):.0f}..{max(plain):.0f}) | 1 | 0 |")
         for variant, values in rates.items():
             ratios = [t / p for t, p in zip(values, plain)]
             ms = [1000 * args.batch_size * (1 / t - 1 / p) for t, p in zip(values, plain)]
-            print(f"| {name} | {variant} | {np.median(values):.0f} | {np.median(ratios):.3f} "
-                  f"({min(ratios):.3f}..{max(ratios):.3f}) | {np.median(ms):.2f} ({min(ms):.2f}..{max(ms):.2f}) |",
-                  flush=True)
+            print(
+                f"| {name} | {variant} | {np.median(values):.0f} | {np.median(ratios):.3f} "
+                f"({min(ratios):.3f}..{max(ratios):.3f}) | {np.median(ms):.2f} ({min(ms):.2f}..{max(ms):.2f}) |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

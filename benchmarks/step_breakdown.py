@@ -34,7 +34,11 @@ SPEED = [_lines(SpeedMonitor.on_train_batch_start), _lines(SpeedMonitor.on_train
 
 def _in(frames, file_part: str, func: str | None = None, lines=None) -> bool:
     for f, fn, ln in frames:
-        if file_part in f and (func is None or fn == func or fn.endswith("." + func)) and (lines is None or any(ln in r for r in lines)):
+        if (
+            file_part in f
+            and (func is None or fn == func or fn.endswith("." + func))
+            and (lines is None or any(ln in r for r in lines))
+        ):
             return True
     return False
 
@@ -43,8 +47,10 @@ CATEGORIES = [  # (name, predicate over [(file, func, line), ...] root to leaf);
     ("progress bar (tqdm)", lambda s: _in(s, "callbacks/progress/") or _in(s, "tqdm/")),
     ("metric update (torchmetrics)", lambda s: _in(s, "torchmetrics/")),
     ("self.log", lambda s: _in(s, "pytorch/core/module.py", "log")),
-    ("logger connector, loggers", lambda s: _in(s, "logger_connector") or _in(s, "pytorch/loggers/")
-     or _in(s, "reparam/loggers.py")),
+    (
+        "logger connector, loggers",
+        lambda s: _in(s, "logger_connector") or _in(s, "pytorch/loggers/") or _in(s, "reparam/loggers.py"),
+    ),
     ("FiniteLossGuard", lambda s: _in(s, "reparam/callbacks.py", lines=[GUARD])),
     ("SpeedMonitor", lambda s: _in(s, "reparam/callbacks.py", lines=SPEED)),
     ("ModelCheckpoint", lambda s: _in(s, "callbacks/model_checkpoint.py")),

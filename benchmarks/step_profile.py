@@ -24,8 +24,17 @@ from lightning.pytorch.profilers import SimpleProfiler
 from train_throughput import PRESETS, datamodule, network_spec, parse_args, template_throughput
 
 # Lightning's per-step actions worth showing (the rest happen once per run or per epoch)
-STEP_ACTIONS = ("run_training_batch", "[_TrainingEpochLoop].train_dataloader_next", "[Strategy]", "[LightningModule]",
-                "[Callback]", "optimizer_step", "training_step", "backward", "zero_grad")
+STEP_ACTIONS = (
+    "run_training_batch",
+    "[_TrainingEpochLoop].train_dataloader_next",
+    "[Strategy]",
+    "[LightningModule]",
+    "[Callback]",
+    "optimizer_step",
+    "training_step",
+    "backward",
+    "zero_grad",
+)
 
 
 class ProfilerWindow(L.Callback):
@@ -59,12 +68,17 @@ class ProfilerWindow(L.Callback):
 
 
 def hook_table(durations: dict[str, list[float]], steps: int, top: int = 25) -> list[str]:
-    rows = [(name, values) for name, values in durations.items()
-            if len(values) >= steps and any(key in name for key in STEP_ACTIONS)]
+    rows = [
+        (name, values)
+        for name, values in durations.items()
+        if len(values) >= steps and any(key in name for key in STEP_ACTIONS)
+    ]
     rows.sort(key=lambda r: -float(np.median(r[1])))
     lines = ["| Lightning action (host time) | median ms | calls |", "|---|---|---|"]
-    lines += [f"| `{re.sub(r'{.*}', '', name)}` | {1000 * float(np.median(values)):.3f} | {len(values)} |"
-              for name, values in rows[:top]]
+    lines += [
+        f"| `{re.sub(r'{.*}', '', name)}` | {1000 * float(np.median(values)):.3f} | {len(values)} |"
+        for name, values in rows[:top]
+    ]
     return lines
 
 
@@ -73,10 +87,14 @@ def op_table(profile: torch.profiler.profile, steps: int, wall_s: float, cuda: b
     lines = [f"{steps} steps profiled, wall {1000 * wall_s / steps:.3f} ms per step (under the profiler)"]
     if cuda:
         device_us = sum(e.self_device_time_total for e in events)
-        lines.append(f"GPU busy {device_us / 1000 / steps:.3f} ms per step "
-                     f"({device_us / 1e6 / wall_s:.0%} of the wall time)")
-    lines += ["", "| op (top by host self time) | host self ms/step | calls/step |" +
-              (" device self ms/step |" if cuda else ""), "|---|---|---|" + ("---|" if cuda else "")]
+        lines.append(
+            f"GPU busy {device_us / 1000 / steps:.3f} ms per step ({device_us / 1e6 / wall_s:.0%} of the wall time)"
+        )
+    lines += [
+        "",
+        "| op (top by host self time) | host self ms/step | calls/step |" + (" device self ms/step |" if cuda else ""),
+        "|---|---|---|" + ("---|" if cuda else ""),
+    ]
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
         device = f" {e.self_device_time_total / 1000 / steps:.3f} |" if cuda else ""
         lines.append(f"| `{e.key}` | {e.self_cpu_time_total / 1000 / steps:.3f} | {e.count / steps:.1f} |{device}")
@@ -89,7 +107,7 @@ def main(argv: list[str] | None = None) -> str:
     if "--profile-steps" in argv:
         i = argv.index("--profile-steps")
         steps = int(argv[i + 1])
-        del argv[i:i + 2]
+        del argv[i : i + 2]
     args = parse_args(argv)
     preset_name, block = args.presets[0], args.blocks[0]
     preset, spec = PRESETS[preset_name], network_spec(args, block)
@@ -97,12 +115,17 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory() as out:
         profiler = SimpleProfiler(dirpath=out, filename="simple")
         torch.manual_seed(0)
-        rate = template_throughput(spec, datamodule(args, preset), args, preset, profiler=profiler,
-                                   extra_callbacks=[window])
+        rate = template_throughput(
+            spec, datamodule(args, preset), args, preset, profiler=profiler, extra_callbacks=[window]
+        )
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    lines = [f"### template step, {args.model} ({block}), preset {preset_name}, batch {args.batch_size}, "
-             f"{args.precision}, {device}, torch {torch.__version__}",
-             "", f"{rate:.0f} img/s over {args.steps} steps with both profilers on (slower than unprofiled)", ""]
+    lines = [
+        f"### template step, {args.model} ({block}), preset {preset_name}, batch {args.batch_size}, "
+        f"{args.precision}, {device}, torch {torch.__version__}",
+        "",
+        f"{rate:.0f} img/s over {args.steps} steps with both profilers on (slower than unprofiled)",
+        "",
+    ]
     lines += hook_table(profiler.recorded_durations, args.steps)
     lines.append("")
     if window.profile is not None and window.wall_s:

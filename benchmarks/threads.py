@@ -38,8 +38,10 @@ def main() -> None:
                 torch.set_num_threads(threads)
                 timer = tbench.Timer("model(x)", globals={"model": fused, "x": x}, num_threads=threads)
                 latencies[threads].append(timer.blocked_autorange(min_run_time=args.min_run_time).median * 1e3)
-    print(f"# load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after, {os.cpu_count()} cores, "
-          f"batch {args.batch_size}")
+    print(
+        f"# load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after, {os.cpu_count()} cores, "
+        f"batch {args.batch_size}"
+    )
     print("| threads | median latency (ms) | per round (ms) |")
     print("|---|---|---|")
     for threads, values in latencies.items():

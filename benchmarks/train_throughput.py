@@ -109,30 +109,58 @@ def optimizer_factory(lr: float = 0.1, fused: bool | None = None):
     return functools.partial(torch.optim.SGD, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=fused)
 
 
-def template_throughput(spec, dm, args, preset: dict, module_class: type[ClassifierModule] = ClassifierModule,
-                        progress_refresh: int | None = None, profiler=None, extra_callbacks=()) -> float:
+def template_throughput(
+    spec,
+    dm,
+    args,
+    preset: dict,
+    module_class: type[ClassifierModule] = ClassifierModule,
+    progress_refresh: int | None = None,
+    profiler=None,
+    extra_callbacks=(),
+) -> float:
     """Images/s of the template's training steps; the keyword arguments let benchmarks/step_ablation.py and
     benchmarks/step_profile.py vary or observe it."""
     from reparam.loggers import CSVLogger
 
     refresh = args.progress_refresh if progress_refresh is None else progress_refresh
-    module = module_class(spec, optimizer_factory(fused=preset["fused"]),
-                          functools.partial(warmup_cosine, warmup_epochs=0.1),
-                          channels_last=preset["channels_last"], compile=preset["compile"] is not None,
-                          compile_mode=preset["compile"], compile_backend=args.compile_backend,
-                          step_metrics_in_progress_bar=not preset["fast"])
+    module = module_class(
+        spec,
+        optimizer_factory(fused=preset["fused"]),
+        functools.partial(warmup_cosine, warmup_epochs=0.1),
+        channels_last=preset["channels_last"],
+        compile=preset["compile"] is not None,
+        compile_mode=preset["compile"],
+        compile_backend=args.compile_backend,
+        step_metrics_in_progress_bar=not preset["fast"],
+    )
     timer = StepTimer(args.warmup)
     with tempfile.TemporaryDirectory() as out:
-        callbacks = [timer, FiniteLossGuard(FINITE_LOSS_EVERY[preset["fast"]]), SpeedMonitor(SPEED_EVERY),
-                     ModelCheckpoint(dirpath=out, monitor="val/acc", mode="max", save_last=True),
-                     LearningRateMonitor(logging_interval="epoch"), *extra_callbacks]
+        callbacks = [
+            timer,
+            FiniteLossGuard(FINITE_LOSS_EVERY[preset["fast"]]),
+            SpeedMonitor(SPEED_EVERY),
+            ModelCheckpoint(dirpath=out, monitor="val/acc", mode="max", save_last=True),
+            LearningRateMonitor(logging_interval="epoch"),
+            *extra_callbacks,
+        ]
         if refresh:
             callbacks.append(TQDMProgressBar(refresh_rate=refresh))
-        trainer = L.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision,
-                            max_steps=args.warmup + args.steps, max_epochs=-1, limit_val_batches=0,
-                            logger=CSVLogger(out, name="csv", version=""), log_every_n_steps=LOG_EVERY,
-                            enable_progress_bar=refresh > 0, enable_model_summary=False,
-                            callbacks=callbacks, num_sanity_val_steps=0, profiler=profiler)
+        trainer = L.Trainer(
+            accelerator=args.accelerator,
+            devices=1,
+            precision=args.precision,
+            max_steps=args.warmup + args.steps,
+            max_epochs=-1,
+            limit_val_batches=0,
+            logger=CSVLogger(out, name="csv", version=""),
+            log_every_n_steps=LOG_EVERY,
+            enable_progress_bar=refresh > 0,
+            enable_model_summary=False,
+            callbacks=callbacks,
+            num_sanity_val_steps=0,
+            profiler=profiler,
+        )
         with contextlib.redirect_stdout(sys.stderr):  # Lightning's bar writes to stdout: keep the tables clean
             trainer.fit(module, datamodule=dm)
     return timer.images / (timer.end - timer.start)
@@ -146,8 +174,11 @@ def plain_throughput(spec, dm, args, preset: dict) -> float:
     if preset["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     opt = optimizer_factory(fused=preset["fused"])(parameter_groups(model, 5e-4, True))
-    forward = (torch.compile(model, backend=args.compile_backend, mode=preset["compile"], dynamic=False)
-               if preset["compile"] else model)
+    forward = (
+        torch.compile(model, backend=args.compile_backend, mode=preset["compile"], dynamic=False)
+        if preset["compile"]
+        else model
+    )
     steps_per_epoch = len(dm.train_dataloader())
     sched = warmup_cosine(opt, args.warmup + args.steps, steps_per_epoch, warmup_epochs=0.1)
     criterion = torch.nn.CrossEntropyLoss()
@@ -205,12 +236,16 @@ class Row:
                 return "-"
             return f"{np.median(values):{fmt}} ({min(values):{fmt}}..{max(values):{fmt}})"
 
-        return (f"| {self.block} | {self.preset} | {spread(self.plain, '.0f')} | {spread(self.template, '.0f')} | "
-                f"{spread(self.ratios, '.3f')} | {spread(self.overheads_ms, '.2f')} |")
+        return (
+            f"| {self.block} | {self.preset} | {spread(self.plain, '.0f')} | {spread(self.template, '.0f')} | "
+            f"{spread(self.ratios, '.3f')} | {spread(self.overheads_ms, '.2f')} |"
+        )
 
 
-HEADER = ("| block | preset | plain loop (img/s) | template (img/s) | template / plain | overhead (ms/step) |\n"
-          "|---|---|---|---|---|---|")
+HEADER = (
+    "| block | preset | plain loop (img/s) | template (img/s) | template / plain | overhead (ms/step) |\n"
+    "|---|---|---|---|---|---|"
+)
 
 
 def network_spec(args, block: str) -> dict:
@@ -220,8 +255,12 @@ def network_spec(args, block: str) -> dict:
 
 
 def datamodule(args, preset: dict) -> SyntheticCIFAR:
-    d = SyntheticCIFAR(args.images, batch_size=args.batch_size, pipeline=preset["pipeline"],
-                       num_workers=args.workers if preset["pipeline"] == "standard" else 0)
+    d = SyntheticCIFAR(
+        args.images,
+        batch_size=args.batch_size,
+        pipeline=preset["pipeline"],
+        num_workers=args.workers if preset["pipeline"] == "standard" else 0,
+    )
     d.setup()
     d._device = lambda: torch.device(args.device)  # the plain loop has no trainer: data on the device
     return d
@@ -248,20 +287,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--images", type=int, default=None,
-                   help="dataset size; default: enough for every step in one epoch (no epoch end while timing)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="dataset size; default: enough for every step in one epoch (no epoch end while timing)",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA, 32-true on CPU")
     p.add_argument("--repeats", type=int, default=3, help="alternate the two loops this many times; report medians")
-    p.add_argument("--clock", default="wall", choices=list(CLOCKS), help="wall time, or this process's CPU time "
-                   "(steadier on a shared CPU; not for CUDA, whose work the CPU clock does not see)")
-    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled preset "
-                   "(aot_eager: a quick check of the code path on a CPU)")
-    p.add_argument("--progress-refresh", type=int, default=PROGRESS_REFRESH,
-                   help="the template's progress bar refreshes every N steps (0: no bar)")
-    p.add_argument("--sides", default="plain,template", help="run only one side (e.g. under a profiler): plain, "
-                   "template or both")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=list(CLOCKS),
+        help="wall time, or this process's CPU time "
+        "(steadier on a shared CPU; not for CUDA, whose work the CPU clock does not see)",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled preset (aot_eager: a quick check of the code path on a CPU)",
+    )
+    p.add_argument(
+        "--progress-refresh",
+        type=int,
+        default=PROGRESS_REFRESH,
+        help="the template's progress bar refreshes every N steps (0: no bar)",
+    )
+    p.add_argument(
+        "--sides", default="plain,template", help="run only one side (e.g. under a profiler): plain, template or both"
+    )
     args = p.parse_args(argv)
     args.sides = args.sides.split(",")
     args.images = args.images or args.batch_size * (args.warmup + args.steps + 1)
@@ -284,11 +340,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
-    device_name = (torch.cuda.get_device_name() if args.device == "cuda"
-                   else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
-    print(f"# {args.model}, {device_name}, torch {torch.__version__}, batch {args.batch_size}, {args.precision}, "
-          f"{args.steps} timed steps after {args.warmup}, {args.clock} clock, median (range) of {args.repeats} "
-          "interleaved repeats")
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"# {args.model}, {device_name}, torch {torch.__version__}, batch {args.batch_size}, {args.precision}, "
+        f"{args.steps} timed steps after {args.warmup}, {args.clock} clock, median (range) of {args.repeats} "
+        "interleaved repeats"
+    )
     print(HEADER, flush=True)
     rows = []
     for block in args.blocks:

@@ -58,8 +58,9 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def train_ips(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              steps: int) -> float:
+def train_ips(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
@@ -95,8 +96,7 @@ def saved_for_backward_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.T
     return sum(saved.values())
 
 
-def peak_step_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                    y: torch.Tensor) -> int:
+def peak_step_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> int:
     """The most bytes held at once, during one training step, in allocations made during that step (profiler)."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         train_ips(model, optimizer, x, y, 1)
@@ -122,16 +122,22 @@ def training_cost_table(kinds: list[str], rounds: int, steps: int, batch: int) -
         for kind in kinds:
             speed[kind].append(train_ips(models[kind], optimizers[kind], x, y, steps))
     base = "repvgg" if "repvgg" in kinds else kinds[0]
-    print(f"\n## Training cost on the A0 layout (32x32, 10 classes): batch {batch}, fp32, {rounds} rounds x {steps} "
-          "SGD steps")
-    print("| block | train-form params | train img/s | train vs repvgg | saved for backward (MiB) | vs repvgg "
-          "| peak step memory (MiB) | vs repvgg |")
+    print(
+        f"\n## Training cost on the A0 layout (32x32, 10 classes): batch {batch}, fp32, {rounds} rounds x {steps} "
+        "SGD steps"
+    )
+    print(
+        "| block | train-form params | train img/s | train vs repvgg | saved for backward (MiB) | vs repvgg "
+        "| peak step memory (MiB) | vs repvgg |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for kind in kinds:
         ratio = [a / b for a, b in zip(speed[kind], speed[base])]
-        print(f"| {kind} | {n_params(models[kind]) / 1e6:.2f}M | {statistics.median(speed[kind]):.1f} | {spread(ratio)} "
-              f"| {saved[kind] / MB:.0f} | {saved[kind] / saved[base]:.2f}x | {peak[kind] / MB:.0f} "
-              f"| {peak[kind] / peak[base]:.2f}x |")
+        print(
+            f"| {kind} | {n_params(models[kind]) / 1e6:.2f}M | {statistics.median(speed[kind]):.1f} | {spread(ratio)} "
+            f"| {saved[kind] / MB:.0f} | {saved[kind] / saved[base]:.2f}x | {peak[kind] / MB:.0f} "
+            f"| {peak[kind] / peak[base]:.2f}x |"
+        )
 
 
 def ready_to_train(kind: str, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -165,15 +171,19 @@ def zoo_table(kinds: list[str], rounds: int, steps: int, batch: int) -> None:
             infer_speed[kind].append(infer_ips(fused[kind], x))
     base = "repvgg" if "repvgg" in kinds else kinds[0]
     print(f"\n## Block zoo on the A0 layout (32x32, 10 classes): batch {batch}, {rounds} rounds x {steps} train steps")
-    print("| block | train-form params | train img/s | train vs repvgg | fused params | fused img/s | fused vs repvgg "
-          "| convert (ms) |")
+    print(
+        "| block | train-form params | train img/s | train vs repvgg | fused params | fused img/s | fused vs repvgg "
+        "| convert (ms) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for kind in kinds:
         t_ratio = [a / b for a, b in zip(train_speed[kind], train_speed[base])]
         i_ratio = [a / b for a, b in zip(infer_speed[kind], infer_speed[base])]
-        print(f"| {kind} | {n_params(models[kind]) / 1e6:.2f}M | {statistics.median(train_speed[kind]):.1f} "
-              f"| {spread(t_ratio)} | {n_params(fused[kind]) / 1e6:.2f}M | {statistics.median(infer_speed[kind]):.0f} "
-              f"| {spread(i_ratio)} | {convert_ms[kind]:.0f} |")
+        print(
+            f"| {kind} | {n_params(models[kind]) / 1e6:.2f}M | {statistics.median(train_speed[kind]):.1f} "
+            f"| {spread(t_ratio)} | {n_params(fused[kind]) / 1e6:.2f}M | {statistics.median(infer_speed[kind]):.0f} "
+            f"| {spread(i_ratio)} | {convert_ms[kind]:.0f} |"
+        )
 
 
 def autofuse_row(name: str, model: torch.nn.Module, size: int) -> None:
@@ -193,8 +203,10 @@ def autofuse_row(name: str, model: torch.nn.Module, size: int) -> None:
         model64 = copy.deepcopy(model).double()
         fused64, _ = auto_fuse(model64, x.double(), verify=False)
         fp64 = float((fused64(x.double()) - model64(x.double())).abs().max())
-    print(f"| {name} | {size}x{size} | {report.params_before / 1e6:.3f}M | {report.params_after / 1e6:.3f}M "
-          f"| {len(report.merged)} | {len(report.skipped)} | {fp32:.1e} | {scale:.1f} | {fp64:.1e} | {seconds:.2f} |")
+    print(
+        f"| {name} | {size}x{size} | {report.params_before / 1e6:.3f}M | {report.params_after / 1e6:.3f}M "
+        f"| {len(report.merged)} | {len(report.skipped)} | {fp32:.1e} | {scale:.1f} | {fp64:.1e} | {seconds:.2f} |"
+    )
 
 
 def main() -> None:
@@ -206,19 +218,28 @@ def main() -> None:
     p.add_argument("--no-timm", action="store_true")
     p.add_argument("--training-cost", action="store_true", help="only the training speed and memory table")
     args = p.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     if args.training_cost:
         training_cost_table(args.kinds, args.rounds, args.train_steps, args.batch)
         return
     zoo_table(args.kinds, args.rounds, args.train_steps, args.batch)
     print("\n## auto_fuse (eval mode; BN statistics measured on the 8 inputs; fp32 and fp64 max |fused - model|)")
-    print("| model | input | params before | params after | convs merged | left alone | max diff fp32 | max |output| "
-          "| max diff fp64 | fuse (s) |")
+    print(
+        "| model | input | params before | params after | convs merged | left alone | max diff fp32 | max |output| "
+        "| max diff fp64 | fuse (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for kind in args.kinds:
         autofuse_row(f"reparam A0 {kind}", build_model({"variant": "A0", "block": kind}), 32)
-    autofuse_row("reparam AsymmetricNet (model=custom)", build_model(
-        {"arch": "custom", "num_classes": 10, "net": {"_target_": "reparam.models.examples.AsymmetricNet"}}), 32)
+    autofuse_row(
+        "reparam AsymmetricNet (model=custom)",
+        build_model(
+            {"arch": "custom", "num_classes": 10, "net": {"_target_": "reparam.models.examples.AsymmetricNet"}}
+        ),
+        32,
+    )
     if not args.no_timm:
         import timm
 

@@ -31,14 +31,37 @@ from int8 import data_overrides, run  # noqa: E402  (the same train/deploy runne
 def one_run(spec: str, seed: int, args: argparse.Namespace, data: list[str]) -> dict:
     kind, _, extra = spec.partition(":")
     run_dir = args.out / f"{args.data}-{spec.replace(':', '_').replace('=', '-').replace(',', '_')}-seed{seed}"
-    run("train.py", [*data, f"model={args.model}", f"model.block={kind}", *filter(None, extra.split(",")),
-                     f"seed={seed}", f"trainer.max_epochs={args.epochs}", f"hydra.run.dir={run_dir}/train"])
+    run(
+        "train.py",
+        [
+            *data,
+            f"model={args.model}",
+            f"model.block={kind}",
+            *filter(None, extra.split(",")),
+            f"seed={seed}",
+            f"trainer.max_epochs={args.epochs}",
+            f"hydra.run.dir={run_dir}/train",
+        ],
+    )
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
-    result = {"test_acc": summary["test_acc"], "fp32": summary["fusion_fp32_max_abs_diff"],
-              "fp64": summary["fusion_fp64_max_abs_diff"], "int8_drop": None}
+    result = {
+        "test_acc": summary["test_acc"],
+        "fp32": summary["fusion_fp32_max_abs_diff"],
+        "fp64": summary["fusion_fp64_max_abs_diff"],
+        "int8_drop": None,
+    }
     if args.int8:
-        run("deploy.py", [f"ckpt={run_dir}/train", "quantize=int8", "device=cpu", "benchmark.enabled=false",
-                          "export.torch_export=false", f"hydra.run.dir={run_dir}/deploy"])
+        run(
+            "deploy.py",
+            [
+                f"ckpt={run_dir}/train",
+                "quantize=int8",
+                "device=cpu",
+                "benchmark.enabled=false",
+                "export.torch_export=false",
+                f"hydra.run.dir={run_dir}/deploy",
+            ],
+        )
         report = json.loads((run_dir / "deploy" / "report.json").read_text())
         result["int8_drop"] = report["int8"]["accuracy_drop"]
         result["disagreements"] = report["disagreements"]
@@ -63,16 +86,20 @@ def main() -> None:
             print(f"# done {spec} seed {seed}: {results[spec][-1]}", file=sys.stderr, flush=True)
     base = args.runs[0]
     print(f"# {args.data}, model={args.model}, {args.epochs} epochs, seeds {args.seeds}; test accuracy (%) per seed")
-    print(f"| run | test acc per seed | mean | vs {base} per seed (points) | fusion max diff fp32 | fp64 "
-          "| INT8 drop per seed (points) |")
+    print(
+        f"| run | test acc per seed | mean | vs {base} per seed (points) | fusion max diff fp32 | fp64 "
+        "| INT8 drop per seed (points) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for spec, rows in results.items():
         acc = [100 * r["test_acc"] for r in rows]
         delta = [a - 100 * b["test_acc"] for a, b in zip(acc, results[base])]
         drops = "n/a" if not args.int8 else " / ".join(f"{r['int8_drop']:.2f}" for r in rows)
-        print(f"| {spec} | {' / '.join(f'{a:.2f}' for a in acc)} | {statistics.mean(acc):.2f} "
-              f"| {' / '.join(f'{d:+.2f}' for d in delta)} | {max(r['fp32'] for r in rows):.1e} "
-              f"| {max(r['fp64'] for r in rows):.1e} | {drops} |")
+        print(
+            f"| {spec} | {' / '.join(f'{a:.2f}' for a in acc)} | {statistics.mean(acc):.2f} "
+            f"| {' / '.join(f'{d:+.2f}' for d in delta)} | {max(r['fp32'] for r in rows):.1e} "
+            f"| {max(r['fp64'] for r in rows):.1e} | {drops} |"
+        )
 
 
 if __name__ == "__main__":

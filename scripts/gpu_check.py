@@ -51,9 +51,20 @@ def train(name: str, run: str, *overrides: str, env: dict[str, str] | None = Non
 
 
 def deploy(name: str, ckpt: str, out: str, *overrides: str) -> Step:
-    return Step(name, "deploy", [sys.executable, str(ROOT / "deploy.py"), f"ckpt={ckpt}", "device=cuda",
-                       "benchmark.batch_sizes=[1,256]", "benchmark.min_run_time=0.3", *overrides,
-                       f"hydra.run.dir={out}"])
+    return Step(
+        name,
+        "deploy",
+        [
+            sys.executable,
+            str(ROOT / "deploy.py"),
+            f"ckpt={ckpt}",
+            "device=cuda",
+            "benchmark.batch_sizes=[1,256]",
+            "benchmark.min_run_time=0.3",
+            *overrides,
+            f"hydra.run.dir={out}",
+        ],
+    )
 
 
 def no_skipped_cudagraphs(output: str) -> str | None:
@@ -70,22 +81,49 @@ def steps(work: Path) -> list[Step]:
     return [
         train("train: standard pipeline, fp32", runs["standard"], data, "trainer=gpu"),
         train("train: speed=fast", runs["fast"], data, "speed=fast"),
-        train("train: speed=compiled (CUDA graphs)", runs["compiled"], data, "speed=compiled", env=compiled_env,
-              check=no_skipped_cudagraphs),
+        train(
+            "train: speed=compiled (CUDA graphs)",
+            runs["compiled"],
+            data,
+            "speed=compiled",
+            env=compiled_env,
+            check=no_skipped_cudagraphs,
+        ),
         train("train: DDP on one GPU", runs["ddp"], data, "trainer=ddp", "trainer.devices=1"),
-        train("train: model=custom (auto_fuse on a CUDA model)", runs["custom"], data, "model=custom", "trainer=gpu",
-              "data.pipeline=fast"),
+        train(
+            "train: model=custom (auto_fuse on a CUDA model)",
+            runs["custom"],
+            data,
+            "model=custom",
+            "trainer=gpu",
+            "data.pipeline=fast",
+        ),
         train("train: model.block=qarepvgg, speed=fast", runs["qarepvgg"], data, "model.block=qarepvgg", "speed=fast"),
         deploy("deploy: run dir, fp32", runs["standard"], out("fp32")),
-        deploy("deploy: checkpoint, bfloat16 + channels_last", f"{runs['fast']}/checkpoints/last.ckpt", out("bf16"),
-               "benchmark.dtype=bfloat16", "benchmark.channels_last=true"),
+        deploy(
+            "deploy: checkpoint, bfloat16 + channels_last",
+            f"{runs['fast']}/checkpoints/last.ckpt",
+            out("bf16"),
+            "benchmark.dtype=bfloat16",
+            "benchmark.channels_last=true",
+        ),
         deploy("deploy: fused/ folder, float16", f"{runs['compiled']}/fused", out("fp16"), "benchmark.dtype=float16"),
-        deploy("deploy: compile (shorthand for compiled_bf16)", runs["fast"], out("compile"),
-               "benchmark.compile=true", "benchmark.dtype=bfloat16"),
-        deploy("deploy: targets=[auto,compiled,onnxruntime_fp32]", runs["standard"], out("targets"),
-               "targets=[auto,compiled,onnxruntime_fp32]"),
-        deploy("deploy: quantize=int8 (ORT on CPU next to torch on CUDA)", runs["qarepvgg"], out("int8"),
-               "quantize=int8"),
+        deploy(
+            "deploy: compile (shorthand for compiled_bf16)",
+            runs["fast"],
+            out("compile"),
+            "benchmark.compile=true",
+            "benchmark.dtype=bfloat16",
+        ),
+        deploy(
+            "deploy: targets=[auto,compiled,onnxruntime_fp32]",
+            runs["standard"],
+            out("targets"),
+            "targets=[auto,compiled,onnxruntime_fp32]",
+        ),
+        deploy(
+            "deploy: quantize=int8 (ORT on CPU next to torch on CUDA)", runs["qarepvgg"], out("int8"), "quantize=int8"
+        ),
         deploy("deploy: custom model (auto_fuse) from its run dir", runs["custom"], out("custom")),
         # the tests marked gpu: CUDA-only unit tests and the README's GPU lines, run as typed
         Step("tests: pytest -m gpu", "tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests")]),
@@ -105,8 +143,9 @@ def _stop(signum: int, frame) -> None:
 def run_step(step: Step, log: Path) -> tuple[bool, float, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
     started = time.perf_counter()
-    proc = subprocess.Popen(step.argv, cwd=log.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        step.argv, cwd=log.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     RUNNING.add(proc)
     try:
         output, _ = proc.communicate(timeout=900)
@@ -137,8 +176,10 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("error: gpu-check needs a CUDA GPU and none is visible (torch.cuda.is_available() is False)",
-              file=sys.stderr)
+        print(
+            "error: gpu-check needs a CUDA GPU and none is visible (torch.cuda.is_available() is False)",
+            file=sys.stderr,
+        )
         return 2
     from reparam.data.synthetic import write_cifar_like
 
@@ -162,9 +203,12 @@ def main() -> int:
     if failures:
         step, detail = failures[0]
         tail = "\n".join(detail.strip().splitlines()[-25:])
-        print(f"\nerror: gpu-check failed at '{step.name}' ({len(failures)} step(s) failed): "
-              f"{tail.splitlines()[-1] if tail else ''}\ncommand: {' '.join(step.argv)}\n"
-              f"--- end of its output ---\n{tail}", file=sys.stderr)
+        print(
+            f"\nerror: gpu-check failed at '{step.name}' ({len(failures)} step(s) failed): "
+            f"{tail.splitlines()[-1] if tail else ''}\ncommand: {' '.join(step.argv)}\n"
+            f"--- end of its output ---\n{tail}",
+            file=sys.stderr,
+        )
         return 1
     for report in sorted((work / "deploy").glob("*/report.json")):
         data = json.loads(report.read_text())

@@ -79,8 +79,9 @@ def run_entry(script: str, args: list[str], env: dict, timeout: int = 300, cwd=N
     import tempfile
 
     cwd = cwd or tempfile.mkdtemp(prefix="reparam-user-")
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 import lightning as _L  # noqa: E402

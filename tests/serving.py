@@ -20,10 +20,22 @@ from helpers import ROOT, compose_config
 from PIL import Image
 
 # a tiny RepVGG on the embedded digits: one short epoch, the full test split (360 images) for the accuracy checks
-TRAIN = ["experiment=demo", "model.widths=[8,8,16,16,32]", "trainer.max_epochs=1", "++trainer.limit_train_batches=6",
-         "++trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]
-DEPLOY = ["quantize=int8", "quantize.calibration_images=64", "benchmark.batch_sizes=[1,32]",
-          "benchmark.min_run_time=0.05", "benchmark.rounds=1", "export.check_batch_size=8"]
+TRAIN = [
+    "experiment=demo",
+    "model.widths=[8,8,16,16,32]",
+    "trainer.max_epochs=1",
+    "++trainer.limit_train_batches=6",
+    "++trainer.limit_val_batches=1",
+    "trainer.num_sanity_val_steps=0",
+]
+DEPLOY = [
+    "quantize=int8",
+    "quantize.calibration_images=64",
+    "benchmark.batch_sizes=[1,32]",
+    "benchmark.min_run_time=0.05",
+    "benchmark.rounds=1",
+    "export.check_batch_size=8",
+]
 
 
 def train_and_deploy(tmp: Path) -> tuple[Path, dict]:
@@ -40,8 +52,11 @@ def train_and_deploy(tmp: Path) -> tuple[Path, dict]:
 
 def fastest_passing(report: dict, batch_size: str = "32") -> str:
     """What serve.py must choose by default, computed here from the report on its own."""
-    passing = {n: t["throughput"][batch_size] for n, t in report["targets"].items()
-               if t["gate"]["passed"] and n != "train_form"}
+    passing = {
+        n: t["throughput"][batch_size]
+        for n, t in report["targets"].items()
+        if t["gate"]["passed"] and n != "train_form"
+    }
     return max(passing, key=passing.get)
 
 
@@ -90,9 +105,19 @@ def start_server(ckpt: Path, out: Path, *overrides: str, env: dict | None = None
     environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     with open(log, "w") as sink:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "serve.py"), f"ckpt={ckpt}", f"serve.port={port}",
-             f"hydra.run.dir={out / 'hydra'}", *overrides],
-            cwd=out, env=environment, stdout=sink, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                str(ROOT / "serve.py"),
+                f"ckpt={ckpt}",
+                f"serve.port={port}",
+                f"hydra.run.dir={out / 'hydra'}",
+                *overrides,
+            ],
+            cwd=out,
+            env=environment,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     headers = {"X-API-Key": environment["LIT_SERVER_API_KEY"]} if environment.get("LIT_SERVER_API_KEY") else {}
     deadline = time.monotonic() + ready_s

@@ -29,8 +29,17 @@ from .blocks import FormMismatchError
 from .errors import UserError
 from .models import build_model, fuse_model, input_size, is_custom
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "FusedArtifact", "write_fused_artifact", "read_fused_artifact", "atomic_write_text",
-           "atomic_write_json", "update_fused_metrics", "readable_by_umask"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "FusedArtifact",
+    "write_fused_artifact",
+    "read_fused_artifact",
+    "atomic_write_text",
+    "atomic_write_json",
+    "update_fused_metrics",
+    "readable_by_umask",
+]
 
 FORMAT = "reparam.fused"
 FORMAT_VERSION = 1
@@ -90,8 +99,13 @@ def atomic_write_json(path: str | Path, obj: dict) -> Path:
     return atomic_write_text(path, _json(obj))
 
 
-def write_fused_artifact(directory: str | Path, fused: torch.nn.Module, config: dict, verification: dict,
-                         example_inputs: torch.Tensor | None = None) -> Path:
+def write_fused_artifact(
+    directory: str | Path,
+    fused: torch.nn.Module,
+    config: dict,
+    verification: dict,
+    example_inputs: torch.Tensor | None = None,
+) -> Path:
     """Write a fused model as an artifact folder, atomically; replaces an existing one at ``directory``.
 
     ``config`` must hold ``model`` (the spec ``build_model`` takes); ``format``/``format_version``/``form``
@@ -106,7 +120,9 @@ def write_fused_artifact(directory: str | Path, fused: torch.nn.Module, config: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         readable_by_umask(tmp, directory=True)
-        save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT, "form": "fused", "format_version": str(FORMAT_VERSION)})
+        save_file(
+            state, tmp / WEIGHTS, metadata={"format": FORMAT, "form": "fused", "format_version": str(FORMAT_VERSION)}
+        )
         for name, obj in ((CONFIG, config), (VERIFICATION, verification)):
             (tmp / name).write_text(_json(obj))
         files = [WEIGHTS, CONFIG, VERIFICATION]
@@ -168,11 +184,15 @@ def read_fused_artifact(directory: str | Path, map_location: str | torch.device 
     directory = Path(directory)
     for name in (WEIGHTS, CONFIG):
         if not (directory / name).is_file():
-            raise UserError(f"{directory} is not a fused artifact: {name} is missing (train.py writes it to <run>/fused/)")
+            raise UserError(
+                f"{directory} is not a fused artifact: {name} is missing (train.py writes it to <run>/fused/)"
+            )
     try:
         config = json.loads((directory / CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{directory / CONFIG} is not valid JSON ({err}); the artifact is damaged, re-export it") from err
+        raise UserError(
+            f"{directory / CONFIG} is not valid JSON ({err}); the artifact is damaged, re-export it"
+        ) from err
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise UserError(f"{directory / CONFIG} is not a reparam fused-model config (format != '{FORMAT}')")
     if config.get("format_version") != FORMAT_VERSION:
@@ -202,6 +222,8 @@ def _fused_skeleton(spec: dict) -> torch.nn.Module:
     try:
         train_form = build_model(spec).eval()
     except ValueError as err:
-        raise UserError(f"the network of this artifact cannot be built ({err}); install the package that defines "
-                        f"it, or run {PROGRAM} with a torch.export runtime") from err
+        raise UserError(
+            f"the network of this artifact cannot be built ({err}); install the package that defines "
+            f"it, or run {PROGRAM} with a torch.export runtime"
+        ) from err
     return fuse_model(spec, train_form)

@@ -90,8 +90,10 @@ class FuseReport:
 
     def summary(self) -> str:
         ops = sum(len(m.replaces) for m in self.merged)
-        lines = [f"auto_fuse ({self.tracer}): {ops} ops merged into {len(self.merged)} convs; params "
-                 f"{self.params_before:,} -> {self.params_after:,}"]
+        lines = [
+            f"auto_fuse ({self.tracer}): {ops} ops merged into {len(self.merged)} convs; params "
+            f"{self.params_before:,} -> {self.params_after:,}"
+        ]
         reasons = Counter(s.reason for s in self.skipped)
         lines += [f"  left alone x{n}: {reason}" for reason, n in reasons.most_common()]
         if self.verification is not None:
@@ -132,10 +134,22 @@ def _identity(source: fx.Node, channels: int, device: torch.device) -> _Map:
     return _Map(source, kernel, None, (1, 1), (0, 0), (1, 1), channels, [], 0, 0)
 
 
-def _channel_affine(source: fx.Node, scale: torch.Tensor, shift: torch.Tensor | None, node: fx.Node, weights: int) -> _Map:
+def _channel_affine(
+    source: fx.Node, scale: torch.Tensor, shift: torch.Tensor | None, node: fx.Node, weights: int
+) -> _Map:
     kernel = scale.double().reshape(-1, 1, 1, 1)
-    return _Map(source, kernel, None if shift is None else shift.double(), (1, 1), (0, 0), (1, 1), kernel.shape[0],
-                [node], 1, weights)
+    return _Map(
+        source,
+        kernel,
+        None if shift is None else shift.double(),
+        (1, 1),
+        (0, 0),
+        (1, 1),
+        kernel.shape[0],
+        [node],
+        1,
+        weights,
+    )
 
 
 def _is_diagonal(m: _Map) -> bool:
@@ -164,8 +178,9 @@ def _compose(a: _Map, b: _Map) -> _Map | str:
         return _Map(a.source, kernel, bias, a.stride, a.padding, a.dilation, a.groups, nodes, ops, weights)
     if _is_diagonal(a) and (a.bias is None or b.padding == (0, 0)):  # channel scaling before a conv: scale columns
         out_ch, per_group = b.kernel.shape[:2]
-        channel = (torch.arange(out_ch, device=b.kernel.device) // (out_ch // b.groups))[:, None] * per_group \
-            + torch.arange(per_group, device=b.kernel.device)[None, :]
+        channel = (torch.arange(out_ch, device=b.kernel.device) // (out_ch // b.groups))[
+            :, None
+        ] * per_group + torch.arange(per_group, device=b.kernel.device)[None, :]
         kernel = b.kernel * a.kernel.reshape(-1)[channel][:, :, None, None]
         bias = b.bias
         if a.bias is not None:
@@ -182,8 +197,9 @@ def _compose(a: _Map, b: _Map) -> _Map | str:
     groups = math.gcd(a.groups, b.groups)
     if _densifies(a, groups) or _densifies(b, groups):
         return _DENSIFY
-    kernel, bias = compose(regroup_kernel(a.kernel, a.groups, groups), a.bias,
-                           regroup_kernel(b.kernel, b.groups, groups), b.bias, groups)
+    kernel, bias = compose(
+        regroup_kernel(a.kernel, a.groups, groups), a.bias, regroup_kernel(b.kernel, b.groups, groups), b.bias, groups
+    )
     if a.bias is None and b.bias is None:
         bias = None
     return _Map(a.source, kernel, bias, geometry[0], geometry[1], geometry[2], groups, nodes, ops, weights)
@@ -208,8 +224,9 @@ def _sum(maps: list[_Map], node: fx.Node, out_shape: Sequence[int], in_shape: Se
             offsets.append(m.padding[axis] // dilation[axis])
         placed_extent.append(offsets)
     left = [max(o[axis] for o in placed_extent) for axis in (0, 1)]
-    size = [max(left[axis] - o[axis] + m.kernel.shape[2 + axis] for o, m in zip(placed_extent, maps))
-            for axis in (0, 1)]
+    size = [
+        max(left[axis] - o[axis] + m.kernel.shape[2 + axis] for o, m in zip(placed_extent, maps)) for axis in (0, 1)
+    ]
     padding = (left[0] * dilation[0], left[1] * dilation[1])
     for axis in (0, 1):
         length = in_shape[2 + axis]
@@ -225,12 +242,22 @@ def _sum(maps: list[_Map], node: fx.Node, out_shape: Sequence[int], in_shape: Se
     for m, (oh, ow) in zip(maps, placed_extent):
         k = regroup_kernel(m.kernel, m.groups, groups)
         top, lft = left[0] - oh, left[1] - ow
-        kernel[:, :, top:top + k.shape[2], lft:lft + k.shape[3]] += k
+        kernel[:, :, top : top + k.shape[2], lft : lft + k.shape[3]] += k
         if m.bias is not None:
             bias = m.bias if bias is None else bias + m.bias
     nodes = [n for m in maps for n in m.nodes] + [node]
-    return _Map(maps[0].source, kernel, bias, stride, padding, dilation, groups, nodes,
-                sum(m.ops for m in maps) + 1, sum(m.weights for m in maps))
+    return _Map(
+        maps[0].source,
+        kernel,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        nodes,
+        sum(m.ops for m in maps) + 1,
+        sum(m.weights for m in maps),
+    )
 
 
 def _fetch(gm: fx.GraphModule, arg) -> torch.Tensor | None:  # noqa: ANN001
@@ -332,8 +359,18 @@ class _Pass:
                     return None, f"conv with padding {mod.padding!r}/{mod.padding_mode}"
                 weights = sum(p.numel() for p in mod.parameters())
                 bias = mod.bias.double() if mod.bias is not None else None
-                return _Map(src, mod.weight.double(), bias, _pair(mod.stride), _pair(mod.padding),
-                            _pair(mod.dilation), mod.groups, [node], 1, weights), None
+                return _Map(
+                    src,
+                    mod.weight.double(),
+                    bias,
+                    _pair(mod.stride),
+                    _pair(mod.padding),
+                    _pair(mod.dilation),
+                    mod.groups,
+                    [node],
+                    1,
+                    weights,
+                ), None
             if isinstance(mod, _BatchNorm):
                 if mod.running_mean is None or mod.training:
                     return None, "BatchNorm without running statistics"
@@ -372,9 +409,18 @@ class _Pass:
             self.report.skipped.append(Skipped(node.name, "zero padding after an op with a bias or a spatial kernel"))
             return
         self.absorb(a["input"], base)
-        self.maps[node] = _Map(base.source, base.kernel, None, base.stride,
-                               (base.padding[0] + pad[2], base.padding[1] + pad[0]), base.dilation, base.groups,
-                               base.nodes + [node], base.ops + 1, base.weights)
+        self.maps[node] = _Map(
+            base.source,
+            base.kernel,
+            None,
+            base.stride,
+            (base.padding[0] + pad[2], base.padding[1] + pad[0]),
+            base.dilation,
+            base.groups,
+            base.nodes + [node],
+            base.ops + 1,
+            base.weights,
+        )
 
     def visit_add(self, node: fx.Node) -> None:
         if node.target is torch.add and node.kwargs.get("alpha", 1) != 1:
@@ -391,8 +437,9 @@ class _Pass:
             return
         maps = [self.input_map(t, node) for t in tensors]
         if maps[0].source is not maps[1].source:
-            self.report.skipped.append(Skipped(node.name, "operands come from different inputs (e.g. a residual "
-                                                          "around a nonlinear path)"))
+            self.report.skipped.append(
+                Skipped(node.name, "operands come from different inputs (e.g. a residual around a nonlinear path)")
+            )
             return
         merged = _sum(maps, node, self.shape(node), self.shape(maps[0].source))
         if isinstance(merged, str):
@@ -406,7 +453,9 @@ class _Pass:
         for node in list(self.gm.graph.nodes):
             if node.op == "call_function" and node.target is F.pad:
                 self.visit_pad(node)
-            elif node.op in ("call_function", "call_method") and (node.target in _ADD or node.target in ("add", "add_")):
+            elif node.op in ("call_function", "call_method") and (
+                node.target in _ADD or node.target in ("add", "add_")
+            ):
                 self.visit_add(node)
             elif node.op == "call_module" and isinstance(self.gm.get_submodule(node.target), _IDENTITY_MODULES):
                 self.pass_through(node, node.args[0])  # identity, dropout (eval)
@@ -430,9 +479,17 @@ class _Pass:
                 new = self.gm.graph.call_module(name, (replaced.get(m.source, m.source),))
             node.replace_all_uses_with(new)
             replaced[node] = new
-            self.report.merged.append(MergedConv(
-                name, [n.name for n in m.nodes], list(m.kernel.shape[2:]), list(m.stride), m.groups, m.weights,
-                sum(p.numel() for p in conv.parameters())))
+            self.report.merged.append(
+                MergedConv(
+                    name,
+                    [n.name for n in m.nodes],
+                    list(m.kernel.shape[2:]),
+                    list(m.stride),
+                    m.groups,
+                    m.weights,
+                    sum(p.numel() for p in conv.parameters()),
+                )
+            )
             merged += 1
         if merged:
             self.gm.graph.eliminate_dead_code()
@@ -443,8 +500,16 @@ class _Pass:
     def make_conv(self, m: _Map) -> nn.Conv2d:
         in_channels = m.kernel.shape[1] * m.groups
         dtype = next((p.dtype for p in self.gm.parameters() if p.is_floating_point()), torch.float32)
-        conv = nn.Conv2d(in_channels, m.out_channels, tuple(m.kernel.shape[2:]), m.stride, m.padding, m.dilation,
-                         m.groups, bias=m.bias is not None)
+        conv = nn.Conv2d(
+            in_channels,
+            m.out_channels,
+            tuple(m.kernel.shape[2:]),
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            bias=m.bias is not None,
+        )
         conv = conv.to(device=self.device, dtype=dtype)
         with torch.no_grad():
             conv.weight.copy_(m.kernel)
@@ -513,6 +578,7 @@ def auto_fuse(
         comparison.update(reference(*args), gm(*args))
         report.verification = comparison.report()
         if not report.verification.passed:
-            raise AutoFuseError(f"auto_fuse produced a graph that differs from the model: "
-                                f"{report.verification.describe()}")
+            raise AutoFuseError(
+                f"auto_fuse produced a graph that differs from the model: {report.verification.describe()}"
+            )
     return gm, report

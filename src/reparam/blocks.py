@@ -20,11 +20,10 @@ block in place; ``fused_form()`` returns the plain ``Sequential(fused=Conv2d, ac
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
-
 import inspect
 import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -112,8 +111,16 @@ class MultiBranchBlock(nn.Module):
         return self.fused is not None
 
     def _make_fused_conv(self) -> nn.Conv2d:
-        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-                         padding=self.padding, dilation=self.dilation, groups=self.groups, bias=True)
+        return nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=True,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:
@@ -174,10 +181,10 @@ class MultiBranchBlock(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         # train-form files written before branches lived in a dict: '<block>.conv_kxk.x' -> '<block>.branches.conv_kxk.x'
         for key in [k for k in state_dict if k.startswith(prefix)]:
-            head = key[len(prefix):].split(".", 1)[0]
+            head = key[len(prefix) :].split(".", 1)[0]
             if head in self.branches and not hasattr(self, head):
-                state_dict[f"{prefix}branches.{key[len(prefix):]}"] = state_dict.pop(key)
-        holds = state_dict_form(k[len(prefix):] for k in state_dict if k.startswith(prefix))
+                state_dict[f"{prefix}branches.{key[len(prefix) :]}"] = state_dict.pop(key)
+        holds = state_dict_form(k[len(prefix) :] for k in state_dict if k.startswith(prefix))
         where = prefix.rstrip(".") or "<root>"
         if self.fused is not None and holds == "train":
             raise FormMismatchError(
@@ -193,8 +200,10 @@ class MultiBranchBlock(nn.Module):
 
     def extra_repr(self) -> str:
         form = "fused" if self.fused is not None else "train_form"
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"groups={self.groups}, form={form}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"groups={self.groups}, form={form}"
+        )
 
 
 BLOCKS: dict[str, Callable[..., nn.Module]] = {}
@@ -211,8 +220,9 @@ def register_block(kind: str) -> Callable[[type], type]:
     return add
 
 
-def make_block(kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-               groups: int = 1, **options) -> nn.Module:
+def make_block(
+    kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1, **options
+) -> nn.Module:
     """A block of the registered ``kind`` (``repvgg``, ``qarepvgg``, ``acnet``, ``dbb``, ``mobileone``, ...)."""
     if kind not in BLOCKS:
         raise ValueError(f"unknown block kind '{kind}'; choose one of {sorted(BLOCKS)}")
@@ -222,8 +232,10 @@ def make_block(kind: str, in_channels: int, out_channels: int, kernel_size: int 
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             known = sorted(set(accepted) - {"in_channels", "out_channels", "kernel_size", "stride", "groups"})
-            raise ValueError(f"block kind '{kind}' has no option(s) {unknown}; its options are {known} "
-                             "(model.block_options.<name>=...)")
+            raise ValueError(
+                f"block kind '{kind}' has no option(s) {unknown}; its options are {known} "
+                "(model.block_options.<name>=...)"
+            )
     return cls(in_channels, out_channels, kernel_size, stride=stride, groups=groups, **options)
 
 
@@ -278,16 +290,27 @@ class QARepVGGBlock(MultiBranchBlock):
     """QARepVGG: ``act(BN(BN(conv_kxk(x)) + conv_1x1(x) + x))``: no BN on the 1x1 and identity branches, one
     BN after the sum, so the fused weights stay friendly to INT8 quantization."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-                 dilation: int = 1, use_identity: bool | None = None, norm_layer: NormFactory = nn.BatchNorm2d,
-                 act: nn.Module | None = None, deploy: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        use_identity: bool | None = None,
+        norm_layer: NormFactory = nn.BatchNorm2d,
+        act: nn.Module | None = None,
+        deploy: bool = False,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, groups, dilation, act, deploy)
         _check_identity(use_identity, self)
         if deploy:
             return
         conv = dict(stride=stride, dilation=dilation, groups=groups)
-        self.branches["conv_kxk"] = ConvBN(in_channels, out_channels, kernel_size, padding=self.padding,
-                                           norm_layer=norm_layer, **conv)
+        self.branches["conv_kxk"] = ConvBN(
+            in_channels, out_channels, kernel_size, padding=self.padding, norm_layer=norm_layer, **conv
+        )
         if kernel_size > 1:
             self.branches["conv_1x1"] = ConvBN(in_channels, out_channels, 1, norm_layer=None, bias=False, **conv)
         if use_identity or (use_identity is None and self.identity_possible):
@@ -299,9 +322,18 @@ class QARepVGGBlock(MultiBranchBlock):
 class ACBlock(MultiBranchBlock):
     """ACNet's asymmetric convolution block: ``act(BN(conv_kxk(x)) + BN(conv_1xk(x)) + BN(conv_kx1(x)))``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-                 dilation: int = 1, norm_layer: NormFactory = nn.BatchNorm2d, act: nn.Module | None = None,
-                 deploy: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        norm_layer: NormFactory = nn.BatchNorm2d,
+        act: nn.Module | None = None,
+        deploy: bool = False,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, groups, dilation, act, deploy)
         if kernel_size < 3:
             raise ValueError(f"acnet needs kernel_size >= 3 (its branches are 1xk and kx1), got {kernel_size}")
@@ -323,9 +355,18 @@ class DiverseBranchBlock(MultiBranchBlock):
     for a depthwise block, as in DBB).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-                 mid_channels: int | None = None, norm_layer: NormFactory = nn.BatchNorm2d,
-                 act: nn.Module | None = None, deploy: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        mid_channels: int | None = None,
+        norm_layer: NormFactory = nn.BatchNorm2d,
+        act: nn.Module | None = None,
+        deploy: bool = False,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, groups, 1, act, deploy)
         if deploy:
             return
@@ -333,13 +374,16 @@ class DiverseBranchBlock(MultiBranchBlock):
         mid = mid_channels or (2 * in_channels if depthwise else in_channels)
         if mid % groups:
             raise ValueError(f"dbb: mid_channels={mid} must be divisible by groups={groups}")
-        self.branches["conv_kxk"] = ConvBN(in_channels, out_channels, kernel_size, stride, self.padding,
-                                           groups=groups, norm_layer=norm_layer)
+        self.branches["conv_kxk"] = ConvBN(
+            in_channels, out_channels, kernel_size, stride, self.padding, groups=groups, norm_layer=norm_layer
+        )
         if not depthwise:
-            self.branches["conv_1x1"] = ConvBN(in_channels, out_channels, 1, stride, 0, groups=groups,
-                                               norm_layer=norm_layer)
-        self.branches["conv_1x1_kxk"] = OneByOneKxK(in_channels, mid, out_channels, kernel_size, stride, groups,
-                                                    norm_layer)
+            self.branches["conv_1x1"] = ConvBN(
+                in_channels, out_channels, 1, stride, 0, groups=groups, norm_layer=norm_layer
+            )
+        self.branches["conv_1x1_kxk"] = OneByOneKxK(
+            in_channels, mid, out_channels, kernel_size, stride, groups, norm_layer
+        )
         self.branches["avg"] = AvgPoolBranch(in_channels, out_channels, kernel_size, stride, groups, norm_layer)
 
 
@@ -347,9 +391,18 @@ class MobileOneUnit(MultiBranchBlock):
     """One half of a MobileOne block: ``num_conv_branches`` k x k+BN convs, a 1x1+BN "scale" branch (k > 1)
     and an identity BN where possible."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-                 num_conv_branches: int = 1, norm_layer: NormFactory = nn.BatchNorm2d, act: nn.Module | None = None,
-                 deploy: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        num_conv_branches: int = 1,
+        norm_layer: NormFactory = nn.BatchNorm2d,
+        act: nn.Module | None = None,
+        deploy: bool = False,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, groups, 1, act, deploy)
         if num_conv_branches < 1:
             raise ValueError(f"mobileone needs num_conv_branches >= 1, got {num_conv_branches}")
@@ -357,7 +410,9 @@ class MobileOneUnit(MultiBranchBlock):
             return
         conv = dict(stride=stride, groups=groups, norm_layer=norm_layer)
         for i in range(num_conv_branches):
-            self.branches[f"conv_kxk_{i}"] = ConvBN(in_channels, out_channels, kernel_size, padding=self.padding, **conv)
+            self.branches[f"conv_kxk_{i}"] = ConvBN(
+                in_channels, out_channels, kernel_size, padding=self.padding, **conv
+            )
         if kernel_size > 1:
             self.branches["conv_scale"] = ConvBN(in_channels, out_channels, 1, padding=0, **conv)
         if self.identity_possible:
@@ -370,15 +425,26 @@ class MobileOneBlock(nn.Sequential):
     ``num_conv_branches`` parallel convs, each fusing to one conv + ReLU. ``groups`` is not used: the first
     unit is always depthwise."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-                 num_conv_branches: int = 1, norm_layer: NormFactory = nn.BatchNorm2d, deploy: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        num_conv_branches: int = 1,
+        norm_layer: NormFactory = nn.BatchNorm2d,
+        deploy: bool = False,
+    ) -> None:
         if groups not in (1, in_channels):
             raise ValueError(f"mobileone's first unit is depthwise; groups={groups} is not used, leave it at 1")
         options = dict(num_conv_branches=num_conv_branches, norm_layer=norm_layer, deploy=deploy)
-        super().__init__(OrderedDict(
-            depthwise=MobileOneUnit(in_channels, in_channels, kernel_size, stride, groups=in_channels, **options),
-            pointwise=MobileOneUnit(in_channels, out_channels, 1, 1, groups=1, **options),
-        ))
+        super().__init__(
+            OrderedDict(
+                depthwise=MobileOneUnit(in_channels, in_channels, kernel_size, stride, groups=in_channels, **options),
+                pointwise=MobileOneUnit(in_channels, out_channels, 1, 1, groups=1, **options),
+            )
+        )
 
     def reparameterize(self) -> None:
         for unit in self:
@@ -440,8 +506,12 @@ class LinearAddBlock(MultiBranchBlock):
         for name, value in (("use_1x1", use_1x1), ("asymmetric", asymmetric), ("trainable_scales", trainable_scales)):
             if not isinstance(value, bool):
                 raise ValueError(f"linear_add: {name} must be true or false, got {value!r}")
-        inits = {"scale_init_kxk": scale_init_kxk, "scale_init_1x1": scale_init_1x1,
-                 "scale_init_identity": scale_init_identity, "scale_init_asymmetric": scale_init_asymmetric}
+        inits = {
+            "scale_init_kxk": scale_init_kxk,
+            "scale_init_1x1": scale_init_1x1,
+            "scale_init_identity": scale_init_identity,
+            "scale_init_asymmetric": scale_init_asymmetric,
+        }
         for name, value in inits.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"linear_add: {name} must be a finite number, got {value!r}")
@@ -451,14 +521,16 @@ class LinearAddBlock(MultiBranchBlock):
             return
         p = self.padding
         conv = dict(stride=stride, dilation=dilation, groups=groups, trainable=trainable_scales)
-        self.branches["conv_kxk"] = ScaledConv(in_channels, out_channels, kernel_size, padding=p,
-                                               scale_init=scale_init_kxk, **conv)
+        self.branches["conv_kxk"] = ScaledConv(
+            in_channels, out_channels, kernel_size, padding=p, scale_init=scale_init_kxk, **conv
+        )
         if use_1x1 and kernel_size > 1:
             self.branches["conv_1x1"] = ScaledConv(in_channels, out_channels, 1, scale_init=scale_init_1x1, **conv)
         if asymmetric:
             for name, size, pad in (("conv_1xk", (1, kernel_size), (0, p)), ("conv_kx1", (kernel_size, 1), (p, 0))):
-                self.branches[name] = ScaledConv(in_channels, out_channels, size, padding=pad,
-                                                 scale_init=scale_init_asymmetric, **conv)
+                self.branches[name] = ScaledConv(
+                    in_channels, out_channels, size, padding=pad, scale_init=scale_init_asymmetric, **conv
+                )
         if use_identity or (use_identity is None and self.identity_possible):
             self.branches["identity"] = ScaledIdentity(out_channels, groups, scale_init_identity, trainable_scales)
         self.post_norm = norm_layer(out_channels)
@@ -496,6 +568,5 @@ def _check_block_args(in_ch: int, out_ch: int, k: int, stride: int, groups: int,
         raise ValueError(f"stride, dilation and groups must be >= 1, got {stride}, {dilation}, {groups}")
     if in_ch % groups or out_ch % groups:
         raise ValueError(
-            f"groups={groups} must divide both in_channels={in_ch} and out_channels={out_ch}; "
-            "choose a common divisor"
+            f"groups={groups} must divide both in_channels={in_ch} and out_channels={out_ch}; choose a common divisor"
         )

@@ -20,8 +20,17 @@ from torch import nn
 
 from .fusion import Branch, avgpool_kernel, bn_statistics, compose_1x1_kxk, fold_bn, identity_kernel, scale_kernel
 
-__all__ = ["ConvBN", "IdentityBranch", "BNAndPad", "OneByOneKxK", "AvgPoolBranch", "ScaledConv", "ScaledIdentity",
-           "NormFactory", "fold_norm"]
+__all__ = [
+    "ConvBN",
+    "IdentityBranch",
+    "BNAndPad",
+    "OneByOneKxK",
+    "AvgPoolBranch",
+    "ScaledConv",
+    "ScaledIdentity",
+    "NormFactory",
+    "fold_norm",
+]
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -111,8 +120,16 @@ class BNAndPad(nn.Module):
 class OneByOneKxK(nn.Module):
     """DBB's 1x1 -> k x k branch: ``BN(conv_kxk(BNAndPad(conv_1x1(x))))``, both convs grouped alike."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, norm_layer: NormFactory = nn.BatchNorm2d) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        norm_layer: NormFactory = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
         self.groups = groups
         self.conv1 = nn.Conv2d(in_channels, mid_channels, 1, groups=groups, bias=False)
@@ -132,8 +149,15 @@ class AvgPoolBranch(nn.Module):
     """DBB's pooling branch: ``BN(avgpool_kxk(x'))``, ``x' = BNAndPad(conv_1x1(x))`` unless the block is
     depthwise with ``in_channels == out_channels`` (then the input is pooled directly, zero-padded; ``count_include_pad=True`` either way)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                 norm_layer: NormFactory = nn.BatchNorm2d) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        norm_layer: NormFactory = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
         self.channels, self.kernel_size, self.groups = out_channels, kernel_size, groups
         # depthwise (one channel per group, in == out): pool the input itself; otherwise map it to out_channels first
@@ -184,9 +208,18 @@ class ScaledConv(_Scaled):
     ``kernel_size`` and ``padding`` may be pairs (1xk, kx1 branches).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int = 1,
-                 padding: int | tuple[int, int] = 0, dilation: int = 1, groups: int = 1, scale_init: float = 1.0,
-                 trainable: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        scale_init: float = 1.0,
+        trainable: bool = True,
+    ) -> None:
         super().__init__(out_channels, scale_init, trainable)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
 
@@ -210,5 +243,6 @@ class ScaledIdentity(_Scaled):
 
     def kernel_and_bias(self, dtype: torch.dtype = torch.float64) -> Branch:
         """``(s * I, 0)`` in ``dtype``, ``I`` the 1x1 grouped identity kernel, built on the scale's device."""
-        return self._kernel_and_bias(identity_kernel(self.channels, 1, self.groups, dtype=dtype,
-                                                     device=self.scale.device))
+        return self._kernel_and_bias(
+            identity_kernel(self.channels, 1, self.groups, dtype=dtype, device=self.scale.device)
+        )

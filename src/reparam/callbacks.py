@@ -25,8 +25,15 @@ from .models import build_model, fuse_model, fuse_model_with_report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReparameterizeCallback", "FusionResult", "FiniteLossGuard", "SpeedMonitor", "EMAWeights",
-           "DivergenceError", "FINAL_WEIGHTS"]
+__all__ = [
+    "ReparameterizeCallback",
+    "FusionResult",
+    "FiniteLossGuard",
+    "SpeedMonitor",
+    "EMAWeights",
+    "DivergenceError",
+    "FINAL_WEIGHTS",
+]
 
 
 FINAL_WEIGHTS = "final weights (end of fit)"
@@ -83,7 +90,9 @@ class ReparameterizeCallback(L.Callback):
     def _validation_inputs(self, trainer: L.Trainer) -> torch.Tensor:
         datamodule = trainer.datamodule
         if datamodule is None:
-            raise RuntimeError("ReparameterizeCallback needs the trainer to have a datamodule to draw validation images")
+            raise RuntimeError(
+                "ReparameterizeCallback needs the trainer to have a datamodule to draw validation images"
+            )
         batches, count = [], 0
         for x, _ in datamodule.val_dataloader():
             batches.append(x.detach().to("cpu", torch.float32))
@@ -99,7 +108,9 @@ class ReparameterizeCallback(L.Callback):
         state, source = self._weights(trainer, pl_module)
         bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
-            raise DivergenceError(f"refusing to write a fused model: weights from {source} hold NaN/inf (first: {bad[0]})")
+            raise DivergenceError(
+                f"refusing to write a fused model: weights from {source} hold NaN/inf (first: {bad[0]})"
+            )
         train_form = build_model(spec)
         train_form.load_state_dict(state, strict=True)
         train_form.eval()
@@ -119,12 +130,19 @@ class ReparameterizeCallback(L.Callback):
             "input": datamodule.deploy_info() if hasattr(datamodule, "deploy_info") else {},
             "data": dict(datamodule.hparams) if datamodule is not None else {},
             "source_checkpoint": source,
-            "metrics": {"best_val_acc": float(best) if best is not None else None,
-                        "epochs_trained": trainer.current_epoch, "global_step": trainer.global_step},
+            "metrics": {
+                "best_val_acc": float(best) if best is not None else None,
+                "epochs_trained": trainer.current_epoch,
+                "global_step": trainer.global_step,
+            },
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": {"reparam": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
-        verification = {"inputs": f"{len(inputs)} validation images", "float32": fp32.to_dict(), "float64": fp64.to_dict()}
+        verification = {
+            "inputs": f"{len(inputs)} validation images",
+            "float32": fp32.to_dict(),
+            "float64": fp64.to_dict(),
+        }
         if fuse_report is not None:
             verification["auto_fuse"] = fuse_report.to_dict()
         root = Path(self.output_dir or trainer.default_root_dir)

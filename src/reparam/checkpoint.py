@@ -28,7 +28,9 @@ def read_checkpoint(path: Path) -> dict:
             "written, or use another checkpoint, e.g. <run>/checkpoints/last.ckpt"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UserError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py or a fused/ folder")
+        raise UserError(
+            f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py or a fused/ folder"
+        )
     net = (ckpt.get("hyper_parameters") or {}).get("net")
     if not isinstance(net, dict):
         raise UserError(
@@ -54,4 +56,4 @@ def _what_is_wrong(path: Path) -> str:
 def net_state(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The network's weights from a checkpoint dict (the LightningModule keeps the network as ``net``)."""
     prefix = "net."
-    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}

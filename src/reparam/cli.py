@@ -42,7 +42,9 @@ def find_user_error(err: BaseException) -> BaseException | None:
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     if isinstance(err, MisconfigurationException):
-        text = f"invalid trainer settings: {text} (check trainer.accelerator / trainer.devices; trainer=cpu runs anywhere)"
+        text = (
+            f"invalid trainer settings: {text} (check trainer.accelerator / trainer.devices; trainer=cpu runs anywhere)"
+        )
     elif isinstance(err, EquivalenceError):
         text = f"fused model failed verification: {text}"
     return text
@@ -107,7 +109,9 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
         except KeyboardInterrupt:  # Ctrl-C outside training (which says more: reparam.training)
             if os.environ.get("REPARAM_DEBUG"):
                 raise
-            _say("stopped by Ctrl-C before it finished; run the same command again (results are written atomically: nothing half-written was left)")
+            _say(
+                "stopped by Ctrl-C before it finished; run the same command again (results are written atomically: nothing half-written was left)"
+            )
             sys.exit(EXIT_SIGINT)
         except Exception as err:  # noqa: BLE001
             user_error = find_user_error(err)

@@ -97,9 +97,11 @@ class ComparisonReport:
 
     def describe(self) -> str:
         """One line, for error messages."""
-        return (f"max |diff| = {self.max_abs_diff:.3e} (relative {self.max_rel_diff:.3e}) against a limit of atol "
-                f"{self.atol:.1e} + rtol {self.rtol:.1e} x max|ref| {self.max_abs_reference:.3e}; "
-                f"{self.disagreements} of {self.num_samples} predictions differ")
+        return (
+            f"max |diff| = {self.max_abs_diff:.3e} (relative {self.max_rel_diff:.3e}) against a limit of atol "
+            f"{self.atol:.1e} + rtol {self.rtol:.1e} x max|ref| {self.max_abs_reference:.3e}; "
+            f"{self.disagreements} of {self.num_samples} predictions differ"
+        )
 
 
 class Comparison:
@@ -141,9 +143,16 @@ class Comparison:
         max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
         agreement = 1.0 - self.disagreements / self.argmax_rows if self.argmax_rows else float("nan")
         return ComparisonReport(
-            max_abs_diff=max_abs, max_rel_diff=max_rel, max_abs_reference=scale, argmax_agreement=agreement,
-            disagreements=self.disagreements, num_samples=self.rows, dtype=str(dtype).removeprefix("torch."),
-            atol=tol.atol, rtol=tol.rtol, passed=bool(self.finite and max_abs <= tol.limit(scale)),
+            max_abs_diff=max_abs,
+            max_rel_diff=max_rel,
+            max_abs_reference=scale,
+            argmax_agreement=agreement,
+            disagreements=self.disagreements,
+            num_samples=self.rows,
+            dtype=str(dtype).removeprefix("torch."),
+            atol=tol.atol,
+            rtol=tol.rtol,
+            passed=bool(self.finite and max_abs <= tol.limit(scale)),
         )
 
 

@@ -48,8 +48,11 @@ def place(obj: T, device: str | torch.device, dtype: torch.dtype | None = None, 
         obj = obj.to(device=device, dtype=dtype) if dtype is not None else obj.to(device=device)
         return obj.to(memory_format=torch.channels_last) if channels_last else obj
     if isinstance(obj, torch.Tensor):
-        out = obj.to(device=device, dtype=dtype if dtype is not None and obj.is_floating_point() else None,
-                     non_blocking=obj.is_pinned())
+        out = obj.to(
+            device=device,
+            dtype=dtype if dtype is not None and obj.is_floating_point() else None,
+            non_blocking=obj.is_pinned(),
+        )
         return out.contiguous(memory_format=torch.channels_last) if channels_last and out.dim() == 4 else out
     if isinstance(obj, (tuple, list)):
         return type(obj)(place(item, device, dtype, channels_last) for item in obj)  # type: ignore[return-value]

@@ -85,9 +85,14 @@ class EMAWeights(EMAWeightAveraging):
         if int(bn_images) < 1:
             raise UserError(f"callbacks.ema.bn_images must be >= 1, got {bn_images}")
         # BN buffers follow the raw model between evaluations (use_buffers=False) and are recomputed before one
-        super().__init__(device=device, use_buffers=False, decay=decay, update_every_n_steps=update_every_n_steps,
-                         update_starting_at_step=update_starting_at_step,
-                         update_starting_at_epoch=update_starting_at_epoch)
+        super().__init__(
+            device=device,
+            use_buffers=False,
+            decay=decay,
+            update_every_n_steps=update_every_n_steps,
+            update_starting_at_step=update_starting_at_step,
+            update_starting_at_epoch=update_starting_at_epoch,
+        )
         self._kwargs = {"multi_avg_fn": self._average}  # instead of Lightning's fixed-decay avg_fn
         self.decay, self.decay_warmup = float(decay), bool(decay_warmup)
         self.bn_images, self.bn_data = int(bn_images), bn_data
@@ -132,8 +137,10 @@ class EMAWeights(EMAWeightAveraging):
             batch_size = int(getattr(datamodule, "hparams", {}).get("batch_size", 128))
             if self.bn_data == "plain":
                 if not hasattr(datamodule, "calibration_images"):
-                    raise UserError("callbacks.ema.bn_data=plain needs a datamodule with calibration_images(); "
-                                    "use callbacks.ema.bn_data=augmented")
+                    raise UserError(
+                        "callbacks.ema.bn_data=plain needs a datamodule with calibration_images(); "
+                        "use callbacks.ema.bn_data=augmented"
+                    )
                 images = datamodule.calibration_images(self.bn_images, seed=0)
                 batches = list(images.split(batch_size))
             else:
@@ -166,18 +173,21 @@ class EMAWeights(EMAWeightAveraging):
         self._average_model.module.eval()
         self._counts = torch.zeros(3, dtype=torch.long, device=pl_module.device)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx, dataloader_idx: int = 0
+    ) -> None:
         if self._counts is None:
             return
         if not isinstance(outputs, torch.Tensor):
-            raise RuntimeError("callbacks=ema compares the raw and the averaged weights: validation_step must return "
-                               "the logits")
+            raise RuntimeError(
+                "callbacks=ema compares the raw and the averaged weights: validation_step must return the logits"
+            )
         x, y = batch[0], batch[1]
         with trainer.strategy.precision_plugin.forward_context():
             raw = self._average_model.module(x)
-        self._counts += torch.stack([(raw.argmax(1) == y).sum(), (outputs.argmax(1) == y).sum(),
-                                     torch.tensor(len(y), device=y.device)]).to(self._counts.device)
+        self._counts += torch.stack(
+            [(raw.argmax(1) == y).sum(), (outputs.argmax(1) == y).sum(), torch.tensor(len(y), device=y.device)]
+        ).to(self._counts.device)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._counts is not None:
@@ -204,9 +214,13 @@ class EMAWeights(EMAWeightAveraging):
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "latest_update_epoch": self._latest_update_epoch, "updates": self.updates,
-                "bn_fresh_at": self._bn_fresh_at,
-                "comparison": self.comparison.to_dict() if self.comparison else None}
+        return {
+            **super().state_dict(),
+            "latest_update_epoch": self._latest_update_epoch,
+            "updates": self.updates,
+            "bn_fresh_at": self._bn_fresh_at,
+            "comparison": self.comparison.to_dict() if self.comparison else None,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -220,14 +234,17 @@ class EMAWeights(EMAWeightAveraging):
             return
         self._refresh_bn(trainer)
         average = self._average_model.state_dict()
-        averaged = {name[len("module."):]: v for name, v in average.items() if name.startswith("module.")}
+        averaged = {name[len("module.") :]: v for name, v in average.items() if name.startswith("module.")}
         raw = checkpoint["state_dict"]  # the module's weights at this step
         checkpoint["current_model_state"] = raw
         checkpoint["averaged_model_state"] = averaged
         checkpoint["averaging_state"] = {name: v for name, v in average.items() if not name.startswith("module.")}
         checkpoint["state_dict"] = raw if self.ships_raw else averaged
-        checkpoint["weight_averaging"] = (self.comparison.to_dict() if self.comparison else
-                                          WeightsComparison("averaged", None, None, trainer.global_step).to_dict())
+        checkpoint["weight_averaging"] = (
+            self.comparison.to_dict()
+            if self.comparison
+            else WeightsComparison("averaged", None, None, trainer.global_step).to_dict()
+        )
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn != TrainerFn.FITTING:

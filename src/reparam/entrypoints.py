@@ -68,9 +68,11 @@ def config_dir() -> Path:
     for candidate in candidates:
         if (candidate / "train.yaml").is_file():
             return candidate.resolve()
-    print("error: no reparam configs found (looked in $REPARAM_CONFIG_DIR, ./configs and the checkout reparam was "
-          "installed from); run from a clone of reparam or set REPARAM_CONFIG_DIR=/path/to/reparam/configs",
-          file=sys.stderr)
+    print(
+        "error: no reparam configs found (looked in $REPARAM_CONFIG_DIR, ./configs and the checkout reparam was "
+        "installed from); run from a clone of reparam or set REPARAM_CONFIG_DIR=/path/to/reparam/configs",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 

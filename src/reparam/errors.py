@@ -5,8 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["UserError", "DataNotFoundError", "Stopped", "Preempted", "Interrupted", "reraise_as_user_error",
-           "EXIT_USER_ERROR", "EXIT_SIGTERM", "EXIT_SIGINT"]
+__all__ = [
+    "UserError",
+    "DataNotFoundError",
+    "Stopped",
+    "Preempted",
+    "Interrupted",
+    "reraise_as_user_error",
+    "EXIT_USER_ERROR",
+    "EXIT_SIGTERM",
+    "EXIT_SIGINT",
+]
 
 EXIT_USER_ERROR = 2
 EXIT_SIGTERM = 143  # 128 + SIGTERM: what schedulers (SLURM) and Lightning expect from a terminated job

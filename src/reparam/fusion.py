@@ -213,7 +213,9 @@ def compose_1x1_kxk(
     if k1.shape[2:] != (1, 1):
         raise ValueError(f"first conv must be 1x1, got {tuple(k1.shape[2:])}")
     if mid_per_group * groups != mid:
-        raise ValueError(f"channel mismatch: first conv has {mid} outputs, second takes {mid_per_group} x {groups} groups")
+        raise ValueError(
+            f"channel mismatch: first conv has {mid} outputs, second takes {mid_per_group} x {groups} groups"
+        )
     a = k1.reshape(groups, mid // groups, in_per_group)
     b = k2.reshape(groups, out_ch // groups, mid_per_group, kh, kw)
     kernel = torch.einsum("gomhw,gmc->gochw", b, a).reshape(out_ch, in_per_group, kh, kw)
@@ -248,7 +250,9 @@ def compose_kxk_1x1(
     if k2.shape[2:] != (1, 1):
         raise ValueError(f"second conv must be 1x1, got {tuple(k2.shape[2:])}")
     if mid_per_group * groups != mid:
-        raise ValueError(f"channel mismatch: first conv has {mid} outputs, second takes {mid_per_group} x {groups} groups")
+        raise ValueError(
+            f"channel mismatch: first conv has {mid} outputs, second takes {mid_per_group} x {groups} groups"
+        )
     a = k1.reshape(groups, mid // groups, in_per_group, kh, kw)
     b = k2.reshape(groups, out_ch // groups, mid_per_group)
     kernel = torch.einsum("gom,gmchw->gochw", b, a).reshape(out_ch, in_per_group, kh, kw)

@@ -69,13 +69,22 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         net = dict(net)
         if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"module.compile_mode={compile_mode} is not a torch.compile mode; choose one of "
-                             f"{', '.join(str(m) for m in COMPILE_MODES)}")
-        self.save_hyperparameters({"net": net, "label_smoothing": label_smoothing,
-                                   "no_decay_bn_bias": no_decay_bn_bias, "channels_last": channels_last,
-                                   "compile": compile, "compile_backend": compile_backend,
-                                   "compile_mode": compile_mode,
-                                   "step_metrics_in_progress_bar": step_metrics_in_progress_bar})
+            raise ValueError(
+                f"module.compile_mode={compile_mode} is not a torch.compile mode; choose one of "
+                f"{', '.join(str(m) for m in COMPILE_MODES)}"
+            )
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "label_smoothing": label_smoothing,
+                "no_decay_bn_bias": no_decay_bn_bias,
+                "channels_last": channels_last,
+                "compile": compile,
+                "compile_backend": compile_backend,
+                "compile_mode": compile_mode,
+                "step_metrics_in_progress_bar": step_metrics_in_progress_bar,
+            }
+        )
         self.net = build_model(net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -105,8 +114,9 @@ class ClassifierModule(L.LightningModule):
             net = self.net
             if self.hparams.compile:
                 # static shapes (training batches are all full: drop_last); recompiling per shape would re-record
-                net = torch.compile(self.net, backend=self.hparams.compile_backend, mode=self.hparams.compile_mode,
-                                    dynamic=False)
+                net = torch.compile(
+                    self.net, backend=self.hparams.compile_backend, mode=self.hparams.compile_mode, dynamic=False
+                )
             object.__setattr__(self, "_train_net", net)
         return self._train_net
 
@@ -127,8 +137,14 @@ class ClassifierModule(L.LightningModule):
         self.train_stats.update(logits, y, loss)  # on the device; before the next replay reuses the logits' memory
         if self._writes_step_metrics():
             # the step value unsynchronized (no collective per step under DDP)
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(y),
-                     prog_bar=self.hparams.step_metrics_in_progress_bar)
+            self.log(
+                "train/loss_step",
+                loss,
+                on_step=True,
+                on_epoch=False,
+                batch_size=len(y),
+                prog_bar=self.hparams.step_metrics_in_progress_bar,
+            )
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -144,8 +160,9 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         metric.update(logits, y)
-        self.log(f"{stage}/loss", self.criterion(logits, y), on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=len(y))
+        self.log(
+            f"{stage}/loss", self.criterion(logits, y), on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y)
+        )
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return logits
 

@@ -30,8 +30,18 @@ from .sweep import SweepRecord, SweepRun, set_active_record
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["SearchSettings", "SearchError", "TrialPruning", "search_space", "override_value", "open_study",
-           "EPOCH_METRICS", "DB_FILE", "run_search", "trial_pruning"]
+__all__ = [
+    "SearchSettings",
+    "SearchError",
+    "TrialPruning",
+    "search_space",
+    "override_value",
+    "open_study",
+    "EPOCH_METRICS",
+    "DB_FILE",
+    "run_search",
+    "trial_pruning",
+]
 
 DB_FILE = "optuna.db"
 # summary values that are also measured every epoch (what a pruner compares), and the logged metric that is
@@ -62,18 +72,22 @@ class SearchSettings:
     def from_config(cls, cfg: DictConfig) -> SearchSettings:
         node = cfg.get("hparams_search")
         if node is None:
-            raise SearchError("no hparams_search settings: start a search with a preset, e.g. "
-                              "python train.py -m experiment=demo hparams_search=demo")
+            raise SearchError(
+                "no hparams_search settings: start a search with a preset, e.g. "
+                "python train.py -m experiment=demo hparams_search=demo"
+            )
         values = OmegaConf.to_container(node, resolve=True)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SearchError(f"unknown hparams_search setting(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
+            raise SearchError(
+                f"unknown hparams_search setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         settings = cls(**values)
         if settings.pruner not in PRUNERS:
-            raise SearchError(f"hparams_search.pruner={settings.pruner} is not a pruner; "
-                              f"choose one of {', '.join(PRUNERS)}")
+            raise SearchError(
+                f"hparams_search.pruner={settings.pruner} is not a pruner; choose one of {', '.join(PRUNERS)}"
+            )
         if settings.n_trials < 1 or settings.n_jobs < 1:
             raise SearchError("hparams_search.n_trials and hparams_search.n_jobs must be >= 1")
         return settings
@@ -95,8 +109,10 @@ class SearchSettings:
 def direction(metric: str | None) -> str:
     """``maximize`` or ``minimize``, from the summary value the runs return (the one source of truth)."""
     if not metric or metric not in SUMMARY_METRICS:
-        raise SearchError(f"a search optimizes the summary value named by optimized_metric (now {metric!r}); choose "
-                          f"one of {', '.join(SUMMARY_METRICS)}")
+        raise SearchError(
+            f"a search optimizes the summary value named by optimized_metric (now {metric!r}); choose "
+            f"one of {', '.join(SUMMARY_METRICS)}"
+        )
     return "maximize" if SUMMARY_METRICS[metric] == "max" else "minimize"
 
 
@@ -108,29 +124,45 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors (bad URL, missing driver, unwritable file)
-        raise SearchError(f"hparams_search.storage={url} cannot be opened ({' '.join(str(err).split())[:200]}); "
-                          "give an SQLAlchemy URL such as sqlite:///path/optuna.db") from err
+        raise SearchError(
+            f"hparams_search.storage={url} cannot be opened ({' '.join(str(err).split())[:200]}); "
+            "give an SQLAlchemy URL such as sqlite:///path/optuna.db"
+        ) from err
 
 
-def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage, url: str,
-               metric: str | None) -> optuna.Study:
+def open_study(
+    settings: SearchSettings, storage: optuna.storages.BaseStorage, url: str, metric: str | None
+) -> optuna.Study:
     """Create the study, or load it with ``resume=true``; an existing study is never continued silently."""
     import optuna
 
     exists = settings.study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if exists and not settings.resume:
-        raise SearchError(f"study '{settings.study_name}' already exists in {url}; continue it with "
-                          "hparams_search.resume=true, or start another with hparams_search.study_name=<new name>")
+        raise SearchError(
+            f"study '{settings.study_name}' already exists in {url}; continue it with "
+            "hparams_search.resume=true, or start another with hparams_search.study_name=<new name>"
+        )
     if not exists and settings.resume:
-        raise SearchError(f"hparams_search.resume=true but there is no study '{settings.study_name}' in {url}; "
-                          "drop resume to start it (same hparams_search.study_name and storage / sweep dir to resume)")
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.n_startup_trials,
-                                         constant_liar=settings.n_jobs > 1)
-    study = optuna.create_study(storage=storage, study_name=settings.study_name, direction=direction(metric),
-                                sampler=sampler, pruner=settings.make_pruner(), load_if_exists=True)
+        raise SearchError(
+            f"hparams_search.resume=true but there is no study '{settings.study_name}' in {url}; "
+            "drop resume to start it (same hparams_search.study_name and storage / sweep dir to resume)"
+        )
+    sampler = optuna.samplers.TPESampler(
+        seed=settings.seed, n_startup_trials=settings.n_startup_trials, constant_liar=settings.n_jobs > 1
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=settings.study_name,
+        direction=direction(metric),
+        sampler=sampler,
+        pruner=settings.make_pruner(),
+        load_if_exists=True,
+    )
     if study.direction.name.lower() != direction(metric):
-        raise SearchError(f"study '{settings.study_name}' was created to {study.direction.name.lower()} but "
-                          f"optimized_metric={metric} is to {direction(metric)}; use the study's metric or a new study")
+        raise SearchError(
+            f"study '{settings.study_name}' was created to {study.direction.name.lower()} but "
+            f"optimized_metric={metric} is to {direction(metric)}; use the study's metric or a new study"
+        )
     return study
 
 
@@ -183,8 +215,10 @@ class TrialPruning(L.Callback):
 
     def __init__(self, settings: SearchSettings, url: str, metric: str) -> None:
         if metric not in EPOCH_METRICS:
-            raise SearchError(f"hparams_search.pruner={settings.pruner} compares a value measured every epoch, but "
-                              f"optimized_metric={metric} is measured once at the end; set hparams_search.pruner=none")
+            raise SearchError(
+                f"hparams_search.pruner={settings.pruner} compares a value measured every epoch, but "
+                f"optimized_metric={metric} is measured once at the end; set hparams_search.pruner=none"
+            )
         self.settings, self.url, self.monitor = settings, url, EPOCH_METRICS[metric]
         self.maximize = SUMMARY_METRICS[metric] == "max"
         self.best: float | None = None
@@ -200,8 +234,9 @@ class TrialPruning(L.Callback):
 
         if self._trial is None:
             storage = _storage(self.url)
-            study = optuna.load_study(study_name=self.settings.study_name, storage=storage,
-                                      pruner=self.settings.make_pruner())
+            study = optuna.load_study(
+                study_name=self.settings.study_name, storage=storage, pruner=self.settings.make_pruner()
+            )
             study_id = storage.get_study_id_from_name(self.settings.study_name)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.settings.trial)
             self._trial = optuna.Trial(study, trial_id)
@@ -246,8 +281,9 @@ def _retry_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage
 
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
-                                    "interrupted", True)
+        storage.set_trial_user_attr(
+            storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), "interrupted", True
+        )
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
@@ -265,9 +301,19 @@ def _refresh(record: SweepRecord, study: optuna.Study) -> None:
     trials = study.get_trials(deepcopy=False)
     record.pending.clear()
     record.runs = [SweepRun(**t.user_attrs["reparam_run"]) for t in trials if "reparam_run" in t.user_attrs]
-    record.runs += [SweepRun(job=t.number, overrides=[], run_dir="-", status="interrupted", trial=t.number,
-                             params=dict(t.params), error="stopped with the search, run again when it resumed")
-                    for t in trials if t.user_attrs.get("interrupted") and "reparam_run" not in t.user_attrs]
+    record.runs += [
+        SweepRun(
+            job=t.number,
+            overrides=[],
+            run_dir="-",
+            status="interrupted",
+            trial=t.number,
+            params=dict(t.params),
+            error="stopped with the search, run again when it resumed",
+        )
+        for t in trials
+        if t.user_attrs.get("interrupted") and "reparam_run" not in t.user_attrs
+    ]
     record.write()
 
 
@@ -281,11 +327,15 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
     metric = config.get("optimized_metric")
     space, fixed = search_space(overrides)
     if not space:
-        raise SearchError("nothing to search: give hydra.sweeper.params or a range on the command line, e.g. "
-                          "'optimizer.lr=interval(0.01,0.3)'")
+        raise SearchError(
+            "nothing to search: give hydra.sweeper.params or a range on the command line, e.g. "
+            "'optimizer.lr=interval(0.01,0.3)'"
+        )
     if settings.pruner != "none" and metric not in EPOCH_METRICS:
-        raise SearchError(f"hparams_search.pruner={settings.pruner} compares a value measured every epoch, but "
-                          f"optimized_metric={metric} is measured once at the end; set hparams_search.pruner=none")
+        raise SearchError(
+            f"hparams_search.pruner={settings.pruner} compares a value measured every epoch, but "
+            f"optimized_metric={metric} is measured once at the end; set hparams_search.pruner=none"
+        )
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
@@ -294,10 +344,19 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
     storage = _storage(url)
     study = open_study(settings, storage, url, metric)
     _retry_interrupted(study, storage)
-    record = SweepRecord(str(sweep_dir), metric, study={
-        "study_name": settings.study_name, "storage": url, "direction": study.direction.name.lower(),
-        "sampler": f"TPESampler(seed={settings.seed}, n_startup_trials={settings.n_startup_trials})",
-        "pruner": settings.pruner, "n_trials": settings.n_trials, "space": {k: repr(v) for k, v in space.items()}})
+    record = SweepRecord(
+        str(sweep_dir),
+        metric,
+        study={
+            "study_name": settings.study_name,
+            "storage": url,
+            "direction": study.direction.name.lower(),
+            "sampler": f"TPESampler(seed={settings.seed}, n_startup_trials={settings.n_startup_trials})",
+            "pruner": settings.pruner,
+            "n_trials": settings.n_trials,
+            "space": {k: repr(v) for k, v in space.items()},
+        },
+    )
     set_active_record(record)
     _refresh(record, study)
     returns = []
@@ -306,10 +365,13 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
         # job number = trial number: a resumed search never reuses an earlier run directory
         first = trials[0].number
         if [t.number for t in trials] != list(range(first, first + len(trials))):
-            raise SearchError(f"another process is adding trials to study '{settings.study_name}' ({url}); run one "
-                              "search per study")
-        batch = [[*fixed, *(f"{k}={override_value(v)}" for k, v in t.params.items()),
-                  f"hparams_search.trial={t.number}"] for t in trials]
+            raise SearchError(
+                f"another process is adding trials to study '{settings.study_name}' ({url}); run one search per study"
+            )
+        batch = [
+            [*fixed, *(f"{k}={override_value(v)}" for k, v in t.params.items()), f"hparams_search.trial={t.number}"]
+            for t in trials
+        ]
         results = launcher.launch(batch, initial_job_idx=first)
         for trial, result in zip(trials, results):
             run = SweepRun.from_job(result, params=dict(trial.params), trial=trial.number)

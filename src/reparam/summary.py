@@ -11,9 +11,17 @@ __all__ = ["TrainSummary", "SUMMARY_FILE", "SUMMARY_METRICS"]
 
 SUMMARY_FILE = "summary.json"
 # the numbers in a training summary that a sweep may rank by, and which way is better
-SUMMARY_METRICS = {"best_val_acc": "max", "test_acc": "max", "fusion_argmax_agreement": "max", "epochs": "max",
-                   "fusion_fp32_max_abs_diff": "min", "fusion_fp64_max_abs_diff": "min",
-                   "train_images_per_s": "max", "time_to_best_s": "min", "total_time_s": "min"}
+SUMMARY_METRICS = {
+    "best_val_acc": "max",
+    "test_acc": "max",
+    "fusion_argmax_agreement": "max",
+    "epochs": "max",
+    "fusion_fp32_max_abs_diff": "min",
+    "fusion_fp64_max_abs_diff": "min",
+    "train_images_per_s": "max",
+    "time_to_best_s": "min",
+    "total_time_s": "min",
+}
 
 
 @dataclass

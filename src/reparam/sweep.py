@@ -32,16 +32,23 @@ from .artifact import atomic_write_json
 from .report import console, pct, seconds, text
 from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
-__all__ = ["SweepRun", "SweepRecord", "SweepSummary", "SWEEP_SUMMARY_FILE", "rank_runs", "reproducing_overrides",
-           "active_record", "set_active_record"]
+__all__ = [
+    "SweepRun",
+    "SweepRecord",
+    "SweepSummary",
+    "SWEEP_SUMMARY_FILE",
+    "rank_runs",
+    "reproducing_overrides",
+    "active_record",
+    "set_active_record",
+]
 
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
 # a run's status in the table: ok, failed (an error, a diverged run, no value), pruned (stopped early by the search),
 # interrupted (a search trial killed with the search and run again when it resumed: neither a result nor a failure)
 STATUSES = ("ok", "pruned", "failed", "interrupted")
 # overrides that choose how a sweep runs, not what a run computes: left out of the command that reproduces a run
-_SWEEP_ONLY = ("hparams_search", "hydra/sweeper", "hydra/launcher", "hydra.sweeper.", "hydra.launcher.",
-               "hydra.sweep.")
+_SWEEP_ONLY = ("hparams_search", "hydra/sweeper", "hydra/launcher", "hydra.sweeper.", "hydra.launcher.", "hydra.sweep.")
 
 
 @dataclass
@@ -60,8 +67,9 @@ class SweepRun:
     summary: dict[str, Any] = field(default_factory=dict)  # the job's summary.json
 
     @classmethod
-    def from_job(cls, job_return: JobReturn, params: dict[str, Any] | None = None,
-                 trial: int | None = None) -> SweepRun:
+    def from_job(
+        cls, job_return: JobReturn, params: dict[str, Any] | None = None, trial: int | None = None
+    ) -> SweepRun:
         """What a launcher returned for one job; its ``summary.json`` is read from the job's output directory."""
         hydra_cfg = job_return.hydra_cfg.hydra
         run_dir = str(hydra_cfg.runtime.output_dir)
@@ -76,10 +84,18 @@ class SweepRun:
             if value is not None and not math.isfinite(float(value)):
                 failed, error, value = True, f"returned {value}", None
         status = "failed" if failed else "pruned" if summary is not None and summary.status == "pruned" else "ok"
-        return cls(job=int(hydra_cfg.job.num), overrides=list(job_return.overrides or []), run_dir=run_dir,
-                   status=status, value=None if value is None else float(value), params=dict(params or {}),
-                   duration_s=summary.total_time_s if summary else None, error=error, trial=trial,
-                   summary=summary.to_dict() if summary else {})
+        return cls(
+            job=int(hydra_cfg.job.num),
+            overrides=list(job_return.overrides or []),
+            run_dir=run_dir,
+            status=status,
+            value=None if value is None else float(value),
+            params=dict(params or {}),
+            duration_s=summary.total_time_s if summary else None,
+            error=error,
+            trial=trial,
+            summary=summary.to_dict() if summary else {},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,12 +132,16 @@ class SweepRecord:
         return None if best is None else " ".join([script, *map(shlex.quote, reproducing_overrides(best.overrides))])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sweep_dir": self.sweep_dir, "optimized_metric": self.optimized_metric, "study": self.study,
-                "runs": [run.to_dict() for run in self.ranked()],
-                "counts": {status: sum(run.status == status for run in self.ranked()) for status in STATUSES},
-                "failed": len(self.failed()),
-                "best": None if self.best() is None else self.best().to_dict(),
-                "reproduce": self.reproduce_command()}
+        return {
+            "sweep_dir": self.sweep_dir,
+            "optimized_metric": self.optimized_metric,
+            "study": self.study,
+            "runs": [run.to_dict() for run in self.ranked()],
+            "counts": {status: sum(run.status == status for run in self.ranked()) for status in STATUSES},
+            "failed": len(self.failed()),
+            "best": None if self.best() is None else self.best().to_dict(),
+            "reproduce": self.reproduce_command(),
+        }
 
     def write(self) -> Path:
         path = Path(self.sweep_dir) / SWEEP_SUMMARY_FILE
@@ -201,29 +221,56 @@ class SweepSummary(Callback):
         failed = record.failed()
         if failed:
             first = failed[0]
-            print(f"error: {len(failed)} of {len(record.runs)} sweep jobs failed (job {first.job}: {first.error}); "
-                  f"see {path}", file=sys.stderr, flush=True)
+            print(
+                f"error: {len(failed)} of {len(record.runs)} sweep jobs failed (job {first.job}: {first.error}); "
+                f"see {path}",
+                file=sys.stderr,
+                flush=True,
+            )
             # Hydra turns a callback's exceptions into warnings; SystemExit is no Exception and ends the process
             raise SystemExit(1)
 
 
 def print_sweep_summary(record: SweepRecord) -> None:
     kind = "search" if record.study else "sweep"
-    table = Table(title=f"reparam: {kind} of {len(record.runs)} runs (sorted by {record.optimized_metric or 'job'})",
-                  title_justify="left")
+    table = Table(
+        title=f"reparam: {kind} of {len(record.runs)} runs (sorted by {record.optimized_metric or 'job'})",
+        title_justify="left",
+    )
     # the value column only where the metric is not one of the columns shown anyway
     shown = {"best_val_acc", "test_acc", "fusion_argmax_agreement"}
     value_column = [] if record.optimized_metric in shown else [record.optimized_metric or "value"]
-    for column in ("job", "params" if record.study else "overrides", "status", *value_column, "best val acc",
-                   "test acc", "fused argmax agreement", "time", "run dir"):
+    for column in (
+        "job",
+        "params" if record.study else "overrides",
+        "status",
+        *value_column,
+        "best val acc",
+        "test acc",
+        "fused argmax agreement",
+        "time",
+        "run dir",
+    ):
         table.add_column(column, overflow="fold")
     for run in record.ranked():
         s = run.summary
         # sampled floats shortened for reading; sweep_summary.json and the reproducing command keep every digit
-        varied = (" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.params.items())
-                  if record.study else " ".join(run.overrides))
+        varied = (
+            " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.params.items())
+            if record.study
+            else " ".join(run.overrides)
+        )
         status = f"{run.status}: {run.error}" if run.error else run.status
         value = [text(run.value)] if value_column else []
-        table.add_row(text(run.job), varied or "-", status, *value, pct(s.get("best_val_acc")), pct(s.get("test_acc")),
-                      pct(s.get("fusion_argmax_agreement")), seconds(run.duration_s), run.run_dir)
+        table.add_row(
+            text(run.job),
+            varied or "-",
+            status,
+            *value,
+            pct(s.get("best_val_acc")),
+            pct(s.get("test_acc")),
+            pct(s.get("fusion_argmax_agreement")),
+            seconds(run.duration_s),
+            run.run_dir,
+        )
     console.print(table)

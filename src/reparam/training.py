@@ -73,8 +73,10 @@ def _spec_for_data(net: dict, datamodule: L.LightningDataModule) -> dict:
         return net
     spec = complete_spec(net, lambda: datamodule.num_classes, datamodule.input_size)
     if tuple(spec["input_size"][1:]) != tuple(datamodule.input_size):
-        raise UserError(f"model.input_size={spec['input_size']} but the data gives {list(datamodule.input_size)} "
-                        "images; leave model.input_size=null (it follows the data), or set data.image_size")
+        raise UserError(
+            f"model.input_size={spec['input_size']} but the data gives {list(datamodule.input_size)} "
+            "images; leave model.input_size=null (it follows the data), or set data.image_size"
+        )
     return spec
 
 
@@ -90,13 +92,21 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
     elif path is None:
         return None, None
     elif not Path(path).is_file():
-        raise UserError(f"ckpt_path={path} does not exist; point it at a checkpoint such as <run>/checkpoints/last.ckpt")
+        raise UserError(
+            f"ckpt_path={path} does not exist; point it at a checkpoint such as <run>/checkpoints/last.ckpt"
+        )
     ckpt = read_checkpoint(Path(path))  # refuses unsafe, corrupt or foreign files with one clear line
     try:
         copy.deepcopy(module.net).load_state_dict(net_state(ckpt), strict=True)
     except (RuntimeError, FormMismatchError) as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line or "Missing" in line
-                       or "Unexpected" in line), str(err).splitlines()[0])
+        detail = next(
+            (
+                line.strip()
+                for line in str(err).splitlines()
+                if "size mismatch" in line or "Missing" in line or "Unexpected" in line
+            ),
+            str(err).splitlines()[0],
+        )
         raise UserError(
             f"ckpt_path={path} holds another network than this config builds ({detail[:200]}); resume with the "
             "model/data settings of the run that wrote it (its .hydra/overrides.yaml), or drop ckpt_path to start anew"
@@ -185,7 +195,8 @@ def _record_averaging(trainer: L.Trainer, summary: TrainSummary) -> None:
         return
     decay = getattr(averaging, "decay", None)
     summary.averaged_weights = ("EMA" if decay is not None else type(averaging).__name__) + (
-        f" (decay {decay})" if decay else "")
+        f" (decay {decay})" if decay else ""
+    )
     record = None
     if summary.best_checkpoint and Path(summary.best_checkpoint).is_file():
         record = read_checkpoint(Path(summary.best_checkpoint)).get("weight_averaging")
@@ -204,8 +215,9 @@ def _write_summary(trainer: L.Trainer, run_dir: Path, summary: TrainSummary) -> 
 
 
 @contextmanager
-def _stops_cleanly(trainer: L.Trainer, run_dir: Path, phase: str, consequence: str,
-                   summary: TrainSummary | None = None) -> Iterator[None]:
+def _stops_cleanly(
+    trainer: L.Trainer, run_dir: Path, phase: str, consequence: str, summary: TrainSummary | None = None
+) -> Iterator[None]:
     """Turn Ctrl-C and SIGTERM during ``phase`` into one clear error that says how to resume.
 
     Lightning answers Ctrl-C with ``sys.exit(1)`` after its own shutdown, and SIGTERM with a ``SystemExit`` of code 0
@@ -225,15 +237,19 @@ def _stops_cleanly(trainer: L.Trainer, run_dir: Path, phase: str, consequence: s
     else:
         return
     last = run_dir / "checkpoints" / "last.ckpt"
-    message = (f"{phase} stopped by {how} at epoch {trainer.current_epoch}, global step {trainer.global_step}; "
-               f"{consequence}.")
+    message = (
+        f"{phase} stopped by {how} at epoch {trainer.current_epoch}, global step {trainer.global_step}; {consequence}."
+    )
     if summary is not None:
         summary.status, summary.error = "interrupted", message
         _write_summary(trainer, run_dir, summary)
         resume = f" Measure it with: python deploy.py ckpt={summary.fused_dir}" if summary.fused_dir else ""
     else:
-        resume = (f" Resume with ckpt_path={last} or auto_resume=true hydra.run.dir={run_dir}" if last.is_file()
-                  else " No checkpoint was saved yet: run the command again to start over.")
+        resume = (
+            f" Resume with ckpt_path={last} or auto_resume=true hydra.run.dir={run_dir}"
+            if last.is_file()
+            else " No checkpoint was saved yet: run the command again to start over."
+        )
     raise cause(message + resume) from error
 
 
@@ -253,8 +269,9 @@ def _close_loggers(trainer: L.Trainer) -> None:
 def _check_optimized_metric(cfg: DictConfig) -> str | None:
     name = cfg.get("optimized_metric")
     if name and name not in SUMMARY_METRICS:
-        raise UserError(f"optimized_metric={name} is not a training summary value; choose one of: "
-                        f"{', '.join(SUMMARY_METRICS)}")
+        raise UserError(
+            f"optimized_metric={name} is not a training summary value; choose one of: {', '.join(SUMMARY_METRICS)}"
+        )
     return name or None
 
 

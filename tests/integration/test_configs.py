@@ -6,8 +6,21 @@ import pytest
 from helpers import CONFIGS, compose_config
 from omegaconf import OmegaConf, open_dict
 
-GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug", "speed",
-          "hparams_search", "paths", "hydra"]
+GROUPS = [
+    "data",
+    "model",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "debug",
+    "speed",
+    "hparams_search",
+    "paths",
+    "hydra",
+]
 
 
 def options(group: str) -> list[str]:
@@ -48,8 +61,15 @@ def test_deploy_config_composes(tmp_path: Path) -> None:
 def test_every_experiment_runs_under_fast_dev_run(experiment: str, cifar_root: Path, tmp_path: Path) -> None:
     from reparam.training import train
 
-    overrides = [f"experiment={experiment}", "debug=fast_dev_run", f"paths.data_dir={cifar_root}", "data.val_size=40",
-                 "data.batch_size=8", "data.eval_batch_size=8", "callbacks.reparameterize.verify_samples=8"]
+    overrides = [
+        f"experiment={experiment}",
+        "debug=fast_dev_run",
+        f"paths.data_dir={cifar_root}",
+        "data.val_size=40",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "callbacks.reparameterize.verify_samples=8",
+    ]
     if compose_config("train", [f"experiment={experiment}"], run_dir=tmp_path).data.dataset == "imagefolder":
         # a folder of the user's own images, and pretrained weights from a local file (random: no download)
         import timm
@@ -82,8 +102,9 @@ def test_block_options_reach_the_blocks_and_a_bad_one_is_one_clear_line(tmp_path
     from reparam.training import build_components
 
     demo = ["experiment=demo", "model.block=linear_add"]
-    _, module, _ = build_components(compose_config(
-        "train", [*demo, "+model.block_options.trainable_scales=false"], run_dir=tmp_path / "ok"))
+    _, module, _ = build_components(
+        compose_config("train", [*demo, "+model.block_options.trainable_scales=false"], run_dir=tmp_path / "ok")
+    )
     blocks = [m for m in module.net.modules() if isinstance(m, LinearAddBlock)]
     assert blocks and not [n for n, _ in module.net.named_parameters() if n.endswith(".scale")]
     with pytest.raises(UserError, match=r"model config: block kind 'linear_add' has no option\(s\) \['scale'\]"):
@@ -92,8 +113,11 @@ def test_block_options_reach_the_blocks_and_a_bad_one_is_one_clear_line(tmp_path
 
 @pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONFIGS / "hydra" / "launcher").glob("*.yaml")))
 def test_launcher_presets_compose_on_submitit(launcher: str, tmp_path: Path) -> None:
-    cfg = compose_config("train", [f"hydra/launcher={launcher}", "trainer=ddp", "trainer.devices=4",
-                                   "trainer.num_nodes=2"], run_dir=tmp_path)
+    cfg = compose_config(
+        "train",
+        [f"hydra/launcher={launcher}", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+        run_dir=tmp_path,
+    )
     node = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert node["_target_"].startswith("hydra_plugins.hydra_submitit_launcher.submitit_launcher.")
     assert node["cpus_per_task"] >= 1  # each job's torch threads (reparam.launching)
@@ -108,5 +132,10 @@ def test_search_preset_reads_its_direction_from_the_metric_and_keeps_a_fixed_swe
     assert cfg.hydra.sweeper._target_.endswith("OptunaSearchSweeper")
     assert "direction" not in cfg.hparams_search and cfg.optimized_metric == "best_val_acc"
     assert cfg.hydra.sweep.dir.endswith("demo/searches/demo")
-    assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "module.label_smoothing",
-                                             "data.batch_size", "model.block"}
+    assert set(cfg.hydra.sweeper.params) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "module.label_smoothing",
+        "data.batch_size",
+        "model.block",
+    }

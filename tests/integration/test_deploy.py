@@ -20,16 +20,38 @@ from reparam.training import train
 pytestmark = pytest.mark.slow
 
 FAST_DEPLOY = ["benchmark.batch_sizes=[1,4]", "benchmark.min_run_time=0.02", "export.check_batch_size=8"]
-REPORT_KEYS = {"schema_version", "checkpoint", "dataset", "num_test_images", "targets", "machine", "accuracy",
-               "correct", "disagreements", "max_abs_logit_diff", "benchmark", "speedup", "exports"}
+REPORT_KEYS = {
+    "schema_version",
+    "checkpoint",
+    "dataset",
+    "num_test_images",
+    "targets",
+    "machine",
+    "accuracy",
+    "correct",
+    "disagreements",
+    "max_abs_logit_diff",
+    "benchmark",
+    "speedup",
+    "exports",
+}
 
 
 @pytest.fixture(scope="module")
 def trained_run(cifar_root, tmp_path_factory) -> dict:
     run_dir = tmp_path_factory.mktemp("trained")
-    cfg = compose_config("train", ["model=repvgg_tiny", "model.widths=[8,8,16,16,32]", "debug=limit",
-                                   "data.val_size=40", "data.batch_size=16", f"paths.data_dir={cifar_root}"],
-                         run_dir=run_dir)
+    cfg = compose_config(
+        "train",
+        [
+            "model=repvgg_tiny",
+            "model.widths=[8,8,16,16,32]",
+            "debug=limit",
+            "data.val_size=40",
+            "data.batch_size=16",
+            f"paths.data_dir={cifar_root}",
+        ],
+        run_dir=run_dir,
+    )
     return train(cfg)
 
 
@@ -53,7 +75,10 @@ def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: 
         assert target["num_images"] == 40 and target["correct"] == on_disk["correct"]["fused"], name
         assert set(target["throughput"]) == {"1", "4"} and target["gate"]["passed"], name
         assert name == "fused" or (target["disagreements"] == 0 and target["max_abs_logit_diff"] < 1e-4), name
-    assert targets["onnxruntime_fp32"]["label"] == "onnxruntime fp32 cpu" and targets["fused"]["gate"]["kind"] == "reference"
+    assert (
+        targets["onnxruntime_fp32"]["label"] == "onnxruntime fp32 cpu"
+        and targets["fused"]["gate"]["kind"] == "reference"
+    )
     assert set(targets["train_form"]["speedup_vs_reference"]) == {"1", "4"}
     machine = on_disk["machine"]
     assert machine["threads"] >= 1 and machine["threads_chosen_because"] and "load_before" in machine
@@ -116,8 +141,9 @@ def test_deploy_from_fused_folder_matches_recorded_accuracy(trained_run, tmp_pat
 
 
 def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -> None:
-    report = run_deploy(trained_run.run_dir, tmp_path, "benchmark.enabled=false", "export.onnx=false",
-                        "export.torch_export=false")
+    report = run_deploy(
+        trained_run.run_dir, tmp_path, "benchmark.enabled=false", "export.onnx=false", "export.torch_export=false"
+    )
     # the weights fused/ was built from (the best checkpoint), not last.ckpt: deploy and the artifact agree
     fused_from = json.loads((Path(trained_run.run_dir) / "fused" / "config.json").read_text())["source_checkpoint"]
     assert report.checkpoint == fused_from and not fused_from.endswith("last.ckpt")
@@ -136,13 +162,22 @@ CUDA_RUNS = {
 @pytest.mark.parametrize("source", sorted(CUDA_RUNS))
 def test_every_target_runs_on_cuda(trained_run, tmp_path: Path, source: str) -> None:
     """Torch targets on the GPU in every precision and layout, ONNX Runtime on the CPU, exports from CPU copies."""
-    report = run_deploy(getattr(trained_run, source), tmp_path, "device=cuda", "quantize.calibration_images=64",
-                        "quantize.max_drop=100", *(f"target_settings.{name}.max_drop=100" for name in
-                                                    ("fused_bf16", "fused_fp16", "compiled_bf16")),
-                        *CUDA_RUNS[source])
+    report = run_deploy(
+        getattr(trained_run, source),
+        tmp_path,
+        "device=cuda",
+        "quantize.calibration_images=64",
+        "quantize.max_drop=100",
+        *(f"target_settings.{name}.max_drop=100" for name in ("fused_bf16", "fused_fp16", "compiled_bf16")),
+        *CUDA_RUNS[source],
+    )
     labels = {t.label for t in report.targets}
-    assert {"fused torch fp32 cuda", "plain_vgg torch fp32 cuda", "fused torch bf16 cuda",
-            "fused torch fp16 cuda"} <= labels
+    assert {
+        "fused torch fp32 cuda",
+        "plain_vgg torch fp32 cuda",
+        "fused torch bf16 cuda",
+        "fused torch fp16 cuda",
+    } <= labels
     for target in report.targets:
         assert target.num_images == 40 and target.gate.passed, (target.label, target.gate)
         assert set(target.throughput) == {1, 4}, target.label
@@ -178,28 +213,58 @@ def test_bad_inputs_each_get_one_clear_line(trained_run, tmp_path: Path, capsys)
     empty.mkdir()
     expect_one_line(capsys, tmp_path, empty, "holds no checkpoint")
     # what is wrong, in words: not torch's internal codes (a text file used to end in "corrupt? 101")
-    expect_one_line(capsys, tmp_path, _bad(tmp_path, "notes.ckpt", b"hello, not a checkpoint"),
-                    "not a readable PyTorch checkpoint: the file is not a checkpoint at all", "copy it again")
-    expect_one_line(capsys, tmp_path, _bad(tmp_path, "cut.ckpt", last.read_bytes()[: last.stat().st_size // 2]),
-                    "not a readable PyTorch checkpoint: the file is cut off or damaged", "use another checkpoint")
+    expect_one_line(
+        capsys,
+        tmp_path,
+        _bad(tmp_path, "notes.ckpt", b"hello, not a checkpoint"),
+        "not a readable PyTorch checkpoint: the file is not a checkpoint at all",
+        "copy it again",
+    )
+    expect_one_line(
+        capsys,
+        tmp_path,
+        _bad(tmp_path, "cut.ckpt", last.read_bytes()[: last.stat().st_size // 2]),
+        "not a readable PyTorch checkpoint: the file is cut off or damaged",
+        "use another checkpoint",
+    )
     expect_one_line(capsys, tmp_path, _bad(tmp_path, "empty.ckpt", b""), "the file is empty (0 bytes)")
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}}, other)
     expect_one_line(capsys, tmp_path, other, "not a reparam checkpoint", "another project")
-    expect_one_line(capsys, tmp_path, last, "was trained on data=cifar10, not data.dataset=cifar100",
-                    overrides=["data.dataset=cifar100"])
-    expect_one_line(capsys, tmp_path, last, "unknown target 'tensorrt'; choose from auto, train_form, fused",
-                    overrides=["targets=[auto,tensorrt]"])
-    expect_one_line(capsys, tmp_path, last, "benchmark.dtype must be float32, bfloat16 or float16",
-                    overrides=["benchmark.dtype=float8"])
+    expect_one_line(
+        capsys,
+        tmp_path,
+        last,
+        "was trained on data=cifar10, not data.dataset=cifar100",
+        overrides=["data.dataset=cifar100"],
+    )
+    expect_one_line(
+        capsys,
+        tmp_path,
+        last,
+        "unknown target 'tensorrt'; choose from auto, train_form, fused",
+        overrides=["targets=[auto,tensorrt]"],
+    )
+    expect_one_line(
+        capsys,
+        tmp_path,
+        last,
+        "benchmark.dtype must be float32, bfloat16 or float16",
+        overrides=["benchmark.dtype=float8"],
+    )
     ckpt = torch.load(last, weights_only=True)
     ckpt["hyper_parameters"]["net"]["widths"] = [4, 4, 4, 4, 4]
     torch.save(ckpt, tmp_path / "mismatch.ckpt")
     expect_one_line(capsys, tmp_path, tmp_path / "mismatch.ckpt", "weights do not fit the model it describes")
     if not torch.cuda.is_available():
         expect_one_line(capsys, tmp_path, last, "device=cuda asked for", overrides=["device=cuda"])
-        expect_one_line(capsys, tmp_path, last, "target fused_fp16 cannot run here: fused_fp16 runs on GPUs only",
-                        overrides=["benchmark.dtype=float16", "device=cpu"])
+        expect_one_line(
+            capsys,
+            tmp_path,
+            last,
+            "target fused_fp16 cannot run here: fused_fp16 runs on GPUs only",
+            overrides=["benchmark.dtype=float16", "device=cpu"],
+        )
 
 
 def test_corrupt_fused_folder_is_refused(trained_run, tmp_path: Path, capsys) -> None:
@@ -249,11 +314,16 @@ def test_a_cifar100_checkpoint_on_digits_names_the_other_dataset(trained_run, tm
     torch.save(ckpt, tmp_path / "cifar100.ckpt")
     # with a CUDA toolkit and no GPU, importing torch.utils.benchmark used to log "No CUDA runtime is found" first
     run_env["CUDA_HOME"] = str(tmp_path)
-    proc = run_entry("deploy.py", [f"ckpt={tmp_path / 'cifar100.ckpt'}", "data.dataset=digits",
-                                   f"hydra.run.dir={tmp_path / 'out'}"], run_env)
+    proc = run_entry(
+        "deploy.py",
+        [f"ckpt={tmp_path / 'cifar100.ckpt'}", "data.dataset=digits", f"hydra.run.dir={tmp_path / 'out'}"],
+        run_env,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "was trained on data=cifar100, not data.dataset=digits" in errors[0], proc.stderr[-2000:]
+    assert len(errors) == 1 and "was trained on data=cifar100, not data.dataset=digits" in errors[0], proc.stderr[
+        -2000:
+    ]
     assert "val_size" not in proc.stderr and "No CUDA runtime" not in proc.stderr, proc.stderr
 
 

@@ -8,8 +8,14 @@ from helpers import run_entry
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model=repvgg_tiny", "model.widths=[8,8,16,16,32]", "debug=limit", "data.val_size=40", "data.batch_size=8",
-        "data.eval_batch_size=20"]
+TINY = [
+    "model=repvgg_tiny",
+    "model.widths=[8,8,16,16,32]",
+    "debug=limit",
+    "data.val_size=40",
+    "data.batch_size=8",
+    "data.eval_batch_size=20",
+]
 
 
 def assert_one_clear_line(proc, *fragments: str) -> str:
@@ -23,11 +29,16 @@ def assert_one_clear_line(proc, *fragments: str) -> str:
 
 
 @pytest.mark.parametrize("extra", [[], ["callbacks=ema"]], ids=["plain", "ema"])
-def test_ddp_on_two_cpu_processes_writes_exactly_one_fused_model(extra, cifar_root: Path, tmp_path: Path,
-                                                                  run_env) -> None:
+def test_ddp_on_two_cpu_processes_writes_exactly_one_fused_model(
+    extra, cifar_root: Path, tmp_path: Path, run_env
+) -> None:
     run_dir = tmp_path / "run"
-    proc = run_entry("train.py", ["trainer=ddp_sim", *TINY, f"paths.data_dir={cifar_root}", f"hydra.run.dir={run_dir}",
-                                  *extra], run_env, timeout=400)
+    proc = run_entry(
+        "train.py",
+        ["trainer=ddp_sim", *TINY, f"paths.data_dir={cifar_root}", f"hydra.run.dir={run_dir}", *extra],
+        run_env,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     fused = [p for p in tmp_path.rglob("model.safetensors")]
     assert fused == [run_dir / "fused" / "model.safetensors"]
@@ -53,8 +64,12 @@ def test_missing_cifar_explains_where_it_looked(tmp_path: Path, run_env) -> None
         ("optimized_metric=val_loss", "optimized_metric=val_loss is not a training summary value"),
     ],
 )
-def test_bad_settings_end_with_one_line(override: str, fragment: str, cifar_root: Path, tmp_path: Path, run_env) -> None:
-    proc = run_entry("train.py", [*TINY, f"paths.data_dir={cifar_root}", override, f"hydra.run.dir={tmp_path}"], run_env)
+def test_bad_settings_end_with_one_line(
+    override: str, fragment: str, cifar_root: Path, tmp_path: Path, run_env
+) -> None:
+    proc = run_entry(
+        "train.py", [*TINY, f"paths.data_dir={cifar_root}", override, f"hydra.run.dir={tmp_path}"], run_env
+    )
     line = assert_one_clear_line(proc, fragment)
     assert line in (tmp_path / "train.log").read_text()  # the run's log says what went wrong too
 
@@ -67,8 +82,13 @@ def test_unknown_config_option_fails_with_hydras_message(tmp_path: Path, run_env
 
 def test_multirun_sweep_ends_with_a_summary_of_every_run(cifar_root: Path, tmp_path: Path, run_env) -> None:
     # the default sweep directory (no hydra.sweep.dir): logs/train/multiruns/<time> under the working directory
-    proc = run_entry("train.py", ["-m", *TINY, f"paths.data_dir={cifar_root}", "optimizer.lr=0.3,0.001"], run_env,
-                     timeout=400, cwd=tmp_path)
+    proc = run_entry(
+        "train.py",
+        ["-m", *TINY, f"paths.data_dir={cifar_root}", "optimizer.lr=0.3,0.001"],
+        run_env,
+        timeout=400,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     report = json.loads((sweep / "sweep_summary.json").read_text())
@@ -90,8 +110,12 @@ def test_multirun_sweep_ends_with_a_summary_of_every_run(cifar_root: Path, tmp_p
 def test_sweep_survives_a_diverging_job(cifar_root: Path, tmp_path: Path, run_env) -> None:
     """A user error ends only its own job: the other job runs, the table lists both, the exit code says so."""
     sweep = tmp_path / "sweep"
-    proc = run_entry("train.py", ["-m", *TINY, f"paths.data_dir={cifar_root}", "optimizer.lr=1e8,0.1",
-                                  f"hydra.sweep.dir={sweep}"], run_env, timeout=400)
+    proc = run_entry(
+        "train.py",
+        ["-m", *TINY, f"paths.data_dir={cifar_root}", "optimizer.lr=1e8,0.1", f"hydra.sweep.dir={sweep}"],
+        run_env,
+        timeout=400,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "error: training diverged" in proc.stderr

@@ -9,8 +9,16 @@ from helpers import CONFIGS, ROOT
 from omegaconf import OmegaConf
 
 # building blocks of callbacks/default.yaml, selectable but not listed as choices
-UNLISTED = {"callbacks": {"finite_loss", "learning_rate_monitor", "model_checkpoint", "progress_bar", "reparameterize",
-                          "speed_monitor"}}
+UNLISTED = {
+    "callbacks": {
+        "finite_loss",
+        "learning_rate_monitor",
+        "model_checkpoint",
+        "progress_bar",
+        "reparameterize",
+        "speed_monitor",
+    }
+}
 
 
 def groups_of(config: str) -> set[str]:
@@ -21,8 +29,9 @@ def groups_of(config: str) -> set[str]:
 
 @pytest.mark.parametrize("script", ["train.py", "deploy.py"])
 def test_help_lists_this_entry_points_groups_and_their_real_options(script: str, tmp_path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"{script} (reparam-{script[:-3]}): ")
     assert "powered by Hydra" not in proc.stdout

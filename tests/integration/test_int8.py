@@ -18,8 +18,15 @@ pytestmark = pytest.mark.slow
 
 # the optional OpenVINO INT8 target, where OpenVINO is installed (the dev extras install it)
 OPENVINO = ["openvino_int8"] if importlib.util.find_spec("openvino") else []
-INT8 = ["quantize=int8", "quantize.calibration_images=256", "benchmark.batch_sizes=[1,32]", "benchmark.min_run_time=0.3",
-        "benchmark.rounds=2", "export.torch_export=false", "device=cpu"]
+INT8 = [
+    "quantize=int8",
+    "quantize.calibration_images=256",
+    "benchmark.batch_sizes=[1,32]",
+    "benchmark.min_run_time=0.3",
+    "benchmark.rounds=2",
+    "export.torch_export=false",
+    "device=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +36,15 @@ def qarepvgg_demo(tmp_path_factory) -> dict:
     return train(compose_config("train", ["experiment=demo", "model.block=qarepvgg"], run_dir=run))
 
 
-def test_qarepvgg_trains_fuses_exactly_and_quantizes_within_max_drop(qarepvgg_demo: dict, tmp_path: Path,
-                                                                     monkeypatch) -> None:
+def test_qarepvgg_trains_fuses_exactly_and_quantizes_within_max_drop(
+    qarepvgg_demo: dict, tmp_path: Path, monkeypatch
+) -> None:
     assert qarepvgg_demo.fusion_argmax_agreement == 1.0 and qarepvgg_demo.fusion_fp64_max_abs_diff <= 1e-10
     fused_passes = []  # images the fused model (the reference) is run on, batch by batch, during evaluation
     real_predict = Fused.predict
-    monkeypatch.setattr(Fused, "predict",
-                        lambda self, images: fused_passes.append(len(images)) or real_predict(self, images))
+    monkeypatch.setattr(
+        Fused, "predict", lambda self, images: fused_passes.append(len(images)) or real_predict(self, images)
+    )
     quantized = []  # INT8 targets share one calibration and one file
     real_quantize = base.quantize_int8
     monkeypatch.setattr(base, "quantize_int8", lambda *a, **k: quantized.append(a[1]) or real_quantize(*a, **k))
@@ -57,10 +66,14 @@ def test_qarepvgg_trains_fuses_exactly_and_quantizes_within_max_drop(qarepvgg_de
         assert ov["label"] == "openvino int8 cpu" and ov["details"] == ort["details"] and ov["artifact"] is None
         assert abs(ov["correct"] - ort["correct"]) <= 2
     int8 = report["int8"]  # the schema-1 section, a view of targets.onnxruntime_int8
-    assert {"accuracy", "accuracy_drop", "disagreements_vs_fp32", "throughput", "speedup_vs_fp32",
-            "model_path"} <= set(int8)
+    assert {"accuracy", "accuracy_drop", "disagreements_vs_fp32", "throughput", "speedup_vs_fp32", "model_path"} <= set(
+        int8
+    )
     assert Path(int8["model_path"]).is_file() and int8["per_channel"] and int8["method"] == "minmax"
-    assert int8["fp32_accuracy"] == report["accuracy"]["fused"] and int8["accuracy"] == targets["onnxruntime_int8"]["accuracy"]
+    assert (
+        int8["fp32_accuracy"] == report["accuracy"]["fused"]
+        and int8["accuracy"] == targets["onnxruntime_int8"]["accuracy"]
+    )
     assert int8["accuracy_drop"] == pytest.approx((int8["fp32_accuracy"] - int8["accuracy"]) * 100)
     assert int8["accuracy_drop"] <= 1.0 and int8["correct"] >= 0.9 * report["num_test_images"]
     assert set(int8["throughput"]) == {"1", "32"} and set(int8["speedup_vs_fp32"]) == {"1", "32"}
@@ -78,16 +91,24 @@ def test_a_broken_calibration_trips_the_drop_check(qarepvgg_demo: dict, tmp_path
     real = ImageDataModule.calibration_images
     monkeypatch.setattr(ImageDataModule, "calibration_images", lambda self, n, seed=0: real(self, n, seed) * 50)
     with pytest.raises(UserError, match=r"INT8 accuracy dropped \d+\.\d\d points .* model\.block=qarepvgg") as info:
-        deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo.best_checkpoint}", *INT8,
-                                         "benchmark.enabled=false"], run_dir=tmp_path))
+        deploy(
+            compose_config(
+                "deploy", [f"ckpt={qarepvgg_demo.best_checkpoint}", *INT8, "benchmark.enabled=false"], run_dir=tmp_path
+            )
+        )
     assert "more than quantize.max_drop=1.0" in str(info.value)
     assert (tmp_path / "report.json").is_file()  # the numbers are kept for the post-mortem
 
 
 def test_unknown_quantize_method_is_one_clear_line(qarepvgg_demo: dict, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="quantize.method must be one of minmax, entropy, percentile"):
-        deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo.fused_dir}", *INT8, "quantize.method=kl",
-                                         "benchmark.enabled=false"], run_dir=tmp_path))
+        deploy(
+            compose_config(
+                "deploy",
+                [f"ckpt={qarepvgg_demo.fused_dir}", *INT8, "quantize.method=kl", "benchmark.enabled=false"],
+                run_dir=tmp_path,
+            )
+        )
 
 
 def test_calibration_images_are_the_unaugmented_normalized_train_split() -> None:

@@ -23,10 +23,18 @@ EVALUATE_ONLY = ["benchmark.enabled=false", "export.onnx=false", "export.torch_e
 def test_mlflow_gets_the_config_and_the_deploy_report(tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    summary = train(compose_config("train", [*QUICK, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"],
-                                   run_dir=tmp_path / "train"))
-    deploy(compose_config("deploy", [f"ckpt={summary.best_checkpoint}", *EVALUATE_ONLY, "logger=mlflow",
-                                     f"logger.mlflow.tracking_uri={uri}"], run_dir=tmp_path / "deploy"))
+    summary = train(
+        compose_config(
+            "train", [*QUICK, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"], run_dir=tmp_path / "train"
+        )
+    )
+    deploy(
+        compose_config(
+            "deploy",
+            [f"ckpt={summary.best_checkpoint}", *EVALUATE_ONLY, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"],
+            run_dir=tmp_path / "deploy",
+        )
+    )
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("reparam").experiment_id], order_by=["start_time ASC"])
     train_run, deploy_run = runs
@@ -51,19 +59,34 @@ def test_wandb_runs_offline_with_the_config(tmp_path: Path, monkeypatch) -> None
 
 def test_console_commands_run_like_the_scripts_from_any_directory(tmp_path: Path) -> None:
     bindir = Path(sys.executable).parent
-    train_cmd, deploy_cmd = shutil.which("reparam-train", path=str(bindir)), shutil.which("reparam-deploy", path=str(bindir))
+    train_cmd, deploy_cmd = (
+        shutil.which("reparam-train", path=str(bindir)),
+        shutil.which("reparam-deploy", path=str(bindir)),
+    )
     if train_cmd is None:
         pytest.skip("reparam is not installed with its console scripts in this environment")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
     run_dir = tmp_path / "run"
     where = tmp_path  # not the checkout: the commands find the configs of the checkout reparam was installed from
-    proc = subprocess.run([train_cmd, *QUICK, "test=false", f"hydra.run.dir={run_dir}"], cwd=where, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [train_cmd, *QUICK, "test=false", f"hydra.run.dir={run_dir}"],
+        cwd=where,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert f"next: reparam-deploy ckpt={run_dir / 'fused'}" in proc.stdout  # not a deploy.py the user does not have
     assert (run_dir / "train.log").is_file() and not list(run_dir.glob("entrypoints.log"))
-    proc = subprocess.run([deploy_cmd, f"ckpt={run_dir}", *EVALUATE_ONLY, f"hydra.run.dir={tmp_path / 'deploy'}"],
-                          cwd=where, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [deploy_cmd, f"ckpt={run_dir}", *EVALUATE_ONLY, f"hydra.run.dir={tmp_path / 'deploy'}"],
+        cwd=where,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "deploy" / "report.json").read_text())["disagreements"] == 0

@@ -15,16 +15,31 @@ from reparam.training import train
 
 pytestmark = pytest.mark.slow
 
-TRAIN = ["experiment=demo", "data=imagefolder", "data.image_size=32", "data.min_crop_scale=0.5", "data.num_workers=1",
-         "trainer.max_epochs=4", "data.batch_size=16"]
-DEPLOY = ["quantize=int8", "quantize.calibration_images=128", "benchmark.batch_sizes=[8]", "benchmark.min_run_time=0.1",
-          "benchmark.rounds=1", "export.torch_export=false", "device=cpu"]
+TRAIN = [
+    "experiment=demo",
+    "data=imagefolder",
+    "data.image_size=32",
+    "data.min_crop_scale=0.5",
+    "data.num_workers=1",
+    "trainer.max_epochs=4",
+    "data.batch_size=16",
+]
+DEPLOY = [
+    "quantize=int8",
+    "quantize.calibration_images=128",
+    "benchmark.batch_sizes=[8]",
+    "benchmark.min_run_time=0.1",
+    "benchmark.rounds=1",
+    "export.torch_export=false",
+    "device=cpu",
+]
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    root = write_digits_folder(tmp_path_factory.mktemp("digits") / "images", per_class=40,
-                               splits=("train", "val", "test"))
+    root = write_digits_folder(
+        tmp_path_factory.mktemp("digits") / "images", per_class=40, splits=("train", "val", "test")
+    )
     good = next((root / "train" / "3").glob("*.png"))
     (root / "train" / "3" / "corrupt.png").write_bytes(good.read_bytes()[:60])  # a PNG cut short
     return root
@@ -33,8 +48,9 @@ def folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(folder, tmp_path_factory) -> tuple[Path, object]:
     run = tmp_path_factory.mktemp("run")
-    summary = train(compose_config("train", [*TRAIN, f"data.data_dir={folder}", "data.skip_bad_images=true"],
-                                   run_dir=run))
+    summary = train(
+        compose_config("train", [*TRAIN, f"data.data_dir={folder}", "data.skip_bad_images=true"], run_dir=run)
+    )
     return run, summary
 
 
@@ -79,7 +95,12 @@ def test_deploy_refuses_other_class_names_and_flags_other_images(trained, folder
     shuffled = tmp_path / "shuffled"  # the same class names over other images: evaluated, and flagged
     for i in range(10):
         shutil.copytree(folder / "test" / str((i + 1) % 10), shuffled / "train" / str(i))
-    report = deploy(compose_config("deploy", [f"ckpt={run}/fused", f"data.data_dir={shuffled}", "quantize=none",
-                                              *DEPLOY[2:]], run_dir=tmp_path / "d"))
+    report = deploy(
+        compose_config(
+            "deploy",
+            [f"ckpt={run}/fused", f"data.data_dir={shuffled}", "quantize=none", *DEPLOY[2:]],
+            run_dir=tmp_path / "d",
+        )
+    )
     assert report.targets[0].accuracy < 0.3 and len(report.data_warnings) == 1
     assert "points below" in report.data_warnings[0]

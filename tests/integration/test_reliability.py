@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_SPEC, InjectNaN, ROOT, compose_config, run_entry
+from helpers import ROOT, TINY_SPEC, InjectNaN, compose_config, run_entry
 from safetensors.torch import load_file
 
 from reparam.artifact import read_fused_artifact, write_fused_artifact
@@ -20,8 +20,17 @@ from reparam.training import train
 pytestmark = pytest.mark.slow
 
 # 3 epochs of 4 steps, deterministic kernels, standard DataLoader path in-process (num_workers=0)
-RUN = ["model=repvgg_tiny", "model.widths=[8,8,16,16,32]", "debug=limit", "trainer.max_epochs=3",
-       "data.val_size=40", "data.batch_size=16", "trainer.deterministic=true", "test=false", "seed=7"]
+RUN = [
+    "model=repvgg_tiny",
+    "model.widths=[8,8,16,16,32]",
+    "debug=limit",
+    "trainer.max_epochs=3",
+    "data.val_size=40",
+    "data.batch_size=16",
+    "trainer.deterministic=true",
+    "test=false",
+    "seed=7",
+]
 
 
 def fused_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -57,8 +66,16 @@ def test_killed_run_resumes_to_the_same_fused_model(signal_name, uninterrupted, 
     run_env = {**run_env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), run_env.get("PYTHONPATH", "")])}
     args = [*RUN, f"paths.data_dir={cifar_root}", f"hydra.run.dir={tmp_path}", "data.num_workers=0"]
     # killed in the middle of epoch 1 (global step 6 of 12); last.ckpt holds the end of epoch 0
-    killed = run_entry("train.py", [*args, "+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.step=6",
-                                    f"+callbacks.kill.signal={signal_name}"], run_env)
+    killed = run_entry(
+        "train.py",
+        [
+            *args,
+            "+callbacks.kill._target_=helpers.KillAtStep",
+            "+callbacks.kill.step=6",
+            f"+callbacks.kill.signal={signal_name}",
+        ],
+        run_env,
+    )
     assert killed.returncode != 0
     if signal_name in EXIT_CODES:
         how = {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[signal_name]
@@ -80,8 +97,16 @@ def test_killed_run_resumes_to_the_same_fused_model(signal_name, uninterrupted, 
 
 def test_ctrl_c_during_the_test_phase_still_writes_the_summary(cifar_root, tmp_path, run_env) -> None:
     run_env = {**run_env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), run_env.get("PYTHONPATH", "")])}
-    args = [*RUN, "trainer.max_epochs=1", "test=true", f"paths.data_dir={cifar_root}", f"hydra.run.dir={tmp_path}",
-            "+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.phase=test", "+callbacks.kill.signal=SIGINT"]
+    args = [
+        *RUN,
+        "trainer.max_epochs=1",
+        "test=true",
+        f"paths.data_dir={cifar_root}",
+        f"hydra.run.dir={tmp_path}",
+        "+callbacks.kill._target_=helpers.KillAtStep",
+        "+callbacks.kill.phase=test",
+        "+callbacks.kill.signal=SIGINT",
+    ]
     proc = run_entry("train.py", args, run_env)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -95,8 +120,11 @@ def test_ctrl_c_during_the_test_phase_still_writes_the_summary(cifar_root, tmp_p
 def test_resuming_with_a_checkpoint_of_another_network_is_one_clear_line(uninterrupted, cifar_root, tmp_path) -> None:
     last = uninterrupted / "checkpoints" / "last.ckpt"  # a 10-class network, resumed into a 100-class config
     with pytest.raises(UserError, match=r"holds another network than this config builds \(size mismatch for head"):
-        train(compose_config("train", [*RUN, f"paths.data_dir={cifar_root}", "data=cifar100", f"ckpt_path={last}"],
-                             run_dir=tmp_path))
+        train(
+            compose_config(
+                "train", [*RUN, f"paths.data_dir={cifar_root}", "data=cifar100", f"ckpt_path={last}"], run_dir=tmp_path
+            )
+        )
 
 
 def test_deterministic_runs_are_identical(uninterrupted, cifar_root, tmp_path) -> None:

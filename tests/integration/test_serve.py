@@ -9,7 +9,6 @@ import asyncio
 import base64
 import csv
 import io
-import json
 import struct
 import subprocess
 import sys
@@ -41,8 +40,14 @@ def test_split() -> tuple[list[bytes], list[int]]:
 @pytest.fixture(scope="module")
 def server(deployed, tmp_path_factory):
     run, _ = deployed
-    server = start_server(run, tmp_path_factory.mktemp("server"), f"serve.max_images={MAX_IMAGES}",
-                          f"serve.max_bytes={MAX_BYTES}", "serve.max_batch_size=16", "serve.batch_timeout=0.01")
+    server = start_server(
+        run,
+        tmp_path_factory.mktemp("server"),
+        f"serve.max_images={MAX_IMAGES}",
+        f"serve.max_bytes={MAX_BYTES}",
+        "serve.max_batch_size=16",
+        "serve.batch_timeout=0.01",
+    )
     yield server
     server.stop()
 
@@ -52,17 +57,20 @@ def top1(response: httpx.Response) -> list[int]:
     return [p["index"] for p in response.json()["predictions"]]
 
 
-async def served_correct(url: str, images: list[bytes], labels: list[int], per_request: int, concurrency: int,
-                         headers: dict | None = None) -> int:
+async def served_correct(
+    url: str, images: list[bytes], labels: list[int], per_request: int, concurrency: int, headers: dict | None = None
+) -> int:
     """Correct top-1 answers over the images, sent as JSON lists of ``per_request`` from ``concurrency`` clients."""
     chunks = [list(range(i, min(i + per_request, len(images)))) for i in range(0, len(images), per_request)]
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=120, headers=headers or {}) as client:
+
         async def one(chunk: list[int]) -> int:
             async with gate:
                 body = {"images": [base64.b64encode(images[i]).decode() for i in chunk]}
                 predicted = top1(await client.post(f"{url}/predict", json=body))
             return sum(p == labels[i] for p, i in zip(predicted, chunk))
+
         return sum(await asyncio.gather(*(one(c) for c in chunks)))
 
 
@@ -80,9 +88,13 @@ def test_serves_the_fastest_checked_target_and_every_body_form(server, deployed,
     assert body["target"] == chosen and len(body["weights_sha256"]) == 64
     assert len(body["predictions"][0]["top_k"]) == 5
     assert abs(sum(p["probability"] for p in body["predictions"][0]["top_k"]) - 1) < 0.5
-    expected = top1(httpx.post(f"{server.url}/predict", json={"images": [base64.b64encode(i).decode() for i in images[:3]]}))
+    expected = top1(
+        httpx.post(f"{server.url}/predict", json={"images": [base64.b64encode(i).decode() for i in images[:3]]})
+    )
     assert top1(raw) == expected[:1]
-    assert top1(httpx.post(f"{server.url}/predict", json={"image": base64.b64encode(images[0]).decode()})) == expected[:1]
+    assert (
+        top1(httpx.post(f"{server.url}/predict", json={"image": base64.b64encode(images[0]).decode()})) == expected[:1]
+    )
     files = [("files", (f"{i}.png", images[i], "image/png")) for i in range(3)]
     assert top1(httpx.post(f"{server.url}/predict", files=files)) == expected
     page = httpx.get(f"{server.url}/")
@@ -102,8 +114,13 @@ def test_served_test_split_scores_exactly_what_deploy_measured(server, deployed,
 def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def bad_requests(image: bytes) -> dict[str, tuple[dict, int]]:
@@ -114,15 +131,21 @@ def bad_requests(image: bytes) -> dict[str, tuple[dict, int]]:
     png = {"Content-Type": "image/png"}
     return {
         "not an image": ({"content": b"hello, this is text", "headers": png}, 400),
-        "truncated image": ({"content": jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "headers": {"Content-Type": "image/jpeg"}}, 400),
+        "truncated image": (
+            {"content": jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "headers": {"Content-Type": "image/jpeg"}},
+            400,
+        ),
         "declared size over max_pixels": ({"content": _png_header_only(12_000, 12_000), "headers": png}, 413),
         "body over max_bytes": ({"content": b"\x89PNG" + b"\0" * (MAX_BYTES + 10), "headers": png}, 413),
         "wrong content type": ({"content": image, "headers": {"Content-Type": "text/plain"}}, 415),
         "empty body": ({"content": b"", "headers": png}, 400),
-        "malformed JSON": ({"content": b"{\"image\": ", "headers": {"Content-Type": "application/json"}}, 400),
+        "malformed JSON": ({"content": b'{"image": ', "headers": {"Content-Type": "application/json"}}, 400),
         "malformed base64": ({"json": {"image": "%%%" + b64[3:]}}, 400),
         "too many images": ({"json": {"images": [b64] * (MAX_IMAGES + 1)}}, 413),
-        "malformed multipart": ({"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 400),
+        "malformed multipart": (
+            {"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
+            400,
+        ),
     }
 
 
@@ -135,12 +158,15 @@ def test_every_bad_input_is_a_4xx_line_and_good_requests_around_it_are_right(ser
 
     async def main() -> tuple[list, list]:
         async with httpx.AsyncClient(timeout=120) as client:
+
             async def good_one(i: int):
                 r = await client.post(f"{server.url}/predict", content=good[i], headers={"Content-Type": "image/png"})
                 return i, r
+
             async def bad_one(name: str):
                 kwargs, _ = bad[name]
                 return name, await client.post(f"{server.url}/predict", **kwargs)
+
             tasks = []
             for round_ in range(repeats):
                 for j, name in enumerate(bad):
@@ -159,8 +185,9 @@ def test_every_bad_input_is_a_4xx_line_and_good_requests_around_it_are_right(ser
     assert httpx.get(f"{server.url}/health").status_code == 200
 
 
-def test_predict_writes_a_csv_with_the_served_target_and_lists_unreadable_files(server, deployed, test_split,
-                                                                                  tmp_path: Path) -> None:
+def test_predict_writes_a_csv_with_the_served_target_and_lists_unreadable_files(
+    server, deployed, test_split, tmp_path: Path
+) -> None:
     run, _ = deployed
     images, _ = test_split
     folder = tmp_path / "photos"
@@ -172,8 +199,13 @@ def test_predict_writes_a_csv_with_the_served_target_and_lists_unreadable_files(
     served = httpx.post(f"{server.url}/predict", json={"images": [base64.b64encode(i).decode() for i in images[:5]]})
     served = {f"digit{i}.png": p for i, p in enumerate(served.json()["predictions"])}
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(ROOT / "deploy.py"), f"ckpt={run}", f"predict={folder}",
-                             f"hydra.run.dir={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "deploy.py"), f"ckpt={run}", f"predict={folder}", f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "2 file(s) could not be read" in result.stdout and "notes.txt" in result.stdout
     rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
@@ -188,8 +220,9 @@ def test_predict_writes_a_csv_with_the_served_target_and_lists_unreadable_files(
 def test_api_key_unbatched_int8_target_scores_what_deploy_measured(deployed, test_split, tmp_path: Path) -> None:
     run, report = deployed
     images, labels = test_split
-    keyed = start_server(run, tmp_path, "serve.target=onnxruntime_int8", "serve.max_batch_size=1",
-                         env={"LIT_SERVER_API_KEY": "s3cret"})
+    keyed = start_server(
+        run, tmp_path, "serve.target=onnxruntime_int8", "serve.max_batch_size=1", env={"LIT_SERVER_API_KEY": "s3cret"}
+    )
     try:
         url, png = keyed.url, {"Content-Type": "image/png"}
         for headers in ({}, {"X-API-Key": "wrong"}):

@@ -16,8 +16,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # as the issue asks: no GPU, no background traffic, no component updates, a fresh profile
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOT = os.environ.get("REPARAM_PAGE_SCREENSHOT")  # docs/img/serve_page.png is made with this set
 
 
@@ -33,8 +40,12 @@ def test_page_uploads_an_image_and_shows_the_top1_class(tmp_path: Path) -> None:
         expected = httpx.post(f"{server.url}/predict", json={"image": base64.b64encode(images[0]).decode()}).json()
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
-                viewport={"width": 720, "height": 560})
+                str(tmp_path / "profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=FLAGS,
+                viewport={"width": 720, "height": 560},
+            )
             try:
                 page = browser.new_page()
                 page.goto(server.url + "/")

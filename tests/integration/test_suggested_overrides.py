@@ -20,8 +20,11 @@ SUGGESTED = {
     "trainer.accelerator": [("train", "trainer.accelerator=cpu")],
     "trainer.devices": [("train", "trainer.devices=1")],
     "data": [("train", "data=cifar10"), ("train", "data=digits"), ("train", "data=imagefolder")],
-    "data.dataset": [("deploy", "data.dataset=cifar10"), ("deploy", "data.dataset=digits"),
-                     ("deploy", "data.dataset=imagefolder")],
+    "data.dataset": [
+        ("deploy", "data.dataset=cifar10"),
+        ("deploy", "data.dataset=digits"),
+        ("deploy", "data.dataset=imagefolder"),
+    ],
     "data.skip_bad_images": [("train", "data=imagefolder data.skip_bad_images=true")],
     "data.image_size": [("train", "data=imagefolder data.image_size=64")],
     "model.input_size": [("train", "model.input_size=null")],
@@ -57,9 +60,34 @@ SUGGESTED = {
     "benchmark.threads": [("deploy", "benchmark.threads=1")],
     "targets": [("deploy", "targets=[auto,onnxruntime_int8]")],
 }
-CONFIG_KEYS = {"trainer", "data", "experiment", "ckpt_path", "auto_resume", "hydra", "ckpt", "device", "optimizer",
-               "scheduler", "optimized_metric", "callbacks", "model", "logger", "benchmark", "export", "tolerance",
-               "quantize", "debug", "speed", "paths", "module", "seed", "test", "targets", "target_settings"}
+CONFIG_KEYS = {
+    "trainer",
+    "data",
+    "experiment",
+    "ckpt_path",
+    "auto_resume",
+    "hydra",
+    "ckpt",
+    "device",
+    "optimizer",
+    "scheduler",
+    "optimized_metric",
+    "callbacks",
+    "model",
+    "logger",
+    "benchmark",
+    "export",
+    "tolerance",
+    "quantize",
+    "debug",
+    "speed",
+    "paths",
+    "module",
+    "seed",
+    "test",
+    "targets",
+    "target_settings",
+}
 SUGGESTION = re.compile(r"(?<![\w./-])([a-z_]+(?:\.[a-z_0-9]+)*)=(?=[\w<$/.\[-])")
 
 
@@ -104,8 +132,9 @@ def test_the_deploy_data_suggestion_runs(tmp_path: Path) -> None:
     from reparam.errors import UserError
     from reparam.training import train
 
-    summary = train(compose_config("train", ["experiment=demo", "trainer.max_epochs=1", "test=false"],
-                                   run_dir=tmp_path / "run"))
+    summary = train(
+        compose_config("train", ["experiment=demo", "trainer.max_epochs=1", "test=false"], run_dir=tmp_path / "run")
+    )
     config_path = Path(summary.fused_dir) / "config.json"
     config = json.loads(config_path.read_text())
     config.pop("data")

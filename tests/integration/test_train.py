@@ -16,8 +16,15 @@ from reparam.training import train
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model=repvgg_tiny", "model.widths=[8,8,16,16,32]", "debug=limit", "data.val_size=40", "data.batch_size=16",
-        "data.eval_batch_size=40", "trainer.accelerator=cpu"]
+TINY = [
+    "model=repvgg_tiny",
+    "model.widths=[8,8,16,16,32]",
+    "debug=limit",
+    "data.val_size=40",
+    "data.batch_size=16",
+    "data.eval_batch_size=40",
+    "trainer.accelerator=cpu",
+]
 
 
 def test_tiny_run_writes_a_fused_model_that_matches_the_trained_one(cifar_root: Path, tmp_path: Path) -> None:
@@ -47,12 +54,22 @@ def test_tiny_run_writes_a_fused_model_that_matches_the_trained_one(cifar_root: 
 
 
 def test_resume_from_last_checkpoint_continues_training(cifar_root: Path, tmp_path: Path) -> None:
-    first = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=1", "test=false"],
-                                 run_dir=tmp_path / "a"))
+    first = train(
+        compose_config(
+            "train",
+            [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=1", "test=false"],
+            run_dir=tmp_path / "a",
+        )
+    )
     last = first.last_checkpoint
     assert torch.load(last, weights_only=True)["epoch"] == 0
-    resumed = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=2",
-                                             f"ckpt_path={last}", "test=false"], run_dir=tmp_path / "b"))
+    resumed = train(
+        compose_config(
+            "train",
+            [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=2", f"ckpt_path={last}", "test=false"],
+            run_dir=tmp_path / "b",
+        )
+    )
     ckpt = torch.load(resumed.last_checkpoint, weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * 4
     assert Path(resumed.fused_dir).is_dir()
@@ -83,8 +100,11 @@ def test_optimizer_groups_skip_decay_on_bn_and_bias(cifar_root: Path, tmp_path: 
     ids=["fast-pipeline", "channels_last", "bf16", "compile"],
 )
 def test_speed_options_train_fuse_and_keep_plain_checkpoint_keys(options, cifar_root: Path, tmp_path: Path) -> None:
-    summary = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=1", *options],
-                                   run_dir=tmp_path))
+    summary = train(
+        compose_config(
+            "train", [*TINY, f"paths.data_dir={cifar_root}", "trainer.max_epochs=1", *options], run_dir=tmp_path
+        )
+    )
     ckpt = torch.load(summary.last_checkpoint, weights_only=True)
     assert all(k.startswith(("net.stages", "net.head")) for k in ckpt["state_dict"]), list(ckpt["state_dict"])[:3]
     assert summary.fusion_argmax_agreement == 1.0 and summary.fusion_fp64_max_abs_diff <= 1e-10
@@ -92,18 +112,26 @@ def test_speed_options_train_fuse_and_keep_plain_checkpoint_keys(options, cifar_
 
 
 def test_ema_ships_the_better_weights_to_the_checkpoint_the_test_and_fused(cifar_root: Path, tmp_path: Path) -> None:
-    summary = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}", "callbacks=ema",
-                                             "callbacks.ema.decay=0.8"], run_dir=tmp_path))
+    summary = train(
+        compose_config(
+            "train",
+            [*TINY, f"paths.data_dir={cifar_root}", "callbacks=ema", "callbacks.ema.decay=0.8"],
+            run_dir=tmp_path,
+        )
+    )
     assert summary.averaged_weights == "EMA (decay 0.8)"
     assert summary.tested_weights == summary.best_checkpoint == summary.fused_weights
     ckpt = torch.load(summary.best_checkpoint, weights_only=True)
     verdict = ckpt["weight_averaging"]  # the validation that chose what this checkpoint ships
-    assert verdict["shipped"] == summary.shipped_weights == ("averaged" if verdict["val_acc_averaged"] >=
-                                                             verdict["val_acc_raw"] else "raw")
+    assert (
+        verdict["shipped"]
+        == summary.shipped_weights
+        == ("averaged" if verdict["val_acc_averaged"] >= verdict["val_acc_raw"] else "raw")
+    )
     assert (summary.val_acc_raw, summary.val_acc_averaged) == (verdict["val_acc_raw"], verdict["val_acc_averaged"])
     assert summary.best_val_acc == pytest.approx(max(verdict["val_acc_raw"], verdict["val_acc_averaged"]))
-    averaged = {k[len("net."):]: v for k, v in ckpt["averaged_model_state"].items() if k.startswith("net.")}
-    raw = {k[len("net."):]: v for k, v in ckpt["current_model_state"].items() if k.startswith("net.")}
+    averaged = {k[len("net.") :]: v for k, v in ckpt["averaged_model_state"].items() if k.startswith("net.")}
+    raw = {k[len("net.") :]: v for k, v in ckpt["current_model_state"].items() if k.startswith("net.")}
     assert averaged.keys() == raw.keys() == net_state(ckpt).keys()
     assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if averaged[k].is_floating_point())
     shipped = averaged if summary.shipped_weights == "averaged" else raw
@@ -126,9 +154,21 @@ def test_ema_is_never_shipped_worse_than_the_same_run_without_it(tmp_path: Path)
     """A run long enough for the averaging to matter, on generated data with learnable structure: Lightning's EMA
     (decay 0.999 from step 1, averaged BN statistics) shipped 7% where the raw weights reach about 80%."""
     write_fake_cifar(tmp_path / "data", "cifar10", per_batch=80, n_test=200)
-    run = ["model=repvgg_tiny", "model.widths=[8,8,16,16,32]", "trainer=cpu", "trainer.max_epochs=5", "logger=none",
-           "data.num_workers=0", "data.val_size=100", "data.batch_size=32", "data.eval_batch_size=200",
-           "trainer.num_sanity_val_steps=0", "trainer.deterministic=true", "seed=7", f"paths.data_dir={tmp_path / 'data'}"]
+    run = [
+        "model=repvgg_tiny",
+        "model.widths=[8,8,16,16,32]",
+        "trainer=cpu",
+        "trainer.max_epochs=5",
+        "logger=none",
+        "data.num_workers=0",
+        "data.val_size=100",
+        "data.batch_size=32",
+        "data.eval_batch_size=200",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.deterministic=true",
+        "seed=7",
+        f"paths.data_dir={tmp_path / 'data'}",
+    ]
     plain = train(compose_config("train", run, run_dir=tmp_path / "plain"))
     ema = train(compose_config("train", [*run, "callbacks=ema"], run_dir=tmp_path / "ema"))
     assert plain.test_acc >= 0.5  # the raw weights learn (chance is 0.1)

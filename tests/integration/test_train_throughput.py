@@ -14,7 +14,10 @@ def test_overhead_is_the_step_time_difference_in_milliseconds() -> None:
     row = train_throughput.Row("linear_add", "fast", 8, plain=[100.0, 200.0], template=[50.0, 200.0])
     assert row.ratios == [0.5, 1.0]
     assert row.overheads_ms == pytest.approx([80.0, 0.0])  # 8 images: 80 ms vs 160 ms a step, then equal
-    assert row.markdown() == "| linear_add | fast | 150 (100..200) | 125 (50..200) | 0.750 (0.500..1.000) | 40.00 (0.00..80.00) |"
+    assert (
+        row.markdown()
+        == "| linear_add | fast | 150 (100..200) | 125 (50..200) | 0.750 (0.500..1.000) | 40.00 (0.00..80.00) |"
+    )
 
 
 def test_unknown_block_kind_is_one_clear_error(capsys) -> None:
@@ -25,10 +28,31 @@ def test_unknown_block_kind_is_one_clear_error(capsys) -> None:
 
 @pytest.mark.slow
 def test_every_block_kind_and_preset_gets_a_row(capsys) -> None:
-    rows = train_throughput.main(["--model", "tiny", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats",
-                                  "1", "--workers", "0", "--presets", "fast,compiled", "--compile-backend", "aot_eager",
-                                  "--progress-refresh", "1"])
-    assert {(r.block, r.preset) for r in rows} == {(b, p) for b in train_throughput.BLOCKS for p in ("fast", "compiled")}
+    rows = train_throughput.main(
+        [
+            "--model",
+            "tiny",
+            "--batch-size",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--workers",
+            "0",
+            "--presets",
+            "fast,compiled",
+            "--compile-backend",
+            "aot_eager",
+            "--progress-refresh",
+            "1",
+        ]
+    )
+    assert {(r.block, r.preset) for r in rows} == {
+        (b, p) for b in train_throughput.BLOCKS for p in ("fast", "compiled")
+    }
     assert all(r.plain[0] > 0 and r.template[0] > 0 for r in rows)
     table = capsys.readouterr().out
     assert table.count("\n| ") == 2 * len(train_throughput.BLOCKS) + 1  # header + one row each, no progress bar text

@@ -20,8 +20,9 @@ EVALUATE_ONLY = ["benchmark.enabled=false", "export.onnx=false", "export.torch_e
 
 def train_and_deploy(overrides: list[str], tmp_path: Path) -> tuple:
     summary = train(compose_config("train", [*ONE_DEMO_EPOCH, *overrides], run_dir=tmp_path / "train"))
-    report = deploy(compose_config("deploy", [f"ckpt={summary.best_checkpoint}", *EVALUATE_ONLY],
-                                   run_dir=tmp_path / "deploy"))
+    report = deploy(
+        compose_config("deploy", [f"ckpt={summary.best_checkpoint}", *EVALUATE_ONLY], run_dir=tmp_path / "deploy")
+    )
     return summary, report.to_dict()
 
 
@@ -40,8 +41,12 @@ def test_any_module_trains_and_is_fused_by_auto_fuse(tmp_path: Path, caplog) -> 
     caplog.set_level(logging.INFO, logger="reparam.callbacks")
     summary, report = train_and_deploy(["model=custom"], tmp_path)
     fused_dir = Path(summary.fused_dir)
-    assert {p.name for p in fused_dir.iterdir()} == {"model.safetensors", "config.json", "verification.json",
-                                                    "model.pt2"}
+    assert {p.name for p in fused_dir.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "verification.json",
+        "model.pt2",
+    }
     assert summary.fusion_argmax_agreement == 1.0 and summary.fusion_fp64_max_abs_diff <= 1e-10
     # what auto_fuse merged and left alone is kept with the model (and was logged to train.log)
     merged = json.loads((fused_dir / "verification.json").read_text())["auto_fuse"]["merged"]
@@ -55,15 +60,23 @@ def test_any_module_trains_and_is_fused_by_auto_fuse(tmp_path: Path, caplog) -> 
     x = torch.randn(3, 3, 32, 32)
     assert torch.allclose(program(x), artifact.model(x), atol=1e-5)
     # and deploy evaluates the fused folder alone the same way
-    alone = deploy(compose_config("deploy", [f"ckpt={fused_dir}", *EVALUATE_ONLY], run_dir=tmp_path / "alone")).to_dict()
+    alone = deploy(
+        compose_config("deploy", [f"ckpt={fused_dir}", *EVALUATE_ONLY], run_dir=tmp_path / "alone")
+    ).to_dict()
     assert alone["correct"]["fused"] == report["correct"]["fused"]
 
 
 def test_custom_model_with_a_missing_class_is_one_clear_line(tmp_path: Path) -> None:
     from reparam.errors import UserError
 
-    with pytest.raises(UserError, match=r"model config: cannot build model.net._target_=nowhere.Net: "
-                                        r"ModuleNotFoundError: No module named 'nowhere'.*REPARAM_DEBUG=1") as err:
-        train(compose_config("train", [*ONE_DEMO_EPOCH, "model=custom", "model.net._target_=nowhere.Net"],
-                             run_dir=tmp_path))
+    with pytest.raises(
+        UserError,
+        match=r"model config: cannot build model.net._target_=nowhere.Net: "
+        r"ModuleNotFoundError: No module named 'nowhere'.*REPARAM_DEBUG=1",
+    ) as err:
+        train(
+            compose_config(
+                "train", [*ONE_DEMO_EPOCH, "model=custom", "model.net._target_=nowhere.Net"], run_dir=tmp_path
+            )
+        )
     assert "HYDRA_FULL_ERROR" not in str(err.value)

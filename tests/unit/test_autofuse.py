@@ -67,7 +67,9 @@ def test_auto_fuse_a_model_without_any_fuse_method() -> None:
     assert (fused(x) - model(x)).abs().max() <= 1e-10
     fused32, _ = auto_fuse(model.float(), x.float())
     with torch.no_grad():
-        assert (fused32(x.float()) - model(x.float())).abs().max() <= 1e-5 * max(1.0, float(model(x.float()).abs().max()))
+        assert (fused32(x.float()) - model(x.float())).abs().max() <= 1e-5 * max(
+            1.0, float(model(x.float()).abs().max())
+        )
 
 
 def test_auto_fuse_leaves_alone_what_is_not_provably_one_conv_and_says_why() -> None:

@@ -180,7 +180,9 @@ def test_reparameterize_model_leaves_input_untouched_unless_inplace() -> None:
 
 
 def test_reparameterize_model_names_bn_without_running_stats() -> None:
-    model = nn.Sequential(nn.Identity(), RepVGGBlock(4, 4, norm_layer=lambda c: nn.BatchNorm2d(c, track_running_stats=False)))
+    model = nn.Sequential(
+        nn.Identity(), RepVGGBlock(4, 4, norm_layer=lambda c: nn.BatchNorm2d(c, track_running_stats=False))
+    )
     with pytest.raises(ValueError, match=r"'1\.branches\.conv_kxk\.bn'.*track_running_stats"):
         reparameterize_model(model)
 

@@ -16,8 +16,20 @@ from torch import nn
 from reparam.branches import AvgPoolBranch, ConvBN, IdentityBranch, OneByOneKxK, ScaledConv, ScaledIdentity
 from reparam.fusion import compose_1x1_kxk, compose_kxk_1x1, pad_kernel, regroup_kernel
 
-BRANCHES = ["conv_kxk", "conv_1x1", "conv_1xk", "conv_kx1", "identity", "one_by_one_kxk", "avg_pool", "avg_pool_dw",
-            "scaled_kxk", "scaled_1x1", "scaled_1xk", "scaled_identity"]
+BRANCHES = [
+    "conv_kxk",
+    "conv_1x1",
+    "conv_1xk",
+    "conv_kx1",
+    "identity",
+    "one_by_one_kxk",
+    "avg_pool",
+    "avg_pool_dw",
+    "scaled_kxk",
+    "scaled_1x1",
+    "scaled_1xk",
+    "scaled_identity",
+]
 
 
 @st.composite
@@ -37,16 +49,30 @@ def branch_cases(draw):
         out_ch = in_ch if kind.endswith("identity") else groups * draw(st.integers(1, 3))
     if kind == "avg_pool" and groups >= out_ch:  # pointwise-first pooling needs groups < out_channels
         out_ch = groups * 2
-    return dict(kind=kind, in_ch=in_ch, out_ch=out_ch, groups=groups, k=k, stride=stride, dilation=dilation,
-                norm=draw(st.sampled_from(["bn", "bn_no_affine", "none"])), eps=draw(st.sampled_from([1e-5, 1e-3, 0.1])),
-                size=(draw(st.integers(5, 11)), draw(st.integers(5, 11))), batch=draw(st.integers(1, 3)),
-                dtype=draw(st.sampled_from([torch.float32, torch.float64])), seed=draw(st.integers(0, 2**16)))
+    return dict(
+        kind=kind,
+        in_ch=in_ch,
+        out_ch=out_ch,
+        groups=groups,
+        k=k,
+        stride=stride,
+        dilation=dilation,
+        norm=draw(st.sampled_from(["bn", "bn_no_affine", "none"])),
+        eps=draw(st.sampled_from([1e-5, 1e-3, 0.1])),
+        size=(draw(st.integers(5, 11)), draw(st.integers(5, 11))),
+        batch=draw(st.integers(1, 3)),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 def build_branch(case: dict) -> tuple[nn.Module, int]:
     """The branch, and the dilation its kernel is laid out with."""
-    norm = {"bn": functools.partial(nn.BatchNorm2d, eps=case["eps"]),
-            "bn_no_affine": functools.partial(nn.BatchNorm2d, eps=case["eps"], affine=False), "none": None}[case["norm"]]
+    norm = {
+        "bn": functools.partial(nn.BatchNorm2d, eps=case["eps"]),
+        "bn_no_affine": functools.partial(nn.BatchNorm2d, eps=case["eps"], affine=False),
+        "none": None,
+    }[case["norm"]]
     bn = norm or nn.BatchNorm2d  # the sequential branches always normalize
     i, o, g, k, s, d = (case[key] for key in ("in_ch", "out_ch", "groups", "k", "stride", "dilation"))
     p = d * (k // 2)

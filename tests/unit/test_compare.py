@@ -83,9 +83,18 @@ def test_deploy_compares_the_forms_in_strict_fp32(monkeypatch, tmp_path) -> None
     conv = torch.backends.cudnn.conv
     saved, conv.fp32_precision = conv.fp32_precision, "tf32"
     try:
-        report = deploy_run.deploy(compose_config("deploy", [
-            f"ckpt={summary.fused_dir}", "benchmark.enabled=false", "export.onnx=false", "export.torch_export=false"],
-            run_dir=tmp_path / "d"))
+        report = deploy_run.deploy(
+            compose_config(
+                "deploy",
+                [
+                    f"ckpt={summary.fused_dir}",
+                    "benchmark.enabled=false",
+                    "export.onnx=false",
+                    "export.torch_export=false",
+                ],
+                run_dir=tmp_path / "d",
+            )
+        )
         assert tf32_enabled()  # restored for the benchmarks, which may use TF32 (and say so)
     finally:
         conv.fp32_precision = saved

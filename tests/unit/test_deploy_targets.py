@@ -17,22 +17,39 @@ from reparam.deploy.gates import Equivalence, MaxDrop, Reference
 from reparam.deploy.load import Loaded
 from reparam.deploy.machine import Machine, busy_cpus, choose_threads
 from reparam.deploy.report import TargetReport
-from reparam.deploy.targets import (TARGETS, Target, TargetContext, TargetUnavailable, build_targets,
-                                    select_targets, shorthand_targets)
+from reparam.deploy.targets import (
+    TARGETS,
+    Target,
+    TargetContext,
+    TargetUnavailable,
+    build_targets,
+    select_targets,
+    shorthand_targets,
+)
 from reparam.errors import UserError
 from reparam.models import build_model, fuse_model
 
 CPU, META = torch.device("cpu"), torch.device("meta")
 FP32 = {"atol": 1e-4, "rtol": 1e-5}
-SETTINGS = {"train_form": FP32, "plain_vgg": FP32, "compiled": FP32, "fused_bf16": {"max_drop": 0.5},
-            "fused_fp16": {"max_drop": 0.5}}
+SETTINGS = {
+    "train_form": FP32,
+    "plain_vgg": FP32,
+    "compiled": FP32,
+    "fused_bf16": {"max_drop": 0.5},
+    "fused_fp16": {"max_drop": 0.5},
+}
 
 
 def tiny_loaded(with_train_form: bool = True) -> Loaded:
     train_form = randomize_bn(build_model(TINY_SPEC)).eval()
     fused = fuse_model(TINY_SPEC, train_form)
-    return Loaded(Path("tiny.ckpt"), "checkpoint" if with_train_form else "fused", fused,
-                  train_form if with_train_form else None, dict(TINY_SPEC))
+    return Loaded(
+        Path("tiny.ckpt"),
+        "checkpoint" if with_train_form else "fused",
+        fused,
+        train_form if with_train_form else None,
+        dict(TINY_SPEC),
+    )
 
 
 def context(device: torch.device, loaded: Loaded | None = None, channels_last: bool = False) -> TargetContext:
@@ -40,8 +57,12 @@ def context(device: torch.device, loaded: Loaded | None = None, channels_last: b
 
 
 def test_auto_picks_per_device_and_the_reference_comes_first() -> None:
-    assert select_targets(["auto"], CPU, onnx_export=True).names == ["fused", "train_form", "plain_vgg",
-                                                                      "onnxruntime_fp32"]
+    assert select_targets(["auto"], CPU, onnx_export=True).names == [
+        "fused",
+        "train_form",
+        "plain_vgg",
+        "onnxruntime_fp32",
+    ]
     gpu = select_targets(["auto"], torch.device("cuda"), onnx_export=True).names
     assert gpu == ["fused", "train_form", "plain_vgg", "fused_bf16", "fused_fp16"]
     no_onnx = select_targets(["auto"], CPU, onnx_export=False)
@@ -51,8 +72,11 @@ def test_auto_picks_per_device_and_the_reference_comes_first() -> None:
 
 
 def test_unknown_target_is_one_line_listing_the_valid_ones() -> None:
-    with pytest.raises(UserError, match=r"unknown target 'tensorrt'; choose from auto, train_form, fused, .*"
-                                        r"onnxruntime_int8, .* \(e\.g\. targets=\[auto,onnxruntime_int8\]\)"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown target 'tensorrt'; choose from auto, train_form, fused, .*"
+        r"onnxruntime_int8, .* \(e\.g\. targets=\[auto,onnxruntime_int8\]\)",
+    ):
         select_targets(["auto", "tensorrt"], CPU, onnx_export=True)
 
 
@@ -71,7 +95,9 @@ def test_what_cannot_run_here_is_skipped_by_auto_and_an_error_when_named() -> No
     targets = build_targets(selection, fused_only, SETTINGS)
     assert [t.name for t in targets] == ["fused", "plain_vgg"]
     assert "holds no train form" in selection.skipped["train_form"]
-    with pytest.raises(UserError, match="target train_form cannot run here: .* holds no train form; pass its checkpoint"):
+    with pytest.raises(
+        UserError, match="target train_form cannot run here: .* holds no train form; pass its checkpoint"
+    ):
         build_targets(select_targets(["train_form"], CPU, onnx_export=False), fused_only, SETTINGS)
     with pytest.raises(UserError, match="target fused_fp16 cannot run here: fused_fp16 runs on GPUs only"):
         select_targets(["fused_fp16"], CPU, onnx_export=False)  # before loading anything
@@ -84,16 +110,22 @@ def test_every_torch_target_places_model_and_inputs_on_its_device(channels_last:
     """On the meta device a forward with any CPU tensor left over raises, as a CUDA model meeting a CPU input does:
     building, predicting, counting FLOPs (the old crash) and benchmarking all go through reparam.device.place."""
     names = ["fused", "train_form", "plain_vgg", "fused_bf16", "fused_fp16"]
-    targets = build_targets(select_targets(names, META, onnx_export=False), context(META, channels_last=channels_last),
-                            SETTINGS)
+    targets = build_targets(
+        select_targets(names, META, onnx_export=False), context(META, channels_last=channels_last), SETTINGS
+    )
     images = torch.randn(2, 3, 32, 32)  # a CPU batch, as the test loader gives
     for target in targets:
         assert all(p.device == META for p in target.eager.parameters())
         logits = target.predict(images)
         assert logits.device == META and logits.dtype == torch.float32 and logits.shape == (2, 10)
         assert target.cost((3, 32, 32)).flops_per_image > 0
-    assert {t.label for t in targets} == {"fused torch fp32 meta", "train_form torch fp32 meta",
-                                          "plain_vgg torch fp32 meta", "fused torch bf16 meta", "fused torch fp16 meta"}
+    assert {t.label for t in targets} == {
+        "fused torch fp32 meta",
+        "train_form torch fp32 meta",
+        "plain_vgg torch fp32 meta",
+        "fused torch bf16 meta",
+        "fused torch fp16 meta",
+    }
     rows = benchmark_targets(targets, batch_sizes=[3], min_run_time=0.01, rounds=1)  # meta ops are slow: one cell
     assert [(r.form, r.batch_size) for r in rows] == [(t.name, 3) for t in targets]
     assert all(r.channels_last == channels_last and r.flops_per_image > 0 for r in rows)
@@ -108,7 +140,14 @@ class Fixed(Target):
     """A target whose logits are the reference's plus ``shift`` for class 0: a controlled difference."""
 
     def __init__(self, name: str, gate, shift: float = 0.0, precision: str = "fp32") -> None:
-        self.name, self.form, self.gate, self.shift, self.precision, self.device = name, name, gate, shift, precision, CPU
+        self.name, self.form, self.gate, self.shift, self.precision, self.device = (
+            name,
+            name,
+            gate,
+            shift,
+            precision,
+            CPU,
+        )
         self.calls, self.images_seen = 0, 0
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -125,16 +164,22 @@ class Fixed(Target):
 def batches(labels: list[int], size: int = 4):
     y = torch.tensor(labels)
     x = y.float().reshape(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
 
 
 def test_one_pass_runs_the_reference_once_and_gates_each_target() -> None:
     labels = [0, 1, 2, 1, 2, 2, 1, 0, 1, 2]  # the reference predicts every label right
-    exact = Equivalence(Tolerance(1e-4, 1e-5), "tolerance", mismatch="the fused model is NOT equivalent to the train form")
+    exact = Equivalence(
+        Tolerance(1e-4, 1e-5), "tolerance", mismatch="the fused model is NOT equivalent to the train form"
+    )
     int8 = MaxDrop(1.0, "quantize.max_drop", "train with model.block=qarepvgg")
     plain = Equivalence(Tolerance(1e-4, 1e-5), "tolerance")
-    targets = [Fixed("fused", Reference()), Fixed("train_form", exact, shift=1e-6), Fixed("off", plain, shift=0.01),
-               Fixed("onnxruntime_int8", int8, shift=5.0, precision="int8")]
+    targets = [
+        Fixed("fused", Reference()),
+        Fixed("train_form", exact, shift=1e-6),
+        Fixed("off", plain, shift=0.01),
+        Fixed("onnxruntime_int8", int8, shift=5.0, precision="int8"),
+    ]
     evaluations = evaluate_targets(targets, batches(labels))
     assert targets[0].calls == 3 and targets[0].images_seen == len(labels)  # once over the split, no second pass
     reports = {t.name: TargetReport.of(t, evaluations[t.name], evaluations["fused"], []) for t in targets}
@@ -150,8 +195,26 @@ def test_one_pass_runs_the_reference_once_and_gates_each_target() -> None:
 
 
 def row(form: str, rounds: list[float]) -> BenchmarkResult:
-    return BenchmarkResult(form, f"{form} torch fp32 cpu", "torch", "fp32", "cpu", 1, "float32", False, False, 2, 1.0,
-                           0.1, rounds[0], 3, None, None, None, rounds)
+    return BenchmarkResult(
+        form,
+        f"{form} torch fp32 cpu",
+        "torch",
+        "fp32",
+        "cpu",
+        1,
+        "float32",
+        False,
+        False,
+        2,
+        1.0,
+        0.1,
+        rounds[0],
+        3,
+        None,
+        None,
+        None,
+        rounds,
+    )
 
 
 def test_threads_follow_the_load_and_an_unsteady_benchmark_is_called_out() -> None:
@@ -196,15 +259,19 @@ def test_every_registered_target_says_what_it_is() -> None:
         assert cls.settings_key, name
 
 
-
 @pytest.mark.parametrize("method", ["minmax", "percentile"])
 def test_int8_calibration_count_need_not_divide_into_batches(method: str, tmp_path) -> None:
     """ORT's histogram calibrators failed on a smaller last batch ('inhomogeneous shape'): 37 images, batches of 32."""
     from reparam.deploy.export import export_onnx
     from reparam.deploy.quantize import OrtModel, quantize_int8
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    ).eval()
     images = torch.randn(37, 3, 8, 8)
     assert export_onnx(model, images[:4], tmp_path / "m.onnx", min_run_time=0.01).ok
     settings = quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", images, method)

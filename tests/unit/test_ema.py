@@ -30,8 +30,9 @@ def test_the_average_moves_by_one_minus_the_current_decay() -> None:
     assert torch.equal(averaged[0], torch.full((3,), 2.0))
 
 
-@pytest.mark.parametrize("kwargs, words", [({"decay": 1.0}, "decay"), ({"bn_data": "test"}, "bn_data"),
-                                           ({"bn_images": 0}, "bn_images")])
+@pytest.mark.parametrize(
+    "kwargs, words", [({"decay": 1.0}, "decay"), ({"bn_data": "test"}, "bn_data"), ({"bn_images": 0}, "bn_images")]
+)
 def test_bad_settings_are_one_clear_error(kwargs, words) -> None:
     with pytest.raises(UserError, match=f"callbacks.ema.{words}"):
         EMAWeights(**kwargs)

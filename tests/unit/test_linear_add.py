@@ -46,19 +46,41 @@ def block_cases(draw):
     else:
         in_ch = groups * draw(st.integers(1, 3))
         out_ch = in_ch if draw(st.booleans()) else groups * draw(st.integers(1, 3))
-    options = dict(use_1x1=draw(st.booleans()), asymmetric=draw(st.booleans()),
-                   trainable_scales=draw(st.booleans()), dilation=draw(st.sampled_from([1, 1, 2])))
-    return dict(in_ch=in_ch, out_ch=out_ch, groups=groups, k=draw(st.sampled_from([3, 5])),
-                stride=draw(st.sampled_from([1, 2])), options=options, eps=draw(st.sampled_from([1e-5, 1e-3, 0.1])),
-                size=(draw(st.integers(5, 10)), draw(st.integers(5, 10))), batch=draw(st.integers(1, 3)),
-                dtype=draw(st.sampled_from([torch.float32, torch.float64])), seed=draw(st.integers(0, 2**16)))
+    options = dict(
+        use_1x1=draw(st.booleans()),
+        asymmetric=draw(st.booleans()),
+        trainable_scales=draw(st.booleans()),
+        dilation=draw(st.sampled_from([1, 1, 2])),
+    )
+    return dict(
+        in_ch=in_ch,
+        out_ch=out_ch,
+        groups=groups,
+        k=draw(st.sampled_from([3, 5])),
+        stride=draw(st.sampled_from([1, 2])),
+        options=options,
+        eps=draw(st.sampled_from([1e-5, 1e-3, 0.1])),
+        size=(draw(st.integers(5, 10)), draw(st.integers(5, 10))),
+        batch=draw(st.integers(1, 3)),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 def build_block(case: dict, act: nn.Module | None = None) -> LinearAddBlock:
     torch.manual_seed(case["seed"])
     norm = lambda c: nn.BatchNorm2d(c, eps=case["eps"])  # noqa: E731
-    block = make_block("linear_add", case["in_ch"], case["out_ch"], case["k"], case["stride"], case["groups"],
-                       norm_layer=norm, act=act if act is not None else nn.Identity(), **case["options"])
+    block = make_block(
+        "linear_add",
+        case["in_ch"],
+        case["out_ch"],
+        case["k"],
+        case["stride"],
+        case["groups"],
+        norm_layer=norm,
+        act=act if act is not None else nn.Identity(),
+        **case["options"],
+    )
     generator = torch.Generator().manual_seed(case["seed"])
     return randomize_bn(randomize_scales(block, generator), generator).to(case["dtype"])
 
@@ -78,8 +100,9 @@ def test_fuses_exactly_over_shapes_groups_scales_and_bn_statistics(case: dict) -
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(block_cases(), st.booleans())
-def test_merged_kernel_forward_is_the_sum_of_scaled_branches_with_the_same_gradients(case: dict,
-                                                                                     training: bool) -> None:
+def test_merged_kernel_forward_is_the_sum_of_scaled_branches_with_the_same_gradients(
+    case: dict, training: bool
+) -> None:
     case = {**case, "dtype": torch.float64}
     merged = build_block(case, act=nn.ReLU()).train(training)
     branchwise = copy.deepcopy(merged)  # the same block run branch by branch: sum_b s_b * branch_b(x), BN, ReLU
@@ -180,13 +203,19 @@ def test_constant_scales_with_sgd_are_a_constant_gradient_mask_on_the_merged_ker
     assert (block.training_kernel() - (kernel - lr * mask * kernel.grad)).abs().max() <= 1e-12
 
 
-@pytest.mark.parametrize("options,match", [
-    ({"trainable_scales": "no"}, "trainable_scales must be true or false"),
-    ({"scale_init_identity": float("nan")}, "scale_init_identity must be a finite number"),
-    ({"scale_init_kxk": "one"}, "scale_init_kxk must be a finite number"),
-    ({"scales": 1.0}, r"block kind 'linear_add' has no option\(s\) \['scales'\]; its options are \[.*'trainable_scales'"),
-    ({"use_identity": True, "stride": 2}, "identity branch needs"),
-])
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"trainable_scales": "no"}, "trainable_scales must be true or false"),
+        ({"scale_init_identity": float("nan")}, "scale_init_identity must be a finite number"),
+        ({"scale_init_kxk": "one"}, "scale_init_kxk must be a finite number"),
+        (
+            {"scales": 1.0},
+            r"block kind 'linear_add' has no option\(s\) \['scales'\]; its options are \[.*'trainable_scales'",
+        ),
+        ({"use_identity": True, "stride": 2}, "identity branch needs"),
+    ],
+)
 def test_bad_options_are_one_clear_error(options: dict, match: str) -> None:
     stride = options.pop("stride", 1)
     with pytest.raises(ValueError, match=match):

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
 from helpers import TINY_SPEC, randomize_bn
+from torch import nn
 
 from reparam import reparameterize_model, verify_equivalence
 from reparam.models import VARIANTS, RepVGGSpec, build_model
@@ -69,7 +69,9 @@ def test_plain_vgg_limit_computes_the_fused_function() -> None:
 
     fused = reparameterize_model(randomize_bn(build_model(TINY_SPEC)))
     plain = plain_vgg_like(fused)
-    assert all(isinstance(m, (nn.Conv2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear, nn.Sequential))
-               for m in plain.modules())
+    assert all(
+        isinstance(m, (nn.Conv2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear, nn.Sequential))
+        for m in plain.modules()
+    )
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(plain(x), fused(x), atol=1e-6)

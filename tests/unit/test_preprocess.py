@@ -13,8 +13,16 @@ from reparam.preprocess import Preprocessing, decode_image_bytes
 
 
 def rule(**kw) -> Preprocessing:
-    return Preprocessing(**{"size": (32, 32), "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3),
-                            "classes": ("a", "b"), "dataset": "cifar10", **kw})
+    return Preprocessing(
+        **{
+            "size": (32, 32),
+            "mean": (0.5, 0.4, 0.3),
+            "std": (0.2, 0.25, 0.3),
+            "classes": ("a", "b"),
+            "dataset": "cifar10",
+            **kw,
+        }
+    )
 
 
 def test_record_round_trips() -> None:
@@ -24,8 +32,14 @@ def test_record_round_trips() -> None:
 
 
 def test_a_record_written_before_the_resize_rule_reads_as_native_size() -> None:
-    old = {"dataset": "cifar10", "size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.2] * 3, "classes": ["a", "b"],
-           "scale": "uint8 pixels / 255, then (x - mean) / std"}
+    old = {
+        "dataset": "cifar10",
+        "size": [3, 32, 32],
+        "mean": [0.5] * 3,
+        "std": [0.2] * 3,
+        "classes": ["a", "b"],
+        "scale": "uint8 pixels / 255, then (x - mean) / std",
+    }
     assert Preprocessing.from_record(old).crop_pct == 1.0
 
 

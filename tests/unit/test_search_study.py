@@ -9,8 +9,16 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from reparam.search import (SearchError, SearchSettings, _counted, _retry_interrupted, _storage, open_study,
-                            override_value, search_space)
+from reparam.search import (
+    SearchError,
+    SearchSettings,
+    _counted,
+    _retry_interrupted,
+    _storage,
+    open_study,
+    override_value,
+    search_space,
+)
 
 
 def parse(*overrides: str) -> list:
@@ -22,9 +30,17 @@ def settings(**values) -> SearchSettings:
 
 
 def test_space_reads_hydras_sweep_syntax_and_keeps_fixed_overrides() -> None:
-    space, fixed = search_space(parse("optimizer.lr=tag(log, interval(0.01, 0.5))", "data.batch_size=choice(32,64)",
-                                      "trainer.max_epochs=tag(int, interval(2, 5))", "module.label_smoothing=interval(0, 0.2)",
-                                      "model.block=choice(repvgg,dbb)", "seed=range(1,4)", "experiment=demo"))
+    space, fixed = search_space(
+        parse(
+            "optimizer.lr=tag(log, interval(0.01, 0.5))",
+            "data.batch_size=choice(32,64)",
+            "trainer.max_epochs=tag(int, interval(2, 5))",
+            "module.label_smoothing=interval(0, 0.2)",
+            "model.block=choice(repvgg,dbb)",
+            "seed=range(1,4)",
+            "experiment=demo",
+        )
+    )
     assert space["optimizer.lr"] == FloatDistribution(0.01, 0.5, log=True)
     assert space["data.batch_size"] == CategoricalDistribution([32, 64])
     assert space["trainer.max_epochs"] == IntDistribution(2, 5)
@@ -40,9 +56,14 @@ def test_sampled_values_are_written_back_as_hydra_reads_them() -> None:
     assert [o.value() for o in parse(*lines)] == values
 
 
-@pytest.mark.parametrize("values,fragment", [({"pruner": "fast"}, "hparams_search.pruner=fast is not a pruner"),
-                                             ({"n_trail": 3}, "unknown hparams_search setting(s) n_trail"),
-                                             ({"n_jobs": 0}, "must be >= 1")])
+@pytest.mark.parametrize(
+    "values,fragment",
+    [
+        ({"pruner": "fast"}, "hparams_search.pruner=fast is not a pruner"),
+        ({"n_trail": 3}, "unknown hparams_search setting(s) n_trail"),
+        ({"n_jobs": 0}, "must be >= 1"),
+    ],
+)
 def test_bad_settings_say_what_to_fix(values: dict, fragment: str) -> None:
     with pytest.raises(SearchError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         settings(**values)

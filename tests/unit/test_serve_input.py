@@ -18,8 +18,7 @@ from reparam.deploy.report_index import find_reports, record_report, run_dir_of,
 from reparam.errors import UserError
 from reparam.preprocess import Preprocessing
 from reparam.serve.choice import choose_target
-from reparam.serve.http_input import (BadInput, declared_size, images_of, model_input, model_sized_image, pack,
-                                      unpack)
+from reparam.serve.http_input import BadInput, declared_size, images_of, model_input, model_sized_image, pack, unpack
 
 PRE = Preprocessing(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), classes=tuple("abcdefghij"))
 
@@ -32,8 +31,10 @@ def png(width: int = 32, height: int = 32, mode: str = "RGB") -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height (IHDR) but holds almost no pixel data: a decompression bomb's header."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
@@ -51,21 +52,25 @@ def test_each_body_form_gives_its_images() -> None:
     assert images_of("application/octet-stream", image, 4) == [image]
     b64 = base64.b64encode(image).decode()
     assert images_of("application/json", json.dumps({"image": b64}).encode(), 4) == [image]
-    assert images_of("application/json; charset=utf-8",
-                     json.dumps({"images": [b64, f"data:image/png;base64,{b64}"]}).encode(), 4) == [image, image]
+    assert images_of(
+        "application/json; charset=utf-8", json.dumps({"images": [b64, f"data:image/png;base64,{b64}"]}).encode(), 4
+    ) == [image, image]
 
 
-@pytest.mark.parametrize("content_type, body, status, fragment", [
-    ("image/png", b"", 400, "empty request body"),
-    ("text/plain", b"hello", 415, "unsupported Content-Type 'text/plain'"),
-    ("", b"hello", 415, "unsupported Content-Type 'none'"),
-    ("application/json", b"{not json", 400, "malformed JSON"),
-    ("application/json", b"[1, 2]", 400, "must be an object"),
-    ("application/json", b'{"image": "***not base64***"}', 400, "not valid base64"),
-    ("application/json", b'{"image": 12}', 400, "must be a base64 string"),
-    ("application/json", b'{"images": []}', 400, "holds no image"),
-    ("application/json", json.dumps({"images": ["aGk="] * 5}).encode(), 413, "more than serve.max_images=4"),
-])
+@pytest.mark.parametrize(
+    "content_type, body, status, fragment",
+    [
+        ("image/png", b"", 400, "empty request body"),
+        ("text/plain", b"hello", 415, "unsupported Content-Type 'text/plain'"),
+        ("", b"hello", 415, "unsupported Content-Type 'none'"),
+        ("application/json", b"{not json", 400, "malformed JSON"),
+        ("application/json", b"[1, 2]", 400, "must be an object"),
+        ("application/json", b'{"image": "***not base64***"}', 400, "not valid base64"),
+        ("application/json", b'{"image": 12}', 400, "must be a base64 string"),
+        ("application/json", b'{"images": []}', 400, "holds no image"),
+        ("application/json", json.dumps({"images": ["aGk="] * 5}).encode(), 413, "more than serve.max_images=4"),
+    ],
+)
 def test_bad_bodies_are_4xx_with_one_line(content_type: str, body: bytes, status: int, fragment: str) -> None:
     got, detail = status_of(images_of, content_type, body, 4)
     assert got == status and fragment in detail
@@ -111,17 +116,27 @@ def test_resize_here_and_normalize_per_batch_are_the_whole_recorded_rule() -> No
     sized = model_sized_image(out.getvalue(), wide, 10**7)
     assert sized.dtype == torch.uint8 and sized.shape == (3, 24, 24)
     from reparam.preprocess import decode_image_bytes
+
     whole = wide(decode_image_bytes(out.getvalue()))
     assert torch.equal(wide.normalize()(sized[None])[0], whole)
 
 
 # -- the choice of target ---------------------------------------------------------------------------------------
 def _report(path: Path, checkpoint: Path, device: str = "cpu", **targets: dict) -> Path:
-    entries = {name: {"label": name, "accuracy": 0.9, "correct": 9, "num_images": 10, "details": {},
-                      "gate": {"passed": passed}, "throughput": throughput, "artifact": None}
-               for name, (passed, throughput) in targets.items()}
-    path.write_text(json.dumps({"checkpoint": str(checkpoint), "device": device, "targets": entries,
-                                "exports": {}}))
+    entries = {
+        name: {
+            "label": name,
+            "accuracy": 0.9,
+            "correct": 9,
+            "num_images": 10,
+            "details": {},
+            "gate": {"passed": passed},
+            "throughput": throughput,
+            "artifact": None,
+        }
+        for name, (passed, throughput) in targets.items()
+    }
+    path.write_text(json.dumps({"checkpoint": str(checkpoint), "device": device, "targets": entries, "exports": {}}))
     return path
 
 
@@ -132,11 +147,18 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
     ckpt.write_bytes(b"x")
     assert run_dir_of(ckpt) == run
     assert choose_target(ckpt, "h", "cpu").name == "fused"  # no report: the reference
-    old = _report(tmp_path / "old.json", ckpt, plain_vgg=(True, {"1": 10.0, "32": 999.0}),
-                  fused=(True, {"1": 5.0, "32": 50.0}))
+    old = _report(
+        tmp_path / "old.json", ckpt, plain_vgg=(True, {"1": 10.0, "32": 999.0}), fused=(True, {"1": 5.0, "32": 50.0})
+    )
     record_report(old, ckpt, "h", "cpu")
-    new = _report(tmp_path / "new.json", ckpt, train_form=(True, {"32": 10**6}), fused_bf16=(False, {"32": 10**5}),
-                  plain_vgg=(True, {"1": 10.0, "32": 40.0}), fused=(True, {"1": 5.0, "32": 50.0}))
+    new = _report(
+        tmp_path / "new.json",
+        ckpt,
+        train_form=(True, {"32": 10**6}),
+        fused_bf16=(False, {"32": 10**5}),
+        plain_vgg=(True, {"1": 10.0, "32": 40.0}),
+        fused=(True, {"1": 5.0, "32": 50.0}),
+    )
     record_report(new, ckpt, "h", "cpu")
     record_report(_report(tmp_path / "gpu.json", ckpt, "cuda", fused=(True, {"32": 10**7})), ckpt, "h", "cuda")
     assert [Path(e.report).name for e in find_reports(ckpt, "h", "cpu")] == ["new.json", "old.json"]
@@ -145,8 +167,12 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
     assert choose_target(ckpt, "h", "cpu", max_batch_size=8).name == "plain_vgg"  # batch 1 measured: 10 > 5
     assert choose_target(ckpt, "h", "cpu", report=old, max_batch_size=32).name == "plain_vgg"
     assert choose_target(ckpt, "h", "cuda", max_batch_size=32).report == str((tmp_path / "gpu.json").resolve())
-    for kwargs, fragment in [({"target": "fused_bf16"}, "failed its check"), ({"target": "train_form"}, "multi-branch"),
-                             ({"target": "compiled"}, "was not checked"), ({"target": "nope"}, "unknown target")]:
+    for kwargs, fragment in [
+        ({"target": "fused_bf16"}, "failed its check"),
+        ({"target": "train_form"}, "multi-branch"),
+        ({"target": "compiled"}, "was not checked"),
+        ({"target": "nope"}, "unknown target"),
+    ]:
         with pytest.raises(UserError, match=fragment):
             choose_target(ckpt, "h", "cpu", **kwargs)
     other = _report(tmp_path / "other.json", tmp_path / "elsewhere.ckpt", fused=(True, {}))

@@ -7,8 +7,10 @@ from reparam.sweep import SweepRecord, SweepRun, rank_runs, reproducing_override
 
 
 def runs(**values: float | None) -> list[dict]:
-    return [{"job": i, "summary": {} if v is None else {"m": v, "best_val_acc": v, "fusion_fp32_max_abs_diff": v}}
-            for i, v in enumerate(values.values())]
+    return [
+        {"job": i, "summary": {} if v is None else {"m": v, "best_val_acc": v, "fusion_fp32_max_abs_diff": v}}
+        for i, v in enumerate(values.values())
+    ]
 
 
 def jobs(ranked: list[dict]) -> list[int]:
@@ -28,14 +30,28 @@ def test_no_metric_keeps_job_order() -> None:
 
 
 def sweep_run(job: int, status: str, acc: float | None, overrides: list[str] | None = None) -> SweepRun:
-    return SweepRun(job=job, overrides=overrides or [f"optimizer.lr=0.{job}"], run_dir=f"d/{job}", status=status,
-                    value=acc, summary={} if acc is None else {"best_val_acc": acc})
+    return SweepRun(
+        job=job,
+        overrides=overrides or [f"optimizer.lr=0.{job}"],
+        run_dir=f"d/{job}",
+        status=status,
+        value=acc,
+        summary={} if acc is None else {"best_val_acc": acc},
+    )
 
 
 def test_record_ranks_ok_and_pruned_by_value_and_failed_last(tmp_path: Path) -> None:
-    record = SweepRecord(str(tmp_path), "best_val_acc", [sweep_run(0, "failed", None), sweep_run(1, "pruned", 0.3),
-                                                          sweep_run(2, "ok", 0.8), sweep_run(3, "ok", 0.9),
-                                                          sweep_run(4, "interrupted", None)])
+    record = SweepRecord(
+        str(tmp_path),
+        "best_val_acc",
+        [
+            sweep_run(0, "failed", None),
+            sweep_run(1, "pruned", 0.3),
+            sweep_run(2, "ok", 0.8),
+            sweep_run(3, "ok", 0.9),
+            sweep_run(4, "interrupted", None),
+        ],
+    )
     assert [r.job for r in record.ranked()] == [3, 2, 1, 0, 4]
     assert record.best().job == 3 and [r.job for r in record.failed()] == [0]
     data = record.to_dict()
@@ -49,14 +65,31 @@ def test_a_pruned_run_is_never_the_best(tmp_path: Path) -> None:
 
 
 def test_best_run_is_reproduced_without_the_sweep_settings(tmp_path: Path) -> None:
-    overrides = ["experiment=demo", "hparams_search=demo", "hparams_search.trial=7", "hydra/launcher=local",
-                 "hydra.sweeper.max_batch_size=2", "hydra.launcher.cpus_per_task=1", "optimizer.lr=0.0123",
-                 "model.block=dbb", "+trainer.limit_train_batches=2", "hydra.sweep.dir=/x", "note='a b'"]
-    assert reproducing_overrides(overrides) == ["experiment=demo", "optimizer.lr=0.0123", "model.block=dbb",
-                                                "+trainer.limit_train_batches=2", "note='a b'"]
+    overrides = [
+        "experiment=demo",
+        "hparams_search=demo",
+        "hparams_search.trial=7",
+        "hydra/launcher=local",
+        "hydra.sweeper.max_batch_size=2",
+        "hydra.launcher.cpus_per_task=1",
+        "optimizer.lr=0.0123",
+        "model.block=dbb",
+        "+trainer.limit_train_batches=2",
+        "hydra.sweep.dir=/x",
+        "note='a b'",
+    ]
+    assert reproducing_overrides(overrides) == [
+        "experiment=demo",
+        "optimizer.lr=0.0123",
+        "model.block=dbb",
+        "+trainer.limit_train_batches=2",
+        "note='a b'",
+    ]
     record = SweepRecord(str(tmp_path), "best_val_acc", [sweep_run(0, "ok", 0.9, overrides)])
-    assert record.reproduce_command() == ("python train.py experiment=demo optimizer.lr=0.0123 model.block=dbb "
-                                          "+trainer.limit_train_batches=2 'note='\"'\"'a b'\"'\"''")
+    assert record.reproduce_command() == (
+        "python train.py experiment=demo optimizer.lr=0.0123 model.block=dbb "
+        "+trainer.limit_train_batches=2 'note='\"'\"'a b'\"'\"''"
+    )
 
 
 def test_a_job_ended_mid_batch_is_on_disk_until_its_batch_returns(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 from helpers import calibrate_bn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from reparam.errors import UserError
 from reparam.models import build_model, complete_spec, fuse_model, input_size, load_pretrained
@@ -29,8 +29,11 @@ def _weights_file(tmp_path, name: str, suffix: str = ".safetensors"):
 @pytest.mark.parametrize("name", ["repvgg_a0", "mobileone_s0"])
 def test_pretrained_file_loads_with_a_new_head_and_fuses_exactly_at_224(tmp_path, name) -> None:
     path, state = _weights_file(tmp_path, name)
-    spec = complete_spec({"arch": "timm", "name": name, "num_classes": None, "input_size": None,
-                          "pretrained": str(path)}, num_classes=lambda: 5, image_size=(224, 224))
+    spec = complete_spec(
+        {"arch": "timm", "name": name, "num_classes": None, "input_size": None, "pretrained": str(path)},
+        num_classes=lambda: 5,
+        image_size=(224, 224),
+    )
     assert spec["num_classes"] == 5 and input_size(spec) == (3, 224, 224)
     model = build_model(spec)
     assert load_pretrained(model, spec) == str(path)

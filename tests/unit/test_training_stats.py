@@ -48,21 +48,29 @@ def test_a_fit_logs_epoch_loss_and_accuracy_and_the_step_loss_every_n_steps(tmp_
     loader = DataLoader(TensorDataset(x, y), batch_size=8)  # 5 steps an epoch
     module = ClassifierModule(TINY_SPEC, functools.partial(torch.optim.SGD, lr=0.05))
     steps = StepLosses()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path, name="csv"),
-                        callbacks=[steps], enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        log_every_n_steps=3,
+        logger=CSVLogger(tmp_path, name="csv"),
+        callbacks=[steps],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, train_dataloaders=loader)
     with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     step_rows = [r for r in rows if r.get("train/loss_step")]
     # Lightning writes step values every log_every_n_steps steps (3, 6, 9 of 10): the loss of exactly those steps
     assert [int(r["step"]) for r in step_rows] == [2, 5, 8]
-    assert [float(r["train/loss_step"]) for r in step_rows] == pytest.approx([steps.losses[i] for i in (2, 5, 8)],
-                                                                               rel=1e-5)
+    assert [float(r["train/loss_step"]) for r in step_rows] == pytest.approx(
+        [steps.losses[i] for i in (2, 5, 8)], rel=1e-5
+    )
     epoch_rows = [r for r in rows if r.get("train/loss_epoch")]
     assert len(epoch_rows) == 2
     for epoch, row in enumerate(epoch_rows):
-        losses = steps.losses[5 * epoch:5 * (epoch + 1)]
+        losses = steps.losses[5 * epoch : 5 * (epoch + 1)]
         assert float(row["train/loss_epoch"]) == pytest.approx(sum(losses) / len(losses), rel=1e-5)
         acc = float(row["train/acc"])
         assert 0.0 <= acc <= 1.0 and (acc * 40) == pytest.approx(round(acc * 40), abs=1e-4)  # k correct of 40

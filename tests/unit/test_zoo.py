@@ -39,11 +39,25 @@ def zoo_cases(draw):
     options = {"num_conv_branches": draw(st.integers(1, 3))} if kind == "mobileone" else {}
     if kind == "linear_add":
         scale = st.floats(-2, 2, allow_nan=False)
-        options = {"asymmetric": draw(st.booleans()), "scale_init_kxk": draw(scale), "scale_init_1x1": draw(scale),
-                   "scale_init_identity": draw(scale), "scale_init_asymmetric": draw(scale)}
-    return dict(kind=kind, in_ch=in_ch, out_ch=out_ch, groups=groups, k=draw(st.sampled_from([3, 5])),
-                stride=draw(st.sampled_from([1, 2])), options=options, size=draw(st.integers(5, 10)),
-                dtype=draw(st.sampled_from([torch.float32, torch.float64])), seed=draw(st.integers(0, 2**16)))
+        options = {
+            "asymmetric": draw(st.booleans()),
+            "scale_init_kxk": draw(scale),
+            "scale_init_1x1": draw(scale),
+            "scale_init_identity": draw(scale),
+            "scale_init_asymmetric": draw(scale),
+        }
+    return dict(
+        kind=kind,
+        in_ch=in_ch,
+        out_ch=out_ch,
+        groups=groups,
+        k=draw(st.sampled_from([3, 5])),
+        stride=draw(st.sampled_from([1, 2])),
+        options=options,
+        size=draw(st.integers(5, 10)),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -52,8 +66,9 @@ def zoo_cases(draw):
 @example(dict(kind="dbb", in_ch=2, out_ch=1, groups=1, k=3, stride=1, options={}, size=5, dtype=torch.float32, seed=0))
 def test_every_kind_fuses_to_a_plain_conv(case: dict) -> None:
     torch.manual_seed(case["seed"])
-    block = make_block(case["kind"], case["in_ch"], case["out_ch"], case["k"], case["stride"], case["groups"],
-                       **case["options"])
+    block = make_block(
+        case["kind"], case["in_ch"], case["out_ch"], case["k"], case["stride"], case["groups"], **case["options"]
+    )
     block = randomize_bn(block, torch.Generator().manual_seed(case["seed"])).to(case["dtype"]).eval()
     fused = reparameterize_model(block)
     assert is_plain(fused) and any(isinstance(m, nn.Conv2d) for m in fused.modules())
@@ -79,8 +94,10 @@ def test_every_kind_builds_the_network_and_round_trips_fused_weights(kind: str) 
 
 
 def test_all_kinds_reach_the_same_plain_vgg_shape() -> None:
-    counts = {kind: sum(p.numel() for p in build_model({**TINY_SPEC, "block": kind}, deploy=True).parameters())
-              for kind in ("repvgg", "qarepvgg", "acnet", "dbb", "linear_add")}
+    counts = {
+        kind: sum(p.numel() for p in build_model({**TINY_SPEC, "block": kind}, deploy=True).parameters())
+        for kind in ("repvgg", "qarepvgg", "acnet", "dbb", "linear_add")
+    }
     assert len(set(counts.values())) == 1, counts
 
 
@@ -110,8 +127,9 @@ def test_a_registered_user_kind_joins_the_family() -> None:
             super().__init__(in_channels, out_channels, kernel_size, stride, groups, deploy=deploy)
             if not deploy:
                 for name in ("a", "b"):
-                    self.branches[name] = ConvBN(in_channels, out_channels, kernel_size, stride, self.padding,
-                                                 groups=groups)
+                    self.branches[name] = ConvBN(
+                        in_channels, out_channels, kernel_size, stride, self.padding, groups=groups
+                    )
 
     try:
         model = randomize_bn(build_model({**TINY_SPEC, "block": "test_double_kxk"})).double()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import lightning as L
 import numpy as np
 import torch
@@ -114,15 +113,24 @@ class ImageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         source_cls = dataset_source(dataset)
-        specific = {"data_dir": data_dir, "download": download, "crop_padding": crop_padding,
-                    "image_size": image_size, "crop_pct": crop_pct, "min_crop_scale": min_crop_scale,
-                    "normalization": normalization, "skip_bad_images": skip_bad_images}
+        specific = {
+            "data_dir": data_dir,
+            "download": download,
+            "crop_padding": crop_padding,
+            "image_size": image_size,
+            "crop_pct": crop_pct,
+            "min_crop_scale": min_crop_scale,
+            "normalization": normalization,
+            "skip_bad_images": skip_bad_images,
+        }
         refuse_unread_options(source_cls, specific)
         if pipeline not in ("standard", "fast"):
             raise UserError(f"data.pipeline must be 'standard' or 'fast', got '{pipeline}'")
         if pipeline == "fast" and not source_cls.in_memory:
-            raise UserError(f"data.pipeline=fast holds a whole dataset of one image size in memory; data={dataset} "
-                            "reads files of any size from disk with DataLoader workers: use data.pipeline=standard")
+            raise UserError(
+                f"data.pipeline=fast holds a whole dataset of one image size in memory; data={dataset} "
+                "reads files of any size from disk with DataLoader workers: use data.pipeline=standard"
+            )
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= erase_prob <= 1.0:
@@ -132,7 +140,9 @@ class ImageDataModule(L.LightningDataModule):
         if image_size is not None and int(image_size) < 8:
             raise UserError(f"data.image_size must be >= 8 pixels, got {image_size}")
         if crop_pct is not None and not 0.0 < float(crop_pct) <= 1.0:
-            raise UserError(f"data.crop_pct must be in (0, 1] (0.875: resize to image_size/0.875, crop), got {crop_pct}")
+            raise UserError(
+                f"data.crop_pct must be in (0, 1] (0.875: resize to image_size/0.875, crop), got {crop_pct}"
+            )
         if min_crop_scale is not None and not 0.0 < float(min_crop_scale) <= 1.0:
             raise UserError(f"data.min_crop_scale must be in (0, 1], got {min_crop_scale}")
         if normalization not in (None, "train_split", "imagenet"):
@@ -171,8 +181,14 @@ class ImageDataModule(L.LightningDataModule):
         if self._recorded is not None:
             return self._recorded
         crop_pct = 1.0 if self.source.native_size else float(self.hparams.crop_pct or DEFAULT_CROP_PCT)
-        return Preprocessing(size=self.input_size, mean=tuple(self.mean), std=tuple(self.std),
-                             classes=tuple(self.classes), crop_pct=crop_pct, dataset=self.hparams.dataset)
+        return Preprocessing(
+            size=self.input_size,
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            classes=tuple(self.classes),
+            crop_pct=crop_pct,
+            dataset=self.hparams.dataset,
+        )
 
     def use_recorded_preprocessing(self, recorded: Preprocessing) -> None:
         """Evaluate (and calibrate) with the rule a model was trained with, never one recomputed from this data."""
@@ -211,8 +227,10 @@ class ImageDataModule(L.LightningDataModule):
             if not 0 <= n_val < n:
                 raise UserError(f"data.val_size={val_size} leaves no training images out of {n}; use a smaller value")
             order = np.random.default_rng(hp.split_seed).permutation(n)
-            splits = {"train": data.train.subset(np.sort(order[n_val:])),
-                      "val": data.train.subset(np.sort(order[:n_val]))}
+            splits = {
+                "train": data.train.subset(np.sort(order[n_val:])),
+                "val": data.train.subset(np.sort(order[:n_val])),
+            }
             if n_val == 0:  # validate on the test split, and say so in the logs via the split size
                 splits["val"] = data.test
         else:
@@ -260,11 +278,15 @@ class ImageDataModule(L.LightningDataModule):
         if not hp.augment and not self.source.native_size:
             steps.append(self.preprocessing.geometry())
         elif hp.augment and self.source.native_size:
-            steps.append(v2.RandomCrop(list(self.input_size), padding=DEFAULT_CROP_PADDING if hp.crop_padding is None
-                                       else hp.crop_padding))
+            steps.append(
+                v2.RandomCrop(
+                    list(self.input_size), padding=DEFAULT_CROP_PADDING if hp.crop_padding is None else hp.crop_padding
+                )
+            )
         elif hp.augment:
-            steps.append(v2.RandomResizedCrop(list(self.input_size), scale=(hp.min_crop_scale or 0.08, 1.0),
-                                              antialias=True))
+            steps.append(
+                v2.RandomResizedCrop(list(self.input_size), scale=(hp.min_crop_scale or 0.08, 1.0), antialias=True)
+            )
         if hp.augment and hp.hflip:
             steps.append(v2.RandomHorizontalFlip())
         steps.append(self.preprocessing.normalize())
@@ -289,7 +311,8 @@ class ImageDataModule(L.LightningDataModule):
             raise UserError(
                 f"data.batch_size={batch_size} is larger than the {images // world} training images{per}: no training "
                 f"step would run; pass data.batch_size={max(1, min(images // world, batch_size) // 2)} or smaller, "
-                "or add images")
+                "or add images"
+            )
 
     def _loader(self, split: str):
         self._require_setup()
@@ -306,11 +329,18 @@ class ImageDataModule(L.LightningDataModule):
             return TensorBatchLoader(
                 torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(device),
                 torch.from_numpy(labels).to(device),
-                batch_size, list(self.preprocessing.mean), list(self.preprocessing.std), shuffle=train,
-                augment=train and hp.augment, drop_last=train,
-                padding=DEFAULT_CROP_PADDING if hp.crop_padding is None else hp.crop_padding, hflip=hp.hflip,
-                erase_prob=hp.erase_prob, seed=torch.initial_seed() % 2**31,
-                rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+                batch_size,
+                list(self.preprocessing.mean),
+                list(self.preprocessing.std),
+                shuffle=train,
+                augment=train and hp.augment,
+                drop_last=train,
+                padding=DEFAULT_CROP_PADDING if hp.crop_padding is None else hp.crop_padding,
+                hflip=hp.hflip,
+                erase_prob=hp.erase_prob,
+                seed=torch.initial_seed() % 2**31,
+                rank=trainer.global_rank if trainer else 0,
+                world_size=trainer.world_size if trainer else 1,
                 epoch_source=self._current_epoch if trainer else None,
             )
         trainer = getattr(self, "trainer", None)

@@ -42,7 +42,10 @@ def random_crop_flip(
 
 
 def random_erase(
-    images: torch.Tensor, p: float, scale: tuple[float, float] = ERASE_SCALE, ratio: tuple[float, float] = ERASE_RATIO,
+    images: torch.Tensor,
+    p: float,
+    scale: tuple[float, float] = ERASE_SCALE,
+    ratio: tuple[float, float] = ERASE_RATIO,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per image, with probability ``p``: set one random rectangle to 0 (the mean, on normalized images).
@@ -68,8 +71,12 @@ def random_erase(
     chosen = torch.rand(b, device=dev, generator=generator) < p
     rows = torch.arange(h, device=dev)[None, :, None]
     cols = torch.arange(w, device=dev)[None, None, :]
-    inside = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
-              & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]))
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < (top + eh)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + ew)[:, None, None])
+    )
     return images.masked_fill((inside & chosen[:, None, None])[:, None], 0)
 
 
@@ -124,8 +131,10 @@ class TensorBatchLoader:
     def __len__(self) -> int:
         n = len(self.images)
         if self.world_size > 1:
-            n = (n - n % self.world_size) // self.world_size if (self.drop_last or self.shuffle) else len(
-                range(self.rank, n, self.world_size)
+            n = (
+                (n - n % self.world_size) // self.world_size
+                if (self.drop_last or self.shuffle)
+                else len(range(self.rank, n, self.world_size))
             )
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 

@@ -27,7 +27,14 @@ from ..errors import DataNotFoundError, UserError
 from ..preprocess import decode_image_bytes
 from .registry import DatasetSource, FileSplit, SourceSplits, register_dataset
 
-__all__ = ["BadImageError", "FileDataset", "ImageFolderSource", "IMAGE_EXTENSIONS", "load_image", "skip_missing_collate"]
+__all__ = [
+    "BadImageError",
+    "FileDataset",
+    "ImageFolderSource",
+    "IMAGE_EXTENSIONS",
+    "load_image",
+    "skip_missing_collate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +117,9 @@ def skip_missing_collate(batch: list):
     """``default_collate`` over the items that could be read."""
     items = [item for item in batch if item is not None]
     if not items:
-        raise BadImageError(f"all {len(batch)} images of a batch were unreadable; check the data folder (warnings above "
-                            "name each file)")
+        raise BadImageError(
+            f"all {len(batch)} images of a batch were unreadable; check the data folder (warnings above name each file)"
+        )
     return default_collate(items)
 
 
@@ -135,12 +143,17 @@ class ImageFolderSource(DatasetSource):
             raise UserError("data=imagefolder needs data.data_dir=<folder holding train/<class>/<images>>")
         root = Path(str(data_dir)).expanduser()
         if not root.is_dir():
-            raise DataNotFoundError(f"data.data_dir={root} is not a folder; point it at the folder that holds "
-                                    "train/<class>/<images> (and optionally val/ and test/)")
+            raise DataNotFoundError(
+                f"data.data_dir={root} is not a folder; point it at the folder that holds "
+                "train/<class>/<images> (and optionally val/ and test/)"
+            )
         if not (root / "train").is_dir():
             has_classes = any(e.is_dir() for e in _visible(os.scandir(root)))
-            hint = (f"; it holds class folders directly: move them into {root}/train/ (val/ and test/ are optional)"
-                    if has_classes else "")
+            hint = (
+                f"; it holds class folders directly: move them into {root}/train/ (val/ and test/ are optional)"
+                if has_classes
+                else ""
+            )
             raise DataNotFoundError(f"{root} has no train/ folder: expected {root}/train/<class>/<image>{hint}")
         return root
 
@@ -159,8 +172,10 @@ class ImageFolderSource(DatasetSource):
         if not classes:
             raise UserError(f"{train} holds no class folders: put each class's images in {train}/<class>/")
         if len(classes) == 1:
-            raise UserError(f"{train} holds one class folder ({classes[0]}); a classifier needs two or more: "
-                            f"add a folder per class under {train}/")
+            raise UserError(
+                f"{train} holds one class folder ({classes[0]}); a classifier needs two or more: "
+                f"add a folder per class under {train}/"
+            )
         return classes
 
     def read(self) -> SourceSplits:
@@ -173,15 +188,22 @@ class ImageFolderSource(DatasetSource):
             found = self.class_folders(split)
             if found != classes:
                 missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
-                raise UserError(f"{root / split} has other class folders than {root / 'train'} (missing: "
-                                f"{missing or 'none'}, extra: {extra or 'none'}); every split needs the same "
-                                "class folders")
+                raise UserError(
+                    f"{root / split} has other class folders than {root / 'train'} (missing: "
+                    f"{missing or 'none'}, extra: {extra or 'none'}); every split needs the same "
+                    "class folders"
+                )
             split_data, bad = self._scan(root / split, classes, skip)
             splits[split], skipped = split_data, skipped + bad
         if skipped:
             log.warning("data.skip_bad_images=true: left out %d unreadable file(s), first %s", len(skipped), skipped[0])
-        return SourceSplits(train=splits["train"], classes=classes, val=splits.get("val"), test=splits.get("test"),
-                            skipped=tuple(skipped))
+        return SourceSplits(
+            train=splits["train"],
+            classes=classes,
+            val=splits.get("val"),
+            test=splits.get("test"),
+            skipped=tuple(skipped),
+        )
 
     def _scan(self, folder: Path, classes: list[str], skip: bool) -> tuple[FileSplit, list[str]]:
         paths, labels, bad = [], [], []
@@ -190,8 +212,10 @@ class ImageFolderSource(DatasetSource):
             for entry in _visible(os.scandir(folder / name)):
                 path = Path(entry.path)
                 if entry.is_dir():
-                    raise UserError(f"{path} is a folder inside class folder {folder / name}; a class folder holds "
-                                    "image files only (flatten it, or make it a class of its own)")
+                    raise UserError(
+                        f"{path} is a folder inside class folder {folder / name}; a class folder holds "
+                        "image files only (flatten it, or make it a class of its own)"
+                    )
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
                     reason = f"not an image file (extension '{path.suffix}'; reads {', '.join(IMAGE_EXTENSIONS)})"
                 else:
@@ -205,5 +229,7 @@ class ImageFolderSource(DatasetSource):
                 labels.append(label)
                 count += 1
             if count == 0:
-                raise UserError(f"class folder {folder / name} holds no readable images; add images or remove the folder")
+                raise UserError(
+                    f"class folder {folder / name} holds no readable images; add images or remove the folder"
+                )
         return FileSplit(tuple(paths), np.asarray(labels, dtype=np.int64)), bad

@@ -17,16 +17,41 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["DATASETS", "ArraySplit", "DatasetSource", "FileSplit", "SourceSplits", "register_dataset",
-           "COMMON_OPTIONS", "IMAGENET_MEAN", "IMAGENET_STD", "dataset_source", "refuse_unread_options"]
+__all__ = [
+    "DATASETS",
+    "ArraySplit",
+    "DatasetSource",
+    "FileSplit",
+    "SourceSplits",
+    "register_dataset",
+    "COMMON_OPTIONS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "dataset_source",
+    "refuse_unread_options",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # options every source reads (batching, loaders, the split and the flip): never refused
-COMMON_OPTIONS = frozenset({"dataset", "num_classes", "batch_size", "eval_batch_size", "val_size", "split_seed",
-                            "augment", "hflip", "erase_prob", "pipeline", "num_workers", "pin_memory",
-                            "persistent_workers"})
+COMMON_OPTIONS = frozenset(
+    {
+        "dataset",
+        "num_classes",
+        "batch_size",
+        "eval_batch_size",
+        "val_size",
+        "split_seed",
+        "augment",
+        "hflip",
+        "erase_prob",
+        "pipeline",
+        "num_workers",
+        "pin_memory",
+        "persistent_workers",
+    }
+)
 
 
 class ArraySplit(NamedTuple):
@@ -114,18 +139,27 @@ def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetS
 
 def dataset_source(name: str) -> type[DatasetSource]:
     if name not in DATASETS:
-        raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(sorted(DATASETS))} "
-                        "(train.py: data=<name>; deploy.py: data.dataset=<name>)")
+        raise UserError(
+            f"unknown dataset '{name}'; choose one of {', '.join(sorted(DATASETS))} "
+            "(train.py: data=<name>; deploy.py: data.dataset=<name>)"
+        )
     return DATASETS[name]
 
 
 def refuse_unread_options(source: type[DatasetSource], given: dict) -> None:
     """A ``data.*`` option set (not None/False) that ``source`` does not read is a user error, not ignored."""
-    unread = sorted(k for k, v in given.items()
-                    if k not in COMMON_OPTIONS and k not in source.options and v is not None and v is not False)
+    unread = sorted(
+        k
+        for k, v in given.items()
+        if k not in COMMON_OPTIONS and k not in source.options and v is not None and v is not False
+    )
     if unread:
-        hint = (" (your own images: data=imagefolder data.data_dir=<folder with train/<class>/...>)"
-                if "data_dir" in unread else "")
-        raise UserError(f"data={source.name} does not read data.{', data.'.join(unread)}; remove "
-                        f"{'it' if len(unread) == 1 else 'them'}{hint}")
-
+        hint = (
+            " (your own images: data=imagefolder data.data_dir=<folder with train/<class>/...>)"
+            if "data_dir" in unread
+            else ""
+        )
+        raise UserError(
+            f"data={source.name} does not read data.{', data.'.join(unread)}; remove "
+            f"{'it' if len(unread) == 1 else 'them'}{hint}"
+        )

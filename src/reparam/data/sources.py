@@ -16,8 +16,17 @@ import numpy as np
 from ..errors import DataNotFoundError, UserError
 from .registry import ArraySplit, DatasetSource, SourceSplits, dataset_source, register_dataset
 
-__all__ = ["ImageArrays", "CIFAR", "load_source", "read_cifar", "download_cifar", "load_digits32", "SOURCES",
-           "CIFARSource", "DigitsSource"]
+__all__ = [
+    "ImageArrays",
+    "CIFAR",
+    "load_source",
+    "read_cifar",
+    "download_cifar",
+    "load_digits32",
+    "SOURCES",
+    "CIFARSource",
+    "DigitsSource",
+]
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,9 @@ def _load_pickle(path: Path) -> dict:
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def _read_batches(folder: Path, files: tuple[str, ...], label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_batches(
+    folder: Path, files: tuple[str, ...], label_key: str, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for name in files:
         path = folder / name
@@ -197,8 +208,12 @@ def load_digits32(test_fraction: float = 0.2, seed: int = 0) -> ImageArrays:
     n_test = int(round(len(labels) * test_fraction))
     test, train = order[:n_test], order[n_test:]
     return ImageArrays(
-        "digits", np.ascontiguousarray(images[train]), labels[train], np.ascontiguousarray(images[test]),
-        labels[test], [str(i) for i in range(10)],
+        "digits",
+        np.ascontiguousarray(images[train]),
+        labels[train],
+        np.ascontiguousarray(images[test]),
+        labels[test],
+        [str(i) for i in range(10)],
     )
 
 
@@ -212,8 +227,11 @@ class _ArraysSource(DatasetSource):
 
     def read(self) -> SourceSplits:
         arrays = self.arrays()
-        return SourceSplits(train=ArraySplit(arrays.train_images, arrays.train_labels), classes=list(arrays.classes),
-                            test=ArraySplit(arrays.test_images, arrays.test_labels))
+        return SourceSplits(
+            train=ArraySplit(arrays.train_images, arrays.train_labels),
+            classes=list(arrays.classes),
+            test=ArraySplit(arrays.test_images, arrays.test_labels),
+        )
 
 
 class CIFARSource(_ArraysSource):
@@ -231,8 +249,13 @@ class CIFARSource(_ArraysSource):
 
 
 for _name in ("cifar10", "cifar100"):
-    register_dataset(_name)(type(f"{_name.upper()}Source", (CIFARSource,),
-                                 {"__doc__": CIFARSource.__doc__, "fixed_num_classes": CIFAR[_name].num_classes}))
+    register_dataset(_name)(
+        type(
+            f"{_name.upper()}Source",
+            (CIFARSource,),
+            {"__doc__": CIFARSource.__doc__, "fixed_num_classes": CIFAR[_name].num_classes},
+        )
+    )
 
 
 @register_dataset("digits")

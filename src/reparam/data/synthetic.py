@@ -11,7 +11,9 @@ import numpy as np
 __all__ = ["write_cifar_like", "write_digits_folder"]
 
 
-def write_cifar_like(root: str | Path, name: str = "cifar10", per_batch: int = 40, n_test: int = 40, seed: int = 0) -> Path:
+def write_cifar_like(
+    root: str | Path, name: str = "cifar10", per_batch: int = 40, n_test: int = 40, seed: int = 0
+) -> Path:
     """Small files in the official ``cifar-10-batches-py`` / ``cifar-100-python`` pickle layout.
 
     Like the originals: dicts with bytes keys, ``data`` a uint8 (N, 3072) array in CHW order, labels
@@ -29,8 +31,12 @@ def write_cifar_like(root: str | Path, name: str = "cifar10", per_batch: int = 4
         pattern = np.stack([np.roll(templates[c], tuple(s), axis=(1, 2)) for c, s in zip(labels, shifts)])
         pixels = 128 + 40 * pattern + rng.normal(0, 48, (n, 3, 32, 32))
         data = pixels.clip(0, 255).astype(np.uint8).reshape(n, 3072)
-        return {b"batch_label": b"generated", label_key: labels.tolist(), b"data": data,
-                b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        return {
+            b"batch_label": b"generated",
+            label_key: labels.tolist(),
+            b"data": data,
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+        }
 
     if name == "cifar10":
         folder = Path(root) / "cifar-10-batches-py"
@@ -38,8 +44,13 @@ def write_cifar_like(root: str | Path, name: str = "cifar10", per_batch: int = 4
         for i in range(1, 6):
             (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_batch, b"labels"), protocol=2))
         (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test, b"labels"), protocol=2))
-        meta = {b"label_names": [n.encode() for n in ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                                     "frog", "horse", "ship", "truck"]], b"num_cases_per_batch": per_batch}
+        meta = {
+            b"label_names": [
+                n.encode()
+                for n in ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+            ],
+            b"num_cases_per_batch": per_batch,
+        }
         (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     else:
         folder = Path(root) / "cifar-100-python"
@@ -51,8 +62,9 @@ def write_cifar_like(root: str | Path, name: str = "cifar10", per_batch: int = 4
     return folder
 
 
-def write_digits_folder(root: str | Path, per_class: int | None = None, seed: int = 0, splits=("train", "val"),
-                        jpeg: bool = True) -> Path:
+def write_digits_folder(
+    root: str | Path, per_class: int | None = None, seed: int = 0, splits=("train", "val"), jpeg: bool = True
+) -> Path:
     """scikit-learn's 1,797 real 8x8 digits as an image folder: ``root/<split>/<digit>/<n>.png|jpg``.
 
     Each image is upscaled to a random size (40-95 px, not square) and saved in a mix of formats and modes: PNG in

@@ -96,9 +96,13 @@ def _warm_up(target: Target, prepared: object) -> float | None:
 
 
 @torch.inference_mode()
-def benchmark_targets(targets: Sequence[Target], batch_sizes: Sequence[int] = (1, 32, 256),
-                      input_size: Sequence[int] = (3, 32, 32), min_run_time: float = 1.0,
-                      rounds: int = 3) -> list[BenchmarkResult]:
+def benchmark_targets(
+    targets: Sequence[Target],
+    batch_sizes: Sequence[int] = (1, 32, 256),
+    input_size: Sequence[int] = (3, 32, 32),
+    min_run_time: float = 1.0,
+    rounds: int = 3,
+) -> list[BenchmarkResult]:
     """Latency and throughput of every target at each batch size, the targets interleaved.
 
     Per batch size each target gets the same random batch, prepared for it once (device, dtype, layout), and warms
@@ -117,25 +121,42 @@ def benchmark_targets(targets: Sequence[Target], batch_sizes: Sequence[int] = (1
         rates: dict[str, list[float]] = {target.name: [] for target in targets}
         for _ in range(rounds):
             for target in targets:  # round-robin
-                timer = tbench.Timer("target.forward(x)", globals={"target": target, "x": inputs[target.name]},
-                                     num_threads=torch.get_num_threads())
+                timer = tbench.Timer(
+                    "target.forward(x)",
+                    globals={"target": target, "x": inputs[target.name]},
+                    num_threads=torch.get_num_threads(),
+                )
                 measurement = timer.blocked_autorange(min_run_time=per_round)
                 times[target.name] += list(measurement.times)
                 rates[target.name].append(batch_size / measurement.median)
         for target in targets:
-            q1, median, q3 = (float(v) for v in torch.tensor(times[target.name]).quantile(torch.tensor([0.25, 0.5, 0.75])))
+            q1, median, q3 = (
+                float(v) for v in torch.tensor(times[target.name]).quantile(torch.tensor([0.25, 0.5, 0.75]))
+            )
             cost = costs[target.name]
-            results.append(BenchmarkResult(
-                form=target.name, label=target.label, runtime=target.runtime, precision=target.precision,
-                device=describe_device(target.device), batch_size=batch_size,
-                dtype=DTYPE_NAMES.get(target.precision, target.precision),
-                channels_last=target.channels_last, compiled=target.runtime == "torch.compile",
-                threads=torch.get_num_threads(), latency_ms_median=median * 1e3, latency_ms_iqr=(q3 - q1) * 1e3,
-                throughput_ips=batch_size / median, runs=len(times[target.name]), params=cost.params,
-                flops_per_image=cost.flops_per_image, peak_memory_mb=peaks[target.name],
-                throughput_rounds=rates[target.name],
-                tf32=tf32_enabled() if target.device.type == "cuda" and target.precision == "fp32" else None,
-            ))
+            results.append(
+                BenchmarkResult(
+                    form=target.name,
+                    label=target.label,
+                    runtime=target.runtime,
+                    precision=target.precision,
+                    device=describe_device(target.device),
+                    batch_size=batch_size,
+                    dtype=DTYPE_NAMES.get(target.precision, target.precision),
+                    channels_last=target.channels_last,
+                    compiled=target.runtime == "torch.compile",
+                    threads=torch.get_num_threads(),
+                    latency_ms_median=median * 1e3,
+                    latency_ms_iqr=(q3 - q1) * 1e3,
+                    throughput_ips=batch_size / median,
+                    runs=len(times[target.name]),
+                    params=cost.params,
+                    flops_per_image=cost.flops_per_image,
+                    peak_memory_mb=peaks[target.name],
+                    throughput_rounds=rates[target.name],
+                    tf32=tf32_enabled() if target.device.type == "cuda" and target.precision == "fp32" else None,
+                )
+            )
     return results
 
 
@@ -168,8 +189,8 @@ def ratios(results: Sequence[BenchmarkResult], numerator: str, denominator: str)
         other = by.get((denominator, bs))
         if form != numerator or other is None:
             continue
-        pairs = [a / b for a, b in zip(r.throughput_rounds, other.throughput_rounds)] or \
-            [r.throughput_ips / other.throughput_ips]
+        pairs = [a / b for a, b in zip(r.throughput_rounds, other.throughput_rounds)] or [
+            r.throughput_ips / other.throughput_ips
+        ]
         out[bs] = Ratio(statistics.median(pairs), min(pairs), max(pairs))
     return out
-

@@ -15,12 +15,15 @@ if TYPE_CHECKING:
 
 __all__ = ["print_deploy_summary"]
 
+
 def _check(target: TargetReport) -> str:
     verdict = target.gate
     if verdict.kind == "reference":
         return "reference"
     if verdict.kind == "max_drop":
-        return f"{'ok' if verdict.passed else 'FAILED'}: drop {target.accuracy_drop:.2f} <= {verdict.limits['max_drop']:g}"
+        return (
+            f"{'ok' if verdict.passed else 'FAILED'}: drop {target.accuracy_drop:.2f} <= {verdict.limits['max_drop']:g}"
+        )
     return "equivalent" if verdict.passed else "NOT equivalent"
 
 
@@ -36,18 +39,29 @@ def _speed(target: TargetReport, batch_size: int) -> str:
 
 def _table(report: DeployReport) -> Table:
     recorded = "" if report.recorded_test_acc is None else f"; {pct(report.recorded_test_acc)} recorded at training"
-    title = (f"reparam deploy: {report.checkpoint}\n{report.dataset}, {report.num_test_images} test images{recorded}; "
-             f"each target against the fused fp32 reference; images/s and x reference, timed round-robin")
+    title = (
+        f"reparam deploy: {report.checkpoint}\n{report.dataset}, {report.num_test_images} test images{recorded}; "
+        f"each target against the fused fp32 reference; images/s and x reference, timed round-robin"
+    )
     table = Table(title=Text(title), title_justify="left")
     sizes = sorted({r.batch_size for r in report.benchmark})
     for column in ("target", "accuracy", "differs", "max |Δlogit|", "check", *(f"batch {bs}" for bs in sizes)):
         table.add_column(column, justify="left" if column in ("target", "check") else "right")
     for target in report.targets:
         diff = target.max_abs_logit_diff
-        table.add_row(*(Text(cell) for cell in (
-            target.label, f"{pct(target.accuracy)} ({target.correct})",
-            "-" if target.disagreements is None else str(target.disagreements),
-            "-" if diff is None else f"{diff:.1e}", _check(target), *(_speed(target, bs) for bs in sizes))))
+        table.add_row(
+            *(
+                Text(cell)
+                for cell in (
+                    target.label,
+                    f"{pct(target.accuracy)} ({target.correct})",
+                    "-" if target.disagreements is None else str(target.disagreements),
+                    "-" if diff is None else f"{diff:.1e}",
+                    _check(target),
+                    *(_speed(target, bs) for bs in sizes),
+                )
+            )
+        )
     return table
 
 
@@ -60,8 +74,11 @@ def print_deploy_summary(report: DeployReport) -> None:
     console.print(_table(report))
     spread = ratios(report.benchmark, "fused", "train_form")
     if spread:
-        _say("fused / train form ", "(median over rounds, min..max): "
-             + ", ".join(f"batch {bs}: {ratio.describe()}" for bs, ratio in spread.items()))
+        _say(
+            "fused / train form ",
+            "(median over rounds, min..max): "
+            + ", ".join(f"batch {bs}: {ratio.describe()}" for bs, ratio in spread.items()),
+        )
     for name, why in report.skipped_targets.items():
         _say("skipped ", f"{name}: {why}")
     machine = report.machine
@@ -71,8 +88,11 @@ def print_deploy_summary(report: DeployReport) -> None:
     for warning in [*report.data_warnings, *machine.warnings]:
         _say("warning: ", warning, "bold yellow")
     for fmt, export in report.exports.items():
-        timing = (f", {export.latency_ms_median:.2f} ms/batch of {export.batch_size} in onnxruntime"
-                  if export.latency_ms_median else "")
+        timing = (
+            f", {export.latency_ms_median:.2f} ms/batch of {export.batch_size} in onnxruntime"
+            if export.latency_ms_median
+            else ""
+        )
         _say(f"export {fmt}: ", f"{export.path} (max |diff| {export.max_abs_diff:.1e}{timing})")
     for target in report.targets:
         if target.artifact:

@@ -30,9 +30,11 @@ def deploy_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataMod
     recorded = _recorded_input(loaded)
     trained_on = (recorded.dataset if recorded else "") or params.get("dataset")
     if trained_on and given.get("dataset") not in (None, trained_on):
-        raise UserError(f"{loaded.source} was trained on data={trained_on}, not data.dataset={given['dataset']}; "
-                        "deploy evaluates a model on the data it was trained on: drop data.dataset, or deploy a model "
-                        f"trained on {given['dataset']}")
+        raise UserError(
+            f"{loaded.source} was trained on data={trained_on}, not data.dataset={given['dataset']}; "
+            "deploy evaluates a model on the data it was trained on: drop data.dataset, or deploy a model "
+            f"trained on {given['dataset']}"
+        )
     if given.get("dataset") not in (None, params.get("dataset")):
         params = {k: v for k, v in params.items() if k in PORTABLE}
     if "dataset" in params or "dataset" in given:  # a recorded option the dataset does not read (older runs): dropped
@@ -41,8 +43,10 @@ def deploy_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataMod
     params.update(given)
     params.pop("num_classes", None)  # compared with the model's below, with its own message
     if "dataset" not in params:
-        raise UserError(f"{loaded.source} records no data config; pass data.dataset=cifar10|cifar100|digits|imagefolder "
-                        "(and data.data_dir=/path/to/data)")
+        raise UserError(
+            f"{loaded.source} records no data config; pass data.dataset=cifar10|cifar100|digits|imagefolder "
+            "(and data.data_dir=/path/to/data)"
+        )
     known = dataset_source(params["dataset"]).fixed_num_classes
     if known is not None:  # known before reading a single file
         _check_classes(loaded, params["dataset"], known)
@@ -63,16 +67,22 @@ def _recorded_input(loaded: Loaded) -> Preprocessing | None:
     try:
         return Preprocessing.from_record(loaded.input_info)
     except (ValueError, TypeError, KeyError) as err:
-        raise UserError(f"{loaded.source}: the recorded input (fused/config.json 'input') is unreadable ({err})") from err
+        raise UserError(
+            f"{loaded.source}: the recorded input (fused/config.json 'input') is unreadable ({err})"
+        ) from err
 
 
 def _other_classes(loaded: Loaded, recorded: Preprocessing, dm: ImageDataModule) -> str:
     ours, theirs = list(recorded.classes), dm.classes
-    differ = next((f"class {i} is '{a}' here but '{b}' in the model" for i, (a, b) in enumerate(zip(theirs, ours))
-                   if a != b), f"{len(theirs)} classes here, {len(ours)} in the model")
+    differ = next(
+        (f"class {i} is '{a}' here but '{b}' in the model" for i, (a, b) in enumerate(zip(theirs, ours)) if a != b),
+        f"{len(theirs)} classes here, {len(ours)} in the model",
+    )
     where = f" (data.data_dir={dm.hparams.data_dir})" if dm.hparams.get("data_dir") else ""
-    return (f"the test data{where} has other class names than {loaded.source} was trained on ({differ}); "
-            "point data.data_dir at a folder with the model's class folders, or deploy the model trained on this data")
+    return (
+        f"the test data{where} has other class names than {loaded.source} was trained on ({differ}); "
+        "point data.data_dir at a folder with the model's class folders, or deploy the model trained on this data"
+    )
 
 
 def _check_classes(loaded: Loaded, dataset: str, num_classes: int) -> None:
@@ -88,7 +98,9 @@ def accuracy_warning(accuracy: float, recorded: float | None) -> str | None:
     """A line when the test accuracy is far below the one recorded at training, with the likely causes."""
     if recorded is None or accuracy >= recorded - ACCURACY_GAP:
         return None
-    return (f"test accuracy {100 * accuracy:.2f}% is {100 * (recorded - accuracy):.1f} points below the "
-            f"{100 * recorded:.2f}% recorded at training: the test images are likely not the data the model was "
-            "trained on (another folder or split, other images under the same class names); the recorded "
-            "preprocessing was used")
+    return (
+        f"test accuracy {100 * accuracy:.2f}% is {100 * (recorded - accuracy):.1f} points below the "
+        f"{100 * recorded:.2f}% recorded at training: the test images are likely not the data the model was "
+        "trained on (another folder or split, other images under the same class names); the recorded "
+        "preprocessing was used"
+    )

@@ -32,8 +32,9 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
 
 
 @torch.inference_mode()
-def evaluate_targets(targets: Sequence[Target], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-                     ) -> dict[str, TargetEvaluation]:
+def evaluate_targets(
+    targets: Sequence[Target], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, TargetEvaluation]:
     """Every target on every batch; ``targets[0]`` is the reference, and runs once per batch.
 
     In true float32 (TF32 off on GPUs): TF32 alone would exceed a float32 equivalence tolerance on Ampere and later.
@@ -51,6 +52,9 @@ def evaluate_targets(targets: Sequence[Target], batches: Iterable[tuple[torch.Te
                 correct[target.name] += _correct(logits, labels)
                 comparisons[target.name].update(expected, logits)
             num_images += len(labels)
-    return {target.name: TargetEvaluation(num_images, correct[target.name],
-                                          comparisons[target.name].report() if target.name in comparisons else None)
-            for target in targets}
+    return {
+        target.name: TargetEvaluation(
+            num_images, correct[target.name], comparisons[target.name].report() if target.name in comparisons else None
+        )
+        for target in targets
+    }

@@ -69,8 +69,14 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, tolerance: Tolerance = Tolerance(1e-4, 1e-4),
-                opset: int = 18, min_run_time: float = 0.5) -> ExportResult:
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    tolerance: Tolerance = Tolerance(1e-4, 1e-4),
+    opset: int = 18,
+    min_run_time: float = 0.5,
+) -> ExportResult:
     """ONNX with a dynamic batch axis; parity and latency checked in onnxruntime (CPU)."""
     import onnx
     import onnxruntime as ort
@@ -82,8 +88,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, toler
     try:
         with _quiet(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
-                model, (example,), str(tmp), input_names=["images"], output_names=["logits"], opset_version=opset,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
+                model,
+                (example,),
+                str(tmp),
+                input_names=["images"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                dynamo=True,
                 external_data=False,
             )
         onnx.checker.check_model(str(tmp))
@@ -94,7 +106,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, toler
             reference = model(example)
         parity = compare(reference, torch.from_numpy(np.asarray(onnx_out)), tolerance)
         timing = tbench.Timer("session.run(None, feed)", globals={"session": session, "feed": feed}).blocked_autorange(
-            min_run_time=min_run_time)
+            min_run_time=min_run_time
+        )
         if parity.passed:
             os.replace(tmp, path)
         return ExportResult("onnx", str(path), parity, timing.median * 1e3, len(example))
@@ -102,8 +115,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, toler
         tmp.unlink(missing_ok=True)
 
 
-def export_program(model: nn.Module, example: torch.Tensor, path: str | Path,
-                   tolerance: Tolerance = Tolerance(1e-5, 1e-5)) -> ExportResult:
+def export_program(
+    model: nn.Module, example: torch.Tensor, path: str | Path, tolerance: Tolerance = Tolerance(1e-5, 1e-5)
+) -> ExportResult:
     """A ``torch.export`` program (``.pt2``) with a dynamic batch axis, reloaded and checked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +125,9 @@ def export_program(model: nn.Module, example: torch.Tensor, path: str | Path,
     model, example = _cpu_float32(model, example)
     try:
         with _quiet(), torch.no_grad():
-            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+            program = torch.export.export(
+                model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)
+            )
             torch.export.save(program, str(tmp))
             reloaded = torch.export.load(str(tmp)).module()
             out, reference = reloaded(example), model(example)

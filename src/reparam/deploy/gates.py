@@ -81,17 +81,21 @@ class Equivalence(Gate):
         return self.limit
 
     def check(self, outcome: Outcome) -> Verdict:
-        rule = (f"max |logit diff| <= {self.limit.atol:g} + {self.limit.rtol:g} x max |logit| ({self.setting}.atol, "
-                f"{self.setting}.rtol) and the same correct count")
+        rule = (
+            f"max |logit diff| <= {self.limit.atol:g} + {self.limit.rtol:g} x max |logit| ({self.setting}.atol, "
+            f"{self.setting}.rtol) and the same correct count"
+        )
         limits = {"atol": self.limit.atol, "rtol": self.limit.rtol}
         comparison = outcome.comparison
         if comparison is not None and comparison.passed and outcome.correct == outcome.reference_correct:
             return Verdict(self.kind, True, rule, limits)
         diff = float("nan") if comparison is None else comparison.max_abs_diff
         mismatch = self.mismatch or f"{outcome.label} is NOT equivalent to the fused fp32 reference"
-        failure = (f"{mismatch}: correct {outcome.correct} vs "
-                   f"{outcome.reference_correct}, max |logit diff| {diff:.3e} (tolerance {self.limit.atol:g} + "
-                   f"{self.limit.rtol:g} x max|logit|); {self.advice}")
+        failure = (
+            f"{mismatch}: correct {outcome.correct} vs "
+            f"{outcome.reference_correct}, max |logit diff| {diff:.3e} (tolerance {self.limit.atol:g} + "
+            f"{self.limit.rtol:g} x max|logit|); {self.advice}"
+        )
         return Verdict(self.kind, False, rule, limits, failure)
 
 
@@ -112,7 +116,9 @@ class MaxDrop(Gate):
         if drop <= self.max_drop:
             return Verdict(self.kind, True, rule, limits)
         reference_acc = outcome.reference_correct / outcome.num_images
-        failure = (f"{outcome.precision.upper()} accuracy dropped {drop:.2f} points (fp32 {reference_acc:.2%} -> "
-                   f"{outcome.precision.upper()} {outcome.correct / outcome.num_images:.2%}, {outcome.label}), more "
-                   f"than {self.setting}={self.max_drop}; {self.advice}")
+        failure = (
+            f"{outcome.precision.upper()} accuracy dropped {drop:.2f} points (fp32 {reference_acc:.2%} -> "
+            f"{outcome.precision.upper()} {outcome.correct / outcome.num_images:.2%}, {outcome.label}), more "
+            f"than {self.setting}={self.max_drop}; {self.advice}"
+        )
         return Verdict(self.kind, False, rule, limits, failure)

@@ -114,14 +114,29 @@ def load_for_deploy(path: str | Path) -> Loaded:
     if source.is_dir():
         artifact = read_fused_artifact(source)
         config = artifact.config
-        loaded = Loaded(source, "fused", artifact.model, None, dict(config["model"]), dict(config.get("data", {})),
-                        dict(config.get("metrics", {})), dict(config.get("input", {})))
+        loaded = Loaded(
+            source,
+            "fused",
+            artifact.model,
+            None,
+            dict(config["model"]),
+            dict(config.get("data", {})),
+            dict(config.get("metrics", {})),
+            dict(config.get("input", {})),
+        )
     else:
         ckpt = read_checkpoint(source)
         train_form, spec = _load_train_form(ckpt, source)
-        loaded = Loaded(source, "checkpoint", fuse_model(spec, train_form), train_form, spec,
-                        dict(ckpt.get("datamodule_hyper_parameters") or {}),
-                        {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}, _run_input(source))
+        loaded = Loaded(
+            source,
+            "checkpoint",
+            fuse_model(spec, train_form),
+            train_form,
+            spec,
+            dict(ckpt.get("datamodule_hyper_parameters") or {}),
+            {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
+            _run_input(source),
+        )
     loaded.chosen_because = chosen_because
     return loaded
 

@@ -63,15 +63,21 @@ class Machine:
             self.max_round_spread_at = f"{worst.label} at batch {worst.batch_size}"
         reasons = []
         if self.others_before is not None and self.others_before >= BUSY_LIMIT:
-            measured = ("" if self.busy_before is None else
-                        f"{self.busy_before:.1f} CPUs busy with them when deploy started, ")
-            reasons.append(f"other processes were competing for the {self.usable_cores} cores ({measured}load average "
-                           f"{self.load_before:.2f}, about {self.others_before:.1f} cores' worth theirs)")
+            measured = (
+                "" if self.busy_before is None else f"{self.busy_before:.1f} CPUs busy with them when deploy started, "
+            )
+            reasons.append(
+                f"other processes were competing for the {self.usable_cores} cores ({measured}load average "
+                f"{self.load_before:.2f}, about {self.others_before:.1f} cores' worth theirs)"
+            )
         if self.max_round_spread is not None and self.max_round_spread > SPREAD_LIMIT:
-            reasons.append(f"throughput varied {self.max_round_spread:.1f}x between rounds ({self.max_round_spread_at})")
+            reasons.append(
+                f"throughput varied {self.max_round_spread:.1f}x between rounds ({self.max_round_spread_at})"
+            )
         if reasons:
-            fix = "Run on a quiet machine" + (", or with benchmark.threads=1" if self.threads > 1 else
-                                              " (this run already used 1 thread)")
+            fix = "Run on a quiet machine" + (
+                ", or with benchmark.threads=1" if self.threads > 1 else " (this run already used 1 thread)"
+            )
             self.warnings.append(f"timings are unreliable: {'; '.join(reasons)}. {fix}")
 
 
@@ -124,8 +130,14 @@ def own_recent_load() -> float:
     return min(1.0, (times.user + times.system) / 60.0)
 
 
-def choose_threads(requested: int | None, cores: int, total_cpus: int, load: float | None,
-                   own: float = 0.0, measure: str = "load average") -> tuple[int, float | None, str]:
+def choose_threads(
+    requested: int | None,
+    cores: int,
+    total_cpus: int,
+    load: float | None,
+    own: float = 0.0,
+    measure: str = "load average",
+) -> tuple[int, float | None, str]:
     """``(threads, other processes' load on our cores, why)`` for ``benchmark.threads=requested`` (None: choose).
 
     ``load``: CPUs' worth of work on the whole machine (``measure`` names it: the load average, or busy CPUs)."""
@@ -137,8 +149,14 @@ def choose_threads(requested: int | None, cores: int, total_cpus: int, load: flo
     threads = max(1, min(cores, round(cores - others)))
     if threads == cores:
         return cores, others, f"all {cores} usable cores: the machine was quiet ({measure} {load:.2f})"
-    return threads, others, (f"{threads} of {cores} usable cores: other processes were competing for them "
-                             f"({measure} {load:.2f}), and a thread waiting for a busy core stalls the others")
+    return (
+        threads,
+        others,
+        (
+            f"{threads} of {cores} usable cores: other processes were competing for them "
+            f"({measure} {load:.2f}), and a thread waiting for a busy core stalls the others"
+        ),
+    )
 
 
 @contextmanager
@@ -160,6 +178,9 @@ def cpu_threads(requested: int | None) -> Iterator[Machine]:
 
 def round_spread(results: Sequence[BenchmarkResult]) -> tuple[float, BenchmarkResult] | None:
     """The largest fastest/slowest ratio between rounds of one target at one batch size, and where it was."""
-    spreads = [(max(r.throughput_rounds) / min(r.throughput_rounds), r) for r in results
-               if len(r.throughput_rounds) >= 2 and min(r.throughput_rounds) > 0]
+    spreads = [
+        (max(r.throughput_rounds) / min(r.throughput_rounds), r)
+        for r in results
+        if len(r.throughput_rounds) >= 2 and min(r.throughput_rounds) > 0
+    ]
     return max(spreads, key=lambda pair: pair[0]) if spreads else None

@@ -67,7 +67,7 @@ def _calibration_reader(images: torch.Tensor, input_name: str, batch_size: int =
 
         def _batches(self) -> Iterator[dict[str, np.ndarray]]:
             for start in range(0, len(images), batch_size):
-                yield {input_name: images[start:start + batch_size].float().contiguous().numpy()}
+                yield {input_name: images[start : start + batch_size].float().contiguous().numpy()}
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.iterator, None)
@@ -78,8 +78,13 @@ def _calibration_reader(images: torch.Tensor, input_name: str, batch_size: int =
     return Reader()
 
 
-def quantize_int8(fp32_onnx: str | Path, path: str | Path, calibration: torch.Tensor, method: str = "minmax",
-                  reduce_range: bool | str = "auto") -> dict:
+def quantize_int8(
+    fp32_onnx: str | Path,
+    path: str | Path,
+    calibration: torch.Tensor,
+    method: str = "minmax",
+    reduce_range: bool | str = "auto",
+) -> dict:
     """Write a static INT8 (QDQ) model of ``fp32_onnx`` to ``path``, atomically; returns the settings used."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -99,11 +104,19 @@ def quantize_int8(fp32_onnx: str | Path, path: str | Path, calibration: torch.Te
         batch = min(32, len(calibration))
         calibration = calibration[: len(calibration) - len(calibration) % batch]
         quantize_static(
-            str(pre), str(tmp), _calibration_reader(calibration, input_name, batch), quant_format=QuantFormat.QDQ,
-            per_channel=True, reduce_range=bool(reduce_range), activation_type=QuantType.QUInt8,
+            str(pre),
+            str(tmp),
+            _calibration_reader(calibration, input_name, batch),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=bool(reduce_range),
+            activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}[method],
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[method],
         )
         os.replace(tmp, path)
     finally:
@@ -111,5 +124,10 @@ def quantize_int8(fp32_onnx: str | Path, path: str | Path, calibration: torch.Te
         tmp.unlink(missing_ok=True)
         for leftover in path.parent.glob("augmented_model*.onnx"):  # calibration's scratch model
             leftover.unlink(missing_ok=True)
-    return {"method": method, "calibration_images": len(calibration), "per_channel": True,
-            "reduce_range": bool(reduce_range), "format": "QDQ, uint8 activations, int8 weights"}
+    return {
+        "method": method,
+        "calibration_images": len(calibration),
+        "per_channel": True,
+        "reduce_range": bool(reduce_range),
+        "format": "QDQ, uint8 activations, int8 weights",
+    }

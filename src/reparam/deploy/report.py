@@ -56,22 +56,37 @@ class TargetReport:
     speedup_vs_reference: dict[int, Ratio] = field(default_factory=dict)  # over the interleaved rounds
 
     @classmethod
-    def of(cls, target: Target, evaluation: TargetEvaluation, reference: TargetEvaluation,
-           benchmark: Sequence[BenchmarkResult]) -> TargetReport:
+    def of(
+        cls,
+        target: Target,
+        evaluation: TargetEvaluation,
+        reference: TargetEvaluation,
+        benchmark: Sequence[BenchmarkResult],
+    ) -> TargetReport:
         comparison = evaluation.comparison
-        outcome = Outcome(target.label, target.precision, evaluation.correct, reference.correct,
-                          evaluation.num_images, comparison)
+        outcome = Outcome(
+            target.label, target.precision, evaluation.correct, reference.correct, evaluation.num_images, comparison
+        )
         rows = [r for r in benchmark if r.form == target.name]
         return cls(
-            name=target.name, label=target.label, runtime=target.runtime, precision=target.precision,
-            device=str(target.device), num_images=evaluation.num_images, correct=evaluation.correct,
-            accuracy=evaluation.accuracy, accuracy_drop=outcome.accuracy_drop,
+            name=target.name,
+            label=target.label,
+            runtime=target.runtime,
+            precision=target.precision,
+            device=str(target.device),
+            num_images=evaluation.num_images,
+            correct=evaluation.correct,
+            accuracy=evaluation.accuracy,
+            accuracy_drop=outcome.accuracy_drop,
             disagreements=None if comparison is None else comparison.disagreements,
             max_abs_logit_diff=None if comparison is None else comparison.max_abs_diff,
             comparison=comparison if isinstance(target.gate, Equivalence) else None,
-            gate=target.gate.check(outcome), params=rows[0].params if rows else None,
-            flops_per_image=rows[0].flops_per_image if rows else None, artifact=target.artifact,
-            details=dict(target.details), throughput={r.batch_size: r.throughput_ips for r in rows},
+            gate=target.gate.check(outcome),
+            params=rows[0].params if rows else None,
+            flops_per_image=rows[0].flops_per_image if rows else None,
+            artifact=target.artifact,
+            details=dict(target.details),
+            throughput={r.batch_size: r.throughput_ips for r in rows},
             speedup_vs_reference=ratios(benchmark, target.name, REFERENCE) if target.name != REFERENCE else {},
         )
 
@@ -121,9 +136,11 @@ class DeployReport:
         """Why this deploy must fail, most fundamental first: equivalence, export parity, accuracy drops."""
         failed = [t.gate for t in self.targets if not t.gate.passed]
         exports = [fmt for fmt, r in self.exports.items() if not r.ok]
-        return ([v.failure for v in failed if v.kind == Equivalence.kind]
-                + ([f"export parity failed for {', '.join(exports)}"] if exports else [])
-                + [v.failure for v in failed if v.kind == MaxDrop.kind])
+        return (
+            [v.failure for v in failed if v.kind == Equivalence.kind]
+            + ([f"export parity failed for {', '.join(exports)}"] if exports else [])
+            + [v.failure for v in failed if v.kind == MaxDrop.kind]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,15 +182,23 @@ class DeployReport:
             "comparison": comparison.to_dict() if comparison else None,
             "speedup": {str(bs): r.median for bs, r in ratios(self.benchmark, REFERENCE, "train_form").items()},
             "speedup_spread": _by_batch(ratios(self.benchmark, REFERENCE, "train_form")),
-            "speedup_vs_plain_vgg": {str(bs): r.median for bs, r in ratios(self.benchmark, REFERENCE, "plain_vgg").items()},
+            "speedup_vs_plain_vgg": {
+                str(bs): r.median for bs, r in ratios(self.benchmark, REFERENCE, "plain_vgg").items()
+            },
         }
         int8, reference = self.target("onnxruntime_int8"), self.targets[0]
         if int8 is not None:
             out["int8"] = {
-                "accuracy": int8.accuracy, "fp32_accuracy": reference.accuracy, "accuracy_drop": int8.accuracy_drop,
-                "correct": int8.correct, "disagreements_vs_fp32": int8.disagreements,
-                "max_abs_logit_diff_vs_fp32": int8.max_abs_logit_diff, "max_drop": int8.gate.limits["max_drop"],
-                "model_path": int8.artifact, **int8.details, "throughput": _by_batch(int8.throughput),
+                "accuracy": int8.accuracy,
+                "fp32_accuracy": reference.accuracy,
+                "accuracy_drop": int8.accuracy_drop,
+                "correct": int8.correct,
+                "disagreements_vs_fp32": int8.disagreements,
+                "max_abs_logit_diff_vs_fp32": int8.max_abs_logit_diff,
+                "max_drop": int8.gate.limits["max_drop"],
+                "model_path": int8.artifact,
+                **int8.details,
+                "throughput": _by_batch(int8.throughput),
                 "speedup_vs_fp32": _by_batch(int8.speedup_vs_reference),
                 "speedup_vs_onnxruntime_fp32": _by_batch(ratios(self.benchmark, int8.name, "onnxruntime_fp32")),
             }

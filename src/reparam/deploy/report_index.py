@@ -75,8 +75,9 @@ def record_report(report_path: str | Path, checkpoint: str | Path, weights: str,
     """Add a deploy run's report to the index of its weights' run directory; None when it cannot be written
     (a read-only run directory must not fail the deploy that already wrote its report)."""
     index = run_dir_of(checkpoint) / INDEX_FILE
-    entry = IndexEntry(str(Path(report_path).resolve()), str(Path(checkpoint).resolve()), weights, str(device),
-                       time.time())
+    entry = IndexEntry(
+        str(Path(report_path).resolve()), str(Path(checkpoint).resolve()), weights, str(device), time.time()
+    )
     entries = [e for e in _read(index) if e.report != entry.report] + [entry]
     try:
         atomic_write_text(index, "".join(json.dumps(asdict(e)) + "\n" for e in entries))
@@ -89,7 +90,11 @@ def find_reports(checkpoint: str | Path, weights: str, device_type: str) -> list
     """The recorded reports made from these weights (same file, or same fused weights) on this kind of device whose
     report.json still exists, newest first."""
     source = str(Path(checkpoint).resolve())
-    entries = [e for e in _read(run_dir_of(checkpoint) / INDEX_FILE)
-               if (e.checkpoint == source or e.weights_sha256 == weights) and e.device_type == device_type
-               and Path(e.report).is_file()]
+    entries = [
+        e
+        for e in _read(run_dir_of(checkpoint) / INDEX_FILE)
+        if (e.checkpoint == source or e.weights_sha256 == weights)
+        and e.device_type == device_type
+        and Path(e.report).is_file()
+    ]
     return sorted(entries, key=lambda e: e.created, reverse=True)

@@ -36,8 +36,16 @@ def deploy(cfg: DictConfig) -> DeployReport:
     out_dir = Path(cfg.paths.output_dir)
     with cpu_threads(cfg.benchmark.threads) as machine:
         exports = _export(loaded.fused, dm, cfg.export, out_dir, onnx=cfg.export.onnx or _needs_onnx(selection))
-        context = TargetContext(loaded, device, bool(cfg.benchmark.channels_last), machine.threads, out_dir,
-                                exports.get("onnx"), dm.calibration_images, cfg.benchmark.get("compile_mode"))
+        context = TargetContext(
+            loaded,
+            device,
+            bool(cfg.benchmark.channels_last),
+            machine.threads,
+            out_dir,
+            exports.get("onnx"),
+            dm.calibration_images,
+            cfg.benchmark.get("compile_mode"),
+        )
         targets = build_targets(selection, context, OmegaConf.to_container(cfg.target_settings, resolve=True))
         evaluations = evaluate_targets(targets, dm.test_dataloader())
         benchmark = _benchmark(targets, cfg.benchmark, dm) if cfg.benchmark.enabled else []
@@ -70,8 +78,9 @@ def _needs_onnx(selection: Selection) -> bool:
     return any(TARGETS[name].needs_onnx for name in selection.names)
 
 
-def _export(fused: torch.nn.Module, dm: ImageDataModule, export: DictConfig, out_dir: Path,
-            onnx: bool) -> dict[str, ExportResult]:
+def _export(
+    fused: torch.nn.Module, dm: ImageDataModule, export: DictConfig, out_dir: Path, onnx: bool
+) -> dict[str, ExportResult]:
     """The exported files, each checked against the fused model on real test images."""
     example = next(iter(dm.test_dataloader()))[0][: export.check_batch_size]
     exports = {}
@@ -84,23 +93,41 @@ def _export(fused: torch.nn.Module, dm: ImageDataModule, export: DictConfig, out
 
 def _benchmark(targets: list[Target], bench: DictConfig, dm: ImageDataModule) -> list[BenchmarkResult]:
     with reraise_as_user_error("benchmark", ValueError):
-        return benchmark_targets(targets, list(bench.batch_sizes), dm.deploy_info()["size"],
-                                 float(bench.min_run_time), int(bench.rounds))
+        return benchmark_targets(
+            targets, list(bench.batch_sizes), dm.deploy_info()["size"], float(bench.min_run_time), int(bench.rounds)
+        )
 
 
-def _report(loaded: Loaded, dm: ImageDataModule, device: torch.device, cfg: DictConfig, targets: list[Target],
-            evaluations: dict[str, TargetEvaluation], selection: Selection, benchmark: list[BenchmarkResult],
-            exports: dict[str, ExportResult], machine: Machine) -> DeployReport:
+def _report(
+    loaded: Loaded,
+    dm: ImageDataModule,
+    device: torch.device,
+    cfg: DictConfig,
+    targets: list[Target],
+    evaluations: dict[str, TargetEvaluation],
+    selection: Selection,
+    benchmark: list[BenchmarkResult],
+    exports: dict[str, ExportResult],
+    machine: Machine,
+) -> DeployReport:
     reference = evaluations[targets[0].name]
     out_dir = Path(cfg.paths.output_dir)
     return DeployReport(
-        checkpoint=str(loaded.source), source_kind=loaded.kind, weights_chosen_because=loaded.chosen_because,
-        dataset=dm.hparams.dataset, num_test_images=reference.num_images,
-        recorded_test_acc=loaded.recorded.get("test_acc"), model=loaded.spec, device=str(device),
+        checkpoint=str(loaded.source),
+        source_kind=loaded.kind,
+        weights_chosen_because=loaded.chosen_because,
+        dataset=dm.hparams.dataset,
+        num_test_images=reference.num_images,
+        recorded_test_acc=loaded.recorded.get("test_acc"),
+        model=loaded.spec,
+        device=str(device),
         comparison_precision=COMPARISON_PRECISION,
         tolerance=Tolerance(float(cfg.tolerance.atol), float(cfg.tolerance.rtol)),
         targets=[TargetReport.of(t, evaluations[t.name], reference, benchmark) for t in targets],
-        skipped_targets=selection.skipped, benchmark=benchmark, exports=exports, machine=machine,
+        skipped_targets=selection.skipped,
+        benchmark=benchmark,
+        exports=exports,
+        machine=machine,
         report_path=str(out_dir / "report.json"),
         data_warnings=[w for w in (accuracy_warning(reference.accuracy, loaded.recorded.get("test_acc")),) if w],
     )
@@ -116,7 +143,9 @@ def _fail_on_checks(report: DeployReport) -> None:
 
 def _publish(report: DeployReport, cfg: DictConfig) -> None:
     """report.json, plot.png and the loggers, all from the same report."""
-    title = f"{report.device}, channels_last={bool(cfg.benchmark.channels_last)}, {report.machine.threads} CPU thread(s)"
+    title = (
+        f"{report.device}, channels_last={bool(cfg.benchmark.channels_last)}, {report.machine.threads} CPU thread(s)"
+    )
     plot = plot_benchmark(report.benchmark, Path(report.report_path).with_name("plot.png"), title)
     report.plot_path = None if plot is None else str(plot)
     write_report(report)
@@ -144,11 +173,29 @@ def _log_report(report: DeployReport, cfg: DictConfig) -> None:
     if not loggers:
         return
     data = report.to_dict()
-    numbers = {k: v for key in ("accuracy", "correct", "disagreements", "max_abs_logit_diff", "speedup",
-                                "speedup_vs_plain_vgg", "targets", "benchmark", "exports")
-               for k, v in _numbers(f"deploy/{key}", data.get(key)).items()}
+    numbers = {
+        k: v
+        for key in (
+            "accuracy",
+            "correct",
+            "disagreements",
+            "max_abs_logit_diff",
+            "speedup",
+            "speedup_vs_plain_vgg",
+            "targets",
+            "benchmark",
+            "exports",
+        )
+        for k, v in _numbers(f"deploy/{key}", data.get(key)).items()
+    }
     for logger in loggers:
-        logger.log_hyperparams({"checkpoint": data["checkpoint"], "dataset": data["dataset"], "model": data["model"],
-                                "tolerance": data["tolerance"]})
+        logger.log_hyperparams(
+            {
+                "checkpoint": data["checkpoint"],
+                "dataset": data["dataset"],
+                "model": data["model"],
+                "tolerance": data["tolerance"],
+            }
+        )
         logger.log_metrics(numbers, step=0)
         logger.finalize("success")

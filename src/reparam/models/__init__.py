@@ -15,8 +15,21 @@ from .custom import build_custom
 from .repvgg import VARIANTS, RepVGG, RepVGGSpec, build_repvgg, stride_plan
 from .timm_models import build_timm, load_pretrained
 
-__all__ = ["MODELS", "VARIANTS", "ModelFamily", "RepVGG", "RepVGGSpec", "build_model", "complete_spec", "fuse_model",
-           "fuse_model_with_report", "input_size", "is_custom", "load_pretrained", "stride_plan"]
+__all__ = [
+    "MODELS",
+    "VARIANTS",
+    "ModelFamily",
+    "RepVGG",
+    "RepVGGSpec",
+    "build_model",
+    "complete_spec",
+    "fuse_model",
+    "fuse_model_with_report",
+    "input_size",
+    "is_custom",
+    "load_pretrained",
+    "stride_plan",
+]
 
 DEFAULT_INPUT_SIZE = (3, 32, 32)
 
@@ -84,8 +97,11 @@ def build_model(spec: Mapping | RepVGGSpec, deploy: bool = False) -> nn.Module:
     return MODELS[arch_of(spec)].build(spec, deploy)
 
 
-def fuse_model(spec: Mapping | RepVGGSpec, model: nn.Module, example_inputs: torch.Tensor | Sequence | None = None,
-               ) -> nn.Module:
+def fuse_model(
+    spec: Mapping | RepVGGSpec,
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence | None = None,
+) -> nn.Module:
     """The fused copy of ``model`` (eval mode): its blocks' own fusion, or ``auto_fuse`` for a custom network.
 
     ``auto_fuse`` traces with ``example_inputs`` (default: zeros of the spec's input size); the callers verify.
@@ -93,14 +109,16 @@ def fuse_model(spec: Mapping | RepVGGSpec, model: nn.Module, example_inputs: tor
     return fuse_model_with_report(spec, model, example_inputs)[0]
 
 
-def fuse_model_with_report(spec: Mapping | RepVGGSpec, model: nn.Module,
-                           example_inputs: torch.Tensor | Sequence | None = None) -> tuple[nn.Module, FuseReport | None]:
+def fuse_model_with_report(
+    spec: Mapping | RepVGGSpec, model: nn.Module, example_inputs: torch.Tensor | Sequence | None = None
+) -> tuple[nn.Module, FuseReport | None]:
     """:func:`fuse_model`, plus ``auto_fuse``'s account of what it merged and left alone (None for block models,
     whose blocks all fuse)."""
     if not is_custom(spec):
         return reparameterize_model(model), None
     if example_inputs is None:
         param = next(model.parameters(), None)
-        example_inputs = place(torch.zeros(1, *input_size(spec)), device_of(model),
-                               dtype=param.dtype if param is not None else None)
+        example_inputs = place(
+            torch.zeros(1, *input_size(spec)), device_of(model), dtype=param.dtype if param is not None else None
+        )
     return auto_fuse(model, example_inputs, verify=False)

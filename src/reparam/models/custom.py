@@ -27,9 +27,11 @@ def build_custom(spec: Mapping) -> nn.Module:
     try:
         model = instantiate(dict(net), _convert_="all")
     except InstantiationException as err:
-        raise ValueError(f"cannot build model.net._target_={net['_target_']}: {_root_cause(err)}; the class must be "
-                         "importable where train.py runs (pip install -e your package) and accept the given "
-                         "arguments (REPARAM_DEBUG=1 shows the traceback)") from err
+        raise ValueError(
+            f"cannot build model.net._target_={net['_target_']}: {_root_cause(err)}; the class must be "
+            "importable where train.py runs (pip install -e your package) and accept the given "
+            "arguments (REPARAM_DEBUG=1 shows the traceback)"
+        ) from err
     if not isinstance(model, nn.Module):
         raise ValueError(f"model.net._target_={net['_target_']} built a {type(model).__name__}, not an nn.Module")
     return model

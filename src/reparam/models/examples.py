@@ -36,8 +36,13 @@ class _Stage(nn.Module):
 class AsymmetricNet(nn.Module):
     """A small ACNet-style classifier for 32x32 images: stages of ``_Stage`` blocks, then pool and a linear head."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64),
-                 depths: tuple[int, ...] = (1, 2, 2)) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        widths: tuple[int, ...] = (16, 32, 64),
+        depths: tuple[int, ...] = (1, 2, 2),
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels

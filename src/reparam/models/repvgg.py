@@ -87,7 +87,9 @@ class RepVGGSpec:
     def resolved(self) -> tuple[list[int], list[int]]:
         """(widths, depths) for stages 0..4 after applying the variant and the overrides."""
         if self.arch != "repvgg":
-            raise ValueError(f"unknown arch '{self.arch}'; this family builds 'repvgg' (model=custom for any nn.Module)")
+            raise ValueError(
+                f"unknown arch '{self.arch}'; this family builds 'repvgg' (model=custom for any nn.Module)"
+            )
         if self.block not in BLOCKS:
             raise ValueError(f"unknown block kind '{self.block}'; choose one of {sorted(BLOCKS)} (model.block=...)")
         if self.variant is None:
@@ -125,8 +127,9 @@ class RepVGG(nn.Module):
         for width, depth, stride in zip(widths, depths, spec.resolved_strides()):
             blocks = []
             for i in range(depth):
-                block = make_block(spec.block, in_ch, width, 3, stride=stride if i == 0 else 1, deploy=deploy,
-                                   **spec.block_options)
+                block = make_block(
+                    spec.block, in_ch, width, 3, stride=stride if i == 0 else 1, deploy=deploy, **spec.block_options
+                )
                 blocks.append(block.fused_form() if deploy else block)
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
@@ -149,8 +152,10 @@ class RepVGG(nn.Module):
                 "with deploy=False, load, then call reparam.reparameterize_model()"
             )
         if holds == "fused" and not self.is_fused:
-            raise FormMismatchError("the state_dict holds fused weights but the model is in train form; build the "
-                                    "model with deploy=True to load fused weights")
+            raise FormMismatchError(
+                "the state_dict holds fused weights but the model is in train form; build the "
+                "model with deploy=True to load fused weights"
+            )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 

@@ -51,8 +51,10 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict from ``.safetensors``, or from a torch file without unpickling anything but tensors."""
     path = Path(str(path)).expanduser()
     if not path.is_file():
-        raise UserError(f"model.pretrained={path} is not a file; pass a .safetensors or .pth/.pt weights file, "
-                        "true (download from timm's hub) or false")
+        raise UserError(
+            f"model.pretrained={path} is not a file; pass a .safetensors or .pth/.pt weights file, "
+            "true (download from timm's hub) or false"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -60,8 +62,10 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure is the same user error
-        raise UserError(f"model.pretrained={path} is not a readable weights file ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200]}); only tensors are loaded (weights_only=True)") from err
+        raise UserError(
+            f"model.pretrained={path} is not a readable weights file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}); only tensors are loaded (weights_only=True)"
+        ) from err
     for key in ("state_dict", "model", "state_dict_ema"):  # common checkpoint wrappers
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -81,23 +85,27 @@ def load_pretrained(model: nn.Module, spec: Mapping) -> str | None:
         try:
             source = timm.create_model(spec["name"], pretrained=True)
         except Exception as err:  # noqa: BLE001 - offline, proxy, missing hub entry: one line
-            raise UserError(f"could not fetch pretrained weights for {spec['name']} from timm's hub "
-                            f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); pass "
-                            "model.pretrained=<local .safetensors or .pth file> instead") from err
+            raise UserError(
+                f"could not fetch pretrained weights for {spec['name']} from timm's hub "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); pass "
+                "model.pretrained=<local .safetensors or .pth file> instead"
+            ) from err
         state, where = source.state_dict(), f"timm's hub ({spec['name']})"
     else:
         state, where = read_weights_file(pretrained), str(pretrained)
     head = str(model.pretrained_cfg.get("classifier", "")) if hasattr(model, "pretrained_cfg") else ""
     own = model.state_dict()
-    is_head = (lambda key: bool(head) and key.startswith(head + "."))  # noqa: E731
+    is_head = lambda key: bool(head) and key.startswith(head + ".")  # noqa: E731
     body = {k: v for k, v in state.items() if not is_head(k)}
     missing = sorted(k for k in own if k not in body and not is_head(k))
     unexpected = sorted(k for k in body if k not in own)
     mismatched = sorted(k for k in body if k in own and body[k].shape != own[k].shape)
     if missing or unexpected or mismatched:
         first = (missing or unexpected or mismatched)[0]
-        raise UserError(f"model.pretrained={where} does not fit timm's {spec['name']}: {len(missing)} missing, "
-                        f"{len(unexpected)} unexpected, {len(mismatched)} mismatched tensor(s) (first: {first}); "
-                        "is it the weights of this model?")
+        raise UserError(
+            f"model.pretrained={where} does not fit timm's {spec['name']}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(mismatched)} mismatched tensor(s) (first: {first}); "
+            "is it the weights of this model?"
+        )
     model.load_state_dict(body, strict=False)
     return where

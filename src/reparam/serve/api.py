@@ -49,8 +49,9 @@ class ClassifierAPI(ls.LitAPI):
         torch.set_num_threads(self.worker.threads)
         loaded = load_for_deploy(self.worker.checkpoint)
         preprocessing = Preprocessing.from_record(self.worker.preprocessing)
-        self.classifier = Classifier(build_target(self.worker.target, loaded, device, self.worker.threads),
-                                     preprocessing, self.worker.top_k)
+        self.classifier = Classifier(
+            build_target(self.worker.target, loaded, device, self.worker.threads), preprocessing, self.worker.top_k
+        )
         # the first call of a runtime is slow (allocations, compilation): pay it before /health says ready
         size = (preprocessing.channels, *preprocessing.size)
         self.classifier.probabilities(torch.zeros(max(1, self.max_batch_size), *size, dtype=torch.uint8))
@@ -69,7 +70,7 @@ class ClassifierAPI(ls.LitAPI):
         predictions = self.classifier(batch.images)
         per_request, start = [], 0
         for count in batch.counts:
-            per_request.append(predictions[start:start + count])
+            per_request.append(predictions[start : start + count])
             start += count
         return per_request if isinstance(x, _Batch) else per_request[0]
 
@@ -77,5 +78,8 @@ class ClassifierAPI(ls.LitAPI):
         return output
 
     def encode_response(self, output: list[Prediction]) -> dict:
-        return {"predictions": [p.to_dict() for p in output], "target": self.worker.target.name,
-                "weights_sha256": self.worker.weights_sha256}
+        return {
+            "predictions": [p.to_dict() for p in output],
+            "target": self.worker.target.name,
+            "weights_sha256": self.worker.weights_sha256,
+        }

@@ -49,13 +49,17 @@ def _load_report(path: Path) -> dict:
     try:
         report = json.loads(path.read_text())
     except OSError as err:
-        raise UserError(f"serve.report={path} cannot be read ({err.strerror}); pass the report.json a deploy run "
-                        "wrote (logs/deploy/runs/<time>/report.json)") from err
+        raise UserError(
+            f"serve.report={path} cannot be read ({err.strerror}); pass the report.json a deploy run "
+            "wrote (logs/deploy/runs/<time>/report.json)"
+        ) from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"serve.report={path} is not JSON ({err}); pass a deploy report.json") from err
     if not isinstance(report, dict) or not isinstance(report.get("targets"), dict):
-        raise UserError(f"serve.report={path} is not a deploy report with targets (schema_version 2); run deploy.py "
-                        "again with this version")
+        raise UserError(
+            f"serve.report={path} is not a deploy report with targets (schema_version 2); run deploy.py "
+            "again with this version"
+        )
     return report
 
 
@@ -65,12 +69,16 @@ def _named_report(path: Path, checkpoint: Path, weights: str, device_type: str) 
     recorded = {e.report for e in find_reports(checkpoint, weights, device_type)}
     same_file = Path(str(report.get("checkpoint", ""))).resolve() == checkpoint.resolve()
     if not same_file and str(path.resolve()) not in recorded:
-        raise UserError(f"serve.report={path} was made from {report.get('checkpoint')}, not from {checkpoint}; pass "
-                        "that checkpoint, or a report of a deploy run on this one")
+        raise UserError(
+            f"serve.report={path} was made from {report.get('checkpoint')}, not from {checkpoint}; pass "
+            "that checkpoint, or a report of a deploy run on this one"
+        )
     report_device = str(report.get("device", "")).split(":")[0]
     if report_device != device_type:
-        raise UserError(f"serve.report={path} measured targets on {report_device}, but this server runs on "
-                        f"{device_type}; pass device={report_device} or a report made on {device_type}")
+        raise UserError(
+            f"serve.report={path} measured targets on {report_device}, but this server runs on "
+            f"{device_type}; pass device={report_device} or a report made on {device_type}"
+        )
     return report
 
 
@@ -97,10 +105,16 @@ def _served(report: dict, report_path: str, name: str, because: str) -> ServedTa
     entry = report["targets"][name]
     details = entry.get("details") or {}
     return ServedTarget(
-        name=name, label=str(entry.get("label", name)), chosen_because=because, report=report_path,
-        accuracy=entry.get("accuracy"), correct=entry.get("correct"), num_images=entry.get("num_images"),
+        name=name,
+        label=str(entry.get("label", name)),
+        chosen_because=because,
+        report=report_path,
+        accuracy=entry.get("accuracy"),
+        correct=entry.get("correct"),
+        num_images=entry.get("num_images"),
         throughput={str(k): float(v) for k, v in (entry.get("throughput") or {}).items()},
-        artifact=_artifact(report, name), channels_last=bool(details.get("channels_last", False)),
+        artifact=_artifact(report, name),
+        channels_last=bool(details.get("channels_last", False)),
         compile_mode=details.get("compile_mode"),
     )
 
@@ -109,16 +123,27 @@ def _passed(entry: dict) -> bool:
     return bool((entry.get("gate") or {}).get("passed"))
 
 
-def choose_target(checkpoint: str | Path, weights: str, device_type: str, *, target: str | None = None,
-                  report: str | Path | None = None, max_batch_size: int = 1,
-                  recorded_accuracy: float | None = None) -> ServedTarget:
+def choose_target(
+    checkpoint: str | Path,
+    weights: str,
+    device_type: str,
+    *,
+    target: str | None = None,
+    report: str | Path | None = None,
+    max_batch_size: int = 1,
+    recorded_accuracy: float | None = None,
+) -> ServedTarget:
     """The target to serve for these weights (``weights``: :func:`~reparam.deploy.report_index.weights_sha256`)."""
     checkpoint = Path(checkpoint)
     if target is not None and target not in TARGETS:
-        raise UserError(f"unknown target '{target}'; choose from {', '.join(t for t in TARGETS if t not in NOT_SERVED)}")
+        raise UserError(
+            f"unknown target '{target}'; choose from {', '.join(t for t in TARGETS if t not in NOT_SERVED)}"
+        )
     if target in NOT_SERVED:
-        raise UserError(f"serve.target={target} is the multi-branch network fusion replaces; serve a fused target "
-                        f"(e.g. serve.target={REFERENCE})")
+        raise UserError(
+            f"serve.target={target} is the multi-branch network fusion replaces; serve a fused target "
+            f"(e.g. serve.target={REFERENCE})"
+        )
     if report is not None:
         report_path = Path(report).expanduser()
         data = _named_report(report_path, checkpoint, weights, device_type)
@@ -132,34 +157,49 @@ def choose_target(checkpoint: str | Path, weights: str, device_type: str, *, tar
     targets = data["targets"]
     if target is not None:
         if target not in targets:
-            raise UserError(f"serve.target={target} was not checked in {report_path}; run python deploy.py "
-                            f"ckpt={checkpoint} targets=[auto,{target}] first")
+            raise UserError(
+                f"serve.target={target} was not checked in {report_path}; run python deploy.py "
+                f"ckpt={checkpoint} targets=[auto,{target}] first"
+            )
         if not _passed(targets[target]):
             failure = (targets[target].get("gate") or {}).get("failure")
             raise UserError(f"serve.target={target} failed its check in {report_path}: {failure}")
         return _served(data, str(report_path), target, f"serve.target, checked in {where}")
     candidates = {n: e for n, e in targets.items() if n in TARGETS and n not in NOT_SERVED and _passed(e)}
-    timed = {n: e["throughput"][bs] for n, e in candidates.items()
-             if (bs := _batch_size(e.get("throughput") or {}, max_batch_size)) is not None}
+    timed = {
+        n: e["throughput"][bs]
+        for n, e in candidates.items()
+        if (bs := _batch_size(e.get("throughput") or {}, max_batch_size)) is not None
+    }
     if not timed:
         return _served(data, str(report_path), REFERENCE, f"{where} has no benchmark: the fused fp32 reference")
     best = max(timed, key=timed.get)
     bs = _batch_size(candidates[best]["throughput"], max_batch_size)
-    return _served(data, str(report_path), best,
-                   f"fastest of the {len(candidates)} targets that passed their check, at batch {bs} "
-                   f"({timed[best]:.0f} images/s), in {where}")
+    return _served(
+        data,
+        str(report_path),
+        best,
+        f"fastest of the {len(candidates)} targets that passed their check, at batch {bs} "
+        f"({timed[best]:.0f} images/s), in {where}",
+    )
 
 
-def _without_report(checkpoint: Path, device_type: str, target: str | None,
-                    recorded_accuracy: float | None) -> ServedTarget:
+def _without_report(
+    checkpoint: Path, device_type: str, target: str | None, recorded_accuracy: float | None
+) -> ServedTarget:
     index = run_dir_of(checkpoint) / INDEX_FILE
     if target not in (None, REFERENCE):
-        raise UserError(f"serve.target={target} needs a deploy report that checked it, and none for these weights on "
-                        f"{device_type} is recorded in {index}; run python deploy.py ckpt={checkpoint} "
-                        f"targets=[auto,{target}] first, or pass serve.report=<report.json>")
+        raise UserError(
+            f"serve.target={target} needs a deploy report that checked it, and none for these weights on "
+            f"{device_type} is recorded in {index}; run python deploy.py ckpt={checkpoint} "
+            f"targets=[auto,{target}] first, or pass serve.report=<report.json>"
+        )
     return ServedTarget(
-        name=REFERENCE, label=f"fused torch fp32 {device_type}",
-        chosen_because=(f"no deploy report of these weights on {device_type} (none recorded in {index}): the fused "
-                        f"fp32 model; python deploy.py ckpt={checkpoint} measures faster targets"),
+        name=REFERENCE,
+        label=f"fused torch fp32 {device_type}",
+        chosen_because=(
+            f"no deploy report of these weights on {device_type} (none recorded in {index}): the fused "
+            f"fp32 model; python deploy.py ckpt={checkpoint} measures faster targets"
+        ),
         accuracy=recorded_accuracy,
     )

@@ -28,12 +28,24 @@ import torch
 
 from ..preprocess import Preprocessing, decode_image_bytes
 
-__all__ = ["InputLimits", "BadInput", "InputGate", "images_of", "declared_size", "model_sized_image", "model_input",
-           "pack", "unpack", "API_KEY_HEADER"]
+__all__ = [
+    "InputLimits",
+    "BadInput",
+    "InputGate",
+    "images_of",
+    "declared_size",
+    "model_sized_image",
+    "model_input",
+    "pack",
+    "unpack",
+    "API_KEY_HEADER",
+]
 
 API_KEY_HEADER = "x-api-key"
-IMAGE_TYPES_HINT = ("send an image body (Content-Type image/png, image/jpeg, ...), a multipart form with image files, "
-                    "or JSON {\"image\": \"<base64>\"} / {\"images\": [...]}")
+IMAGE_TYPES_HINT = (
+    "send an image body (Content-Type image/png, image/jpeg, ...), a multipart form with image files, "
+    'or JSON {"image": "<base64>"} / {"images": [...]}'
+)
 THREAD_DECODE_BYTES = 256 * 1024  # larger images are decoded off the event loop
 
 
@@ -70,13 +82,13 @@ def _json_images(body: bytes, max_images: int) -> list[bytes]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInput(400, f"malformed JSON ({err}); {IMAGE_TYPES_HINT}") from None
     if not isinstance(data, dict) or ("image" not in data and "images" not in data):
-        raise BadInput(400, "JSON body must be an object with \"image\": <base64> or \"images\": [<base64>, ...]")
+        raise BadInput(400, 'JSON body must be an object with "image": <base64> or "images": [<base64>, ...]')
     if "images" in data:
         if not isinstance(data["images"], list):
-            raise BadInput(400, "\"images\" must be a list of base64 strings")
+            raise BadInput(400, '"images" must be a list of base64 strings')
         _check_count(len(data["images"]), max_images)
         return [_b64(v, f"images[{i}]") for i, v in enumerate(data["images"])]
-    return [_b64(data["image"], "\"image\"")]
+    return [_b64(data["image"], '"image"')]
 
 
 def _check_count(count: int, max_images: int) -> None:
@@ -116,18 +128,24 @@ def declared_size(data: bytes) -> tuple[int, int]:
         except Image.DecompressionBombError as err:
             raise BadInput(413, f"image declares too many pixels ({err})") from None
         except Exception as err:  # noqa: BLE001 - a crafted header may raise anything; it is the client's input
-            raise BadInput(400, f"unreadable image header ({' '.join(str(err).split()) or type(err).__name__})") from None
+            raise BadInput(
+                400, f"unreadable image header ({' '.join(str(err).split()) or type(err).__name__})"
+            ) from None
 
 
-def model_sized_image(data: bytes, preprocessing: Preprocessing, max_pixels: int,
-                      geometry: Callable | None = None) -> torch.Tensor:
+def model_sized_image(
+    data: bytes, preprocessing: Preprocessing, max_pixels: int, geometry: Callable | None = None
+) -> torch.Tensor:
     """Encoded bytes -> uint8 ``(C, H, W)`` at the model's input size: the declared size checked first, then decoded
     and resized/cropped by the recorded rule (``geometry``: ``preprocessing.geometry()``, built once by callers in a
     loop). ``preprocessing.normalize()`` finishes the rule (on a batch)."""
     width, height = declared_size(data)
     if width * height > max_pixels:
-        raise BadInput(413, f"image is {width}x{height} = {width * height:,} pixels, more than "
-                            f"serve.max_pixels={max_pixels:,}; send a smaller image")
+        raise BadInput(
+            413,
+            f"image is {width}x{height} = {width * height:,} pixels, more than "
+            f"serve.max_pixels={max_pixels:,}; send a smaller image",
+        )
     try:
         image = decode_image_bytes(data)
     except ValueError as err:
@@ -169,8 +187,13 @@ Send = Callable[[dict], Awaitable[None]]
 
 async def send_error(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -184,8 +207,16 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class InputGate:
     """ASGI middleware: the API key on every route but the page, and the whole input check on ``POST <path>``."""
 
-    def __init__(self, app: Callable, *, limits: InputLimits, preprocessing: dict, api_key: str | None = None,
-                 path: str = "/predict", public_paths: tuple[str, ...] = ("/",)) -> None:
+    def __init__(
+        self,
+        app: Callable,
+        *,
+        limits: InputLimits,
+        preprocessing: dict,
+        api_key: str | None = None,
+        path: str = "/predict",
+        public_paths: tuple[str, ...] = ("/",),
+    ) -> None:
         # runs in the HTTP process (Starlette builds middleware on its first request): decoding there is
         # single-threaded, so torch's pool never meets a fork
         torch.set_num_threads(1)
@@ -259,8 +290,9 @@ class InputGate:
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await Request(scope, once).form(max_files=self.limits.max_images + 1,
-                                                   max_fields=self.limits.max_images + 16)
+            form = await Request(scope, once).form(
+                max_files=self.limits.max_images + 1, max_fields=self.limits.max_images + 16
+            )
             files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
             _check_count(len(files), self.limits.max_images)
             return [await f.read() for f in files]
@@ -269,15 +301,17 @@ class InputGate:
         except Exception as err:  # noqa: BLE001 - python-multipart's errors on a malformed body
             detail = getattr(err, "detail", None) or " ".join(str(err).split()) or type(err).__name__
             if "Too many files" in str(detail):
-                raise BadInput(413, f"more images in one request than serve.max_images="
-                                    f"{self.limits.max_images}; split it") from None
+                raise BadInput(
+                    413, f"more images in one request than serve.max_images={self.limits.max_images}; split it"
+                ) from None
             raise BadInput(400, f"malformed multipart body ({detail})") from None
 
     async def _model_input(self, index: int, data: bytes, count: int) -> torch.Tensor:
         try:
             if len(data) > THREAD_DECODE_BYTES:
-                return await asyncio.to_thread(_single_threaded, data, self.preprocessing, self.limits.max_pixels,
-                                               self.geometry)
+                return await asyncio.to_thread(
+                    _single_threaded, data, self.preprocessing, self.limits.max_pixels, self.geometry
+                )
             return model_sized_image(data, self.preprocessing, self.limits.max_pixels, self.geometry)
         except BadInput as err:
             if count > 1:

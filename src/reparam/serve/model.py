@@ -29,8 +29,17 @@ def build_target(served: ServedTarget, loaded: Loaded, device: torch.device | st
         return cls(served.artifact, threads, Reference(), {})
     device = torch.device(device)
     cls.check_device(device)
-    return TorchTarget(cls.network(loaded), device, Reference(), dtype=cls.dtype, channels_last=served.channels_last,
-                       compiled=cls.compiled, name=served.name, form=cls.form, compile_mode=served.compile_mode)
+    return TorchTarget(
+        cls.network(loaded),
+        device,
+        Reference(),
+        dtype=cls.dtype,
+        channels_last=served.channels_last,
+        compiled=cls.compiled,
+        name=served.name,
+        form=cls.form,
+        compile_mode=served.compile_mode,
+    )
 
 
 def recorded_preprocessing(loaded: Loaded) -> Preprocessing:
@@ -69,9 +78,15 @@ class Prediction:
     probabilities: list[float]
 
     def to_dict(self) -> dict:
-        return {"class": self.classes[0], "index": self.indices[0], "probability": self.probabilities[0],
-                "top_k": [{"class": c, "index": i, "probability": p}
-                          for c, i, p in zip(self.classes, self.indices, self.probabilities)]}
+        return {
+            "class": self.classes[0],
+            "index": self.indices[0],
+            "probability": self.probabilities[0],
+            "top_k": [
+                {"class": c, "index": i, "probability": p}
+                for c, i, p in zip(self.classes, self.indices, self.probabilities)
+            ],
+        }
 
 
 class Classifier:
@@ -96,8 +111,10 @@ class Classifier:
     def predictions(self, probabilities: torch.Tensor) -> list[Prediction]:
         k = min(self.top_k, probabilities.shape[1]) if probabilities.ndim == 2 else self.top_k
         values, indices = probabilities.topk(k, dim=1) if len(probabilities) else (probabilities, probabilities)
-        return [Prediction([self.name_of(int(i)) for i in idx], [int(i) for i in idx], [float(v) for v in vals])
-                for vals, idx in zip(values.tolist(), indices.tolist())]
+        return [
+            Prediction([self.name_of(int(i)) for i in idx], [int(i) for i in idx], [float(v) for v in vals])
+            for vals, idx in zip(values.tolist(), indices.tolist())
+        ]
 
     def __call__(self, images: torch.Tensor) -> list[Prediction]:
         return self.predictions(self.probabilities(images))

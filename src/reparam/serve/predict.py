@@ -40,8 +40,11 @@ def image_files(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise UserError(f"predict={path} does not exist; pass an image file or a folder of images")
-    files = sorted(p for p in path.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     if not files:
         raise UserError(f"predict={path} holds no files; pass an image file or a folder of images")
     return files
@@ -50,8 +53,9 @@ def image_files(path: Path) -> list[Path]:
 def _rows(files: list[tuple[str, Prediction | str]], top_k: int) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["file", "status", *[f"{kind}_{i}" for i in range(1, top_k + 1) for kind in ("class", "probability")],
-                     "error"])
+    writer.writerow(
+        ["file", "status", *[f"{kind}_{i}" for i in range(1, top_k + 1) for kind in ("class", "probability")], "error"]
+    )
     for name, result in files:
         if isinstance(result, str):
             writer.writerow([name, "unreadable", *[""] * (2 * top_k), result])
@@ -72,15 +76,21 @@ def predict_files(cfg: DictConfig) -> PredictionRun:
 
     loaded = load_for_deploy(str(cfg.ckpt))
     preprocessing = with_class_names(recorded_preprocessing(loaded), loaded)
-    served = choose_target(loaded.source, weights_sha256(loaded.fused), device.type, target=options.target,
-                           report=options.report, max_batch_size=int(options.batch_size),
-                           recorded_accuracy=loaded.recorded.get("test_acc"))
+    served = choose_target(
+        loaded.source,
+        weights_sha256(loaded.fused),
+        device.type,
+        target=options.target,
+        report=options.report,
+        max_batch_size=int(options.batch_size),
+        recorded_accuracy=loaded.recorded.get("test_acc"),
+    )
     classifier = Classifier(build_target(served, loaded, device, usable_cores()), preprocessing, int(options.top_k))
     geometry = preprocessing.geometry()
     results: list[tuple[str, Prediction | str]] = []
     for start in range(0, len(files), int(options.batch_size)):
         inputs, names = [], []
-        for path in files[start:start + int(options.batch_size)]:
+        for path in files[start : start + int(options.batch_size)]:
             try:
                 inputs.append(model_sized_image(path.read_bytes(), preprocessing, int(options.max_pixels), geometry))
                 names.append(str(path))
@@ -101,8 +111,10 @@ def predict_files(cfg: DictConfig) -> PredictionRun:
 
 
 def print_prediction_summary(run: PredictionRun) -> None:
-    print(f"{run.csv_path}: {run.predicted} image(s) predicted by {run.target.name} ({run.target.label}); "
-          f"chosen: {run.target.chosen_because}")
+    print(
+        f"{run.csv_path}: {run.predicted} image(s) predicted by {run.target.name} ({run.target.label}); "
+        f"chosen: {run.target.chosen_because}"
+    )
     if run.unreadable:
         print(f"{len(run.unreadable)} file(s) could not be read as images (listed in the CSV):")
         for name, why in list(run.unreadable.items())[:10]:

@@ -55,23 +55,40 @@ class ServeSettings:
     @classmethod
     def from_config(cls, node: DictConfig) -> ServeSettings:
         s = OmegaConf.to_container(node, resolve=True)
-        checks = {"serve.max_batch_size": s["max_batch_size"] >= 1, "serve.workers_per_device": s["workers_per_device"] >= 1,
-                  "serve.max_bytes": s["max_bytes"] >= 1, "serve.max_pixels": s["max_pixels"] >= 1,
-                  "serve.max_images": s["max_images"] >= 1, "serve.top_k": s["top_k"] >= 1,
-                  "serve.batch_timeout": s["batch_timeout"] >= 0, "serve.timeout": s["timeout"] > 0}
+        checks = {
+            "serve.max_batch_size": s["max_batch_size"] >= 1,
+            "serve.workers_per_device": s["workers_per_device"] >= 1,
+            "serve.max_bytes": s["max_bytes"] >= 1,
+            "serve.max_pixels": s["max_pixels"] >= 1,
+            "serve.max_images": s["max_images"] >= 1,
+            "serve.top_k": s["top_k"] >= 1,
+            "serve.batch_timeout": s["batch_timeout"] >= 0,
+            "serve.timeout": s["timeout"] > 0,
+        }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"{bad[0]}={s[bad[0].split('.')[1]]} is out of range (sizes and counts >= 1, times >= 0)")
         if s["host"] not in ("127.0.0.1", "0.0.0.0", "::"):
-            raise UserError(f"serve.host={s['host']}: LitServe binds 127.0.0.1 (this machine only), 0.0.0.0 or :: "
-                            "(every interface)")
+            raise UserError(
+                f"serve.host={s['host']}: LitServe binds 127.0.0.1 (this machine only), 0.0.0.0 or :: (every interface)"
+            )
         if not 1024 <= int(s["port"]) <= 65535:
             raise UserError(f"serve.port={s['port']} must be in 1024..65535")
-        return cls(s["host"], int(s["port"]), int(s["max_batch_size"]), float(s["batch_timeout"]),
-                   int(s["workers_per_device"]), float(s["timeout"]),
-                   InputLimits(int(s["max_bytes"]), int(s["max_pixels"]), int(s["max_images"])), int(s["top_k"]),
-                   str(s["api_key_env"]), s["threads"], str(s["log_level"]), bool(s["dry_run"]),
-                   bool(s["fast_queue"]))
+        return cls(
+            s["host"],
+            int(s["port"]),
+            int(s["max_batch_size"]),
+            float(s["batch_timeout"]),
+            int(s["workers_per_device"]),
+            float(s["timeout"]),
+            InputLimits(int(s["max_bytes"]), int(s["max_pixels"]), int(s["max_images"])),
+            int(s["top_k"]),
+            str(s["api_key_env"]),
+            s["threads"],
+            str(s["log_level"]),
+            bool(s["dry_run"]),
+            bool(s["fast_queue"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -84,21 +101,33 @@ class Prepared:
     settings: ServeSettings
 
     def info(self) -> dict[str, Any]:
-        return {"target": self.worker.target.to_dict(), "checkpoint": self.worker.checkpoint,
-                "weights_sha256": self.worker.weights_sha256, "classes": list(self.preprocessing.classes),
-                "input": self.preprocessing.to_record(), "top_k": self.worker.top_k,
-                "limits": asdict(self.settings.limits), "max_batch_size": self.settings.max_batch_size,
-                "batch_timeout": self.settings.batch_timeout, "device": str(self.device),
-                "threads": self.worker.threads}
+        return {
+            "target": self.worker.target.to_dict(),
+            "checkpoint": self.worker.checkpoint,
+            "weights_sha256": self.worker.weights_sha256,
+            "classes": list(self.preprocessing.classes),
+            "input": self.preprocessing.to_record(),
+            "top_k": self.worker.top_k,
+            "limits": asdict(self.settings.limits),
+            "max_batch_size": self.settings.max_batch_size,
+            "batch_timeout": self.settings.batch_timeout,
+            "device": str(self.device),
+            "threads": self.worker.threads,
+        }
 
     def startup_line(self) -> str:
         t, s = self.worker.target, self.settings
-        acc = ("accuracy not measured" if t.accuracy is None else
-               f"test accuracy {t.accuracy:.2%}" + (f" ({t.correct}/{t.num_images}, deploy)" if t.correct is not None
-                                                    else " (recorded at training)"))
+        acc = (
+            "accuracy not measured"
+            if t.accuracy is None
+            else f"test accuracy {t.accuracy:.2%}"
+            + (f" ({t.correct}/{t.num_images}, deploy)" if t.correct is not None else " (recorded at training)")
+        )
         key = f"; API key required (X-API-Key, from ${s.api_key_env})" if os.environ.get(s.api_key_env) else ""
-        return (f"serving {t.name} ({t.label}) of {self.worker.checkpoint}: {acc}; at http://{s.host}:{s.port} "
-                f"(POST /predict, GET /health, GET /info, page at /){key}\n  chosen: {t.chosen_because}")
+        return (
+            f"serving {t.name} ({t.label}) of {self.worker.checkpoint}: {acc}; at http://{s.host}:{s.port} "
+            f"(POST /predict, GET /health, GET /info, page at /){key}\n  chosen: {t.chosen_because}"
+        )
 
 
 def _threads(requested: int | None, device: torch.device) -> int:
@@ -118,11 +147,24 @@ def prepare(cfg: DictConfig) -> Prepared:
     loaded = load_for_deploy(str(cfg.ckpt))
     preprocessing = recorded_preprocessing(loaded)
     weights = weights_sha256(loaded.fused)
-    served = choose_target(loaded.source, weights, device.type, target=cfg.serve.target, report=cfg.serve.report,
-                           max_batch_size=settings.max_batch_size, recorded_accuracy=loaded.recorded.get("test_acc"))
+    served = choose_target(
+        loaded.source,
+        weights,
+        device.type,
+        target=cfg.serve.target,
+        report=cfg.serve.report,
+        max_batch_size=settings.max_batch_size,
+        recorded_accuracy=loaded.recorded.get("test_acc"),
+    )
     preprocessing = with_class_names(preprocessing, loaded)
-    worker = WorkerSpec(str(loaded.source), served, preprocessing.to_record(), settings.top_k,
-                        _threads(settings.threads, device), weights)
+    worker = WorkerSpec(
+        str(loaded.source),
+        served,
+        preprocessing.to_record(),
+        settings.top_k,
+        _threads(settings.threads, device),
+        weights,
+    )
     return Prepared(worker, preprocessing, device, settings)
 
 
@@ -135,13 +177,20 @@ def build_server(prepared: Prepared):
     from .http_input import InputGate
 
     s = prepared.settings
-    gate = {"limits": s.limits, "preprocessing": prepared.preprocessing.to_record(),
-            "api_key": os.environ.get(s.api_key_env) or None}
+    gate = {
+        "limits": s.limits,
+        "preprocessing": prepared.preprocessing.to_record(),
+        "api_key": os.environ.get(s.api_key_env) or None,
+    }
     server = ls.LitServer(
         ClassifierAPI(prepared.worker, s.max_batch_size, s.batch_timeout),
-        accelerator="cuda" if prepared.device.type == "cuda" else "cpu", devices=1,
-        workers_per_device=s.workers_per_device, timeout=s.timeout, model_metadata=prepared.info(),
-        middlewares=[(InputGate, gate)], fast_queue=s.fast_queue,
+        accelerator="cuda" if prepared.device.type == "cuda" else "cpu",
+        devices=1,
+        workers_per_device=s.workers_per_device,
+        timeout=s.timeout,
+        model_metadata=prepared.info(),
+        middlewares=[(InputGate, gate)],
+        fast_queue=s.fast_queue,
     )
     page = PAGE.read_text()
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]

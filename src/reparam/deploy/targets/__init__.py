@@ -7,5 +7,19 @@ from .ort import OnnxRuntimeTarget
 from .pytorch import TorchTarget
 from .selection import AUTO, REFERENCE, Selection, build_targets, select_targets, shorthand_targets
 
-__all__ = ["AUTO", "REFERENCE", "TARGETS", "Cost", "OnnxRuntimeTarget", "Selection", "Target", "TargetContext",
-           "TargetUnavailable", "TorchTarget", "build_targets", "register_target", "select_targets", "shorthand_targets"]
+__all__ = [
+    "AUTO",
+    "REFERENCE",
+    "TARGETS",
+    "Cost",
+    "OnnxRuntimeTarget",
+    "Selection",
+    "Target",
+    "TargetContext",
+    "TargetUnavailable",
+    "TorchTarget",
+    "build_targets",
+    "register_target",
+    "select_targets",
+    "shorthand_targets",
+]

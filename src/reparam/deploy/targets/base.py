@@ -21,8 +21,8 @@ import torch
 from ...errors import UserError, reraise_as_user_error
 from ..export import ExportResult
 from ..gates import Gate
-from ..quantize import quantize_int8
 from ..load import Loaded
+from ..quantize import quantize_int8
 
 __all__ = ["Target", "TargetContext", "TargetUnavailable", "Cost", "TARGETS", "register_target"]
 
@@ -68,8 +68,9 @@ class TargetContext:
         if key not in self._int8:
             path = self.out_dir / "model.int8.onnx"
             with reraise_as_user_error("quantize", ValueError):
-                details = quantize_int8(self.fp32_onnx(), path, self.calibration_images(key[0]), key[1],
-                                        settings["reduce_range"])
+                details = quantize_int8(
+                    self.fp32_onnx(), path, self.calibration_images(key[0]), key[1], settings["reduce_range"]
+                )
             self._int8[key] = (path, details)
         return self._int8[key]
 

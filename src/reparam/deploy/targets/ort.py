@@ -17,8 +17,10 @@ from .base import Target, TargetContext, register_target
 
 __all__ = ["OnnxRuntimeTarget", "int8_gate", "INT8_ADVICE"]
 
-INT8_ADVICE = ("train with model.block=qarepvgg, whose fused weights quantize well, or try quantize.method=percentile "
-               "or more quantize.calibration_images")
+INT8_ADVICE = (
+    "train with model.block=qarepvgg, whose fused weights quantize well, or try quantize.method=percentile "
+    "or more quantize.calibration_images"
+)
 
 
 def int8_gate(settings: Mapping[str, Any]) -> MaxDrop:
@@ -32,8 +34,9 @@ class OnnxRuntimeTarget(Target):
     runtime = "onnxruntime"
     needs_onnx = True
 
-    def __init__(self, path: str | Path, threads: int, gate: Gate, details: Mapping[str, Any] | None = None,
-                 wrote: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, threads: int, gate: Gate, details: Mapping[str, Any] | None = None, wrote: bool = False
+    ) -> None:
         self.device, self.gate = torch.device("cpu"), gate
         self.session = OrtModel(path, threads)
         self.artifact = str(path) if wrote else None  # the fp32 file is the export's, reported there
@@ -55,8 +58,11 @@ class OnnxRuntimeFP32(OnnxRuntimeTarget):
     @classmethod
     def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> OnnxRuntimeFP32:
         fp32 = context.fp32_onnx()
-        gate = Equivalence(Tolerance(float(settings["atol"]), float(settings["rtol"])), cls.settings_key,
-                           advice="the exported graph differs from the torch model: please report it with report.json")
+        gate = Equivalence(
+            Tolerance(float(settings["atol"]), float(settings["rtol"])),
+            cls.settings_key,
+            advice="the exported graph differs from the torch model: please report it with report.json",
+        )
         return cls(fp32, context.threads, gate)
 
 

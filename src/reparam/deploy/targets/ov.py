@@ -40,7 +40,11 @@ class OpenVinoINT8(Target):
 
         self.device, self.gate, self.details = torch.device("cpu"), gate, dict(details)
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config = {
+            "INFERENCE_NUM_THREADS": int(threads),
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
         self.request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
 
     @classmethod

@@ -40,9 +40,19 @@ class TorchTarget(Target):
     compiled: ClassVar[bool] = False
     auto_devices = ("cpu", "cuda")
 
-    def __init__(self, network: nn.Module, device: torch.device, gate: Gate, *, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False, compiled: bool = False, name: str | None = None,
-                 form: str | None = None, compile_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        device: torch.device,
+        gate: Gate,
+        *,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        compiled: bool = False,
+        name: str | None = None,
+        form: str | None = None,
+        compile_mode: str | None = None,
+    ) -> None:
         self.name, self.form = name or type(self).name, form or type(self).form
         self.device, self.gate, self.dtype, self.channels_last = device, gate, dtype, channels_last
         self.precision, self.compiled = PRECISIONS[dtype], compiled
@@ -59,8 +69,15 @@ class TorchTarget(Target):
 
     @classmethod
     def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> TorchTarget:
-        return cls(cls.network(context.loaded), context.device, cls.make_gate(settings), dtype=cls.dtype,
-                   channels_last=context.channels_last, compiled=cls.compiled, compile_mode=context.compile_mode)
+        return cls(
+            cls.network(context.loaded),
+            context.device,
+            cls.make_gate(settings),
+            dtype=cls.dtype,
+            channels_last=context.channels_last,
+            compiled=cls.compiled,
+            compile_mode=context.compile_mode,
+        )
 
     @classmethod
     def network(cls, loaded: Loaded) -> nn.Module:
@@ -76,11 +93,15 @@ class TorchTarget(Target):
     def check_device(cls, device: torch.device) -> None:
         if device.type == "cpu" and cls.dtype == torch.float16:
             # measured on the 2-core AVX-512 dev VM: fused A0 in fp16 ran 22x slower than in fp32 (docs/benchmarks.md)
-            raise TargetUnavailable(f"{cls.name} runs on GPUs only: float16 convolutions on CPU use a slow reference "
-                                    "kernel; use fused_bf16 on CPU, or device=cuda")
+            raise TargetUnavailable(
+                f"{cls.name} runs on GPUs only: float16 convolutions on CPU use a slow reference "
+                "kernel; use fused_bf16 on CPU, or device=cuda"
+            )
         if cls.compiled and device.type == "cpu" and not _cpp_compiler():
-            raise TargetUnavailable(f"{cls.name} needs a C++ compiler on the CPU (torch.compile builds its kernels "
-                                    "with one): install g++, or set CXX")
+            raise TargetUnavailable(
+                f"{cls.name} needs a C++ compiler on the CPU (torch.compile builds its kernels "
+                "with one): install g++, or set CXX"
+            )
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         return place(images, self.device, self.dtype, self.channels_last)
@@ -115,14 +136,19 @@ class TrainForm(_Float32Form):
     @classmethod
     def network(cls, loaded: Loaded) -> nn.Module:
         if loaded.train_form is None:
-            raise TargetUnavailable(f"{loaded.source} is a fused folder, which holds no train form; pass its "
-                                    "checkpoint: ckpt=<run>/checkpoints/last.ckpt or ckpt=<run>")
+            raise TargetUnavailable(
+                f"{loaded.source} is a fused folder, which holds no train form; pass its "
+                "checkpoint: ckpt=<run>/checkpoints/last.ckpt or ckpt=<run>"
+            )
         return loaded.train_form
 
     @classmethod
     def make_gate(cls, settings: Mapping[str, Any]) -> Gate:
-        return Equivalence(Tolerance(float(settings["atol"]), float(settings["rtol"])), cls.settings_key,
-                           mismatch="the fused model is NOT equivalent to the train form")
+        return Equivalence(
+            Tolerance(float(settings["atol"]), float(settings["rtol"])),
+            cls.settings_key,
+            mismatch="the fused model is NOT equivalent to the train form",
+        )
 
 
 @register_target("fused")

@@ -50,8 +50,10 @@ def select_targets(requested: Sequence[str], device: torch.device, onnx_export: 
     """The target names to build, in order; unknown names are one clear error listing the valid ones."""
     unknown = [name for name in requested if name != AUTO and name not in TARGETS]
     if unknown:
-        raise UserError(f"unknown target '{unknown[0]}'; choose from {', '.join([AUTO, *TARGETS])} "
-                        f"(e.g. targets=[auto,onnxruntime_int8])")
+        raise UserError(
+            f"unknown target '{unknown[0]}'; choose from {', '.join([AUTO, *TARGETS])} "
+            f"(e.g. targets=[auto,onnxruntime_int8])"
+        )
     explicit = {name for name in requested if name != AUTO}
     for name in explicit:
         _check_device(name, device)
@@ -86,16 +88,19 @@ def _auto(device: torch.device, onnx_export: bool, skipped: dict[str, str]) -> l
     return names
 
 
-def build_targets(selection: Selection, context: TargetContext,
-                  settings: Mapping[str, Mapping[str, Any]]) -> list[Target]:
+def build_targets(
+    selection: Selection, context: TargetContext, settings: Mapping[str, Mapping[str, Any]]
+) -> list[Target]:
     """Each selected target, built once; an ``auto`` one that cannot run here is recorded in ``selection.skipped``."""
     targets = []
     for name in selection.names:
         try:
             targets.append(TARGETS[name].build(context, settings.get(name) or {}))
         except KeyError as err:  # a settings entry without a key its target reads
-            raise UserError(f"target {name} needs the setting {TARGETS[name].settings_key}.{err.args[0]}; see "
-                            "target_settings in configs/deploy.yaml") from err
+            raise UserError(
+                f"target {name} needs the setting {TARGETS[name].settings_key}.{err.args[0]}; see "
+                "target_settings in configs/deploy.yaml"
+            ) from err
         except TargetUnavailable as err:
             if name in selection.explicit or name == REFERENCE:
                 raise UserError(f"target {name} cannot run here: {err}") from err
