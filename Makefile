@@ -20,7 +20,7 @@ install-dev: $(VENV)/bin/python
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/train
-	$(PY) deploy.py ckpt=$(DEMO_DIR)/train/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/deploy
+	$(PY) deploy.py ckpt=$(DEMO_DIR)/train hydra.run.dir=$(DEMO_DIR)/deploy
 
 test: install-dev
 	$(PY) -m pytest
