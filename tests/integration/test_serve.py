@@ -12,6 +12,7 @@ import io
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def test_serves_the_fastest_checked_target_and_every_body_form(server, deployed,
     assert info["target"]["correct"] == report["targets"][chosen]["correct"]
     assert info["classes"] == [str(i) for i in range(10)] and info["input"]["size"] == [3, 32, 32]
     assert f"serving {chosen} " in server.output() and server.url in server.output()
+    # the URL is announced as ready only once /health answers (it does: the fixture waited for it)
+    deadline = time.monotonic() + 30
+    while f"ready: {server.url}" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f"ready: {server.url}" in server.output()
+    assert server.output().index("starting at") < server.output().index("ready: ")
     raw = httpx.post(f"{server.url}/predict", content=images[0], headers={"Content-Type": "image/png"})
     body = raw.json()
     assert body["target"] == chosen and len(body["weights_sha256"]) == 64

@@ -12,6 +12,9 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +128,7 @@ class Prepared:
         )
         key = f"; API key required (X-API-Key, from ${s.api_key_env})" if os.environ.get(s.api_key_env) else ""
         return (
-            f"serving {t.name} ({t.label}) of {self.worker.checkpoint}: {acc}; at http://{s.host}:{s.port} "
+            f"serving {t.name} ({t.label}) of {self.worker.checkpoint}: {acc}; starting at http://{s.host}:{s.port} "
             f"(POST /predict, GET /health, GET /info, page at /){key}\n  chosen: {t.chosen_because}"
         )
 
@@ -217,6 +220,32 @@ def _drain_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _say_when_ready(settings: ServeSettings, wait_s: float = 600.0) -> threading.Thread:
+    """Print ``ready: <url>`` once ``/health`` answers 200 (the workers have loaded the model): the startup line comes
+    before the port is open, and a user who copies the URL at once would get "connection refused"."""
+    local = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    request = urllib.request.Request(f"http://{local}:{settings.port}/health")
+    key = os.environ.get(settings.api_key_env)
+    if key:
+        request.add_header("X-API-Key", key)
+
+    def watch() -> None:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        print(f"ready: http://{settings.host}:{settings.port}", flush=True)
+                        return
+            except OSError:  # refused while starting; HTTPError (503) while the workers load
+                pass
+            time.sleep(0.25)
+
+    thread = threading.Thread(target=watch, name="reparam-ready", daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(cfg: DictConfig) -> Prepared:
     torch.set_num_threads(1)  # this process only waits; its forked HTTP process must not inherit a thread pool
     prepared = prepare(cfg)
@@ -227,6 +256,7 @@ def serve(cfg: DictConfig) -> Prepared:
     server.uvicorn_graceful_timeout = UVICORN_DRAIN_S
     _drain_on_sigterm()
     s = prepared.settings
+    _say_when_ready(s)
     server.run(host=s.host, port=s.port, log_level=s.log_level, generate_client_file=False)
     print("server stopped", file=sys.stderr, flush=True)
     return prepared
