@@ -41,6 +41,12 @@ def text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def sci_relative(values: tuple[Any, Any]) -> str:
+    """An absolute difference with its relative size (to the largest reference logit), when known."""
+    absolute, relative = values
+    return sci(absolute) if relative is None else f"{sci(absolute)} (relative {sci(relative)})"
+
+
 def pct_pair(values: tuple[Any, Any]) -> str:
     return "-" if all(v is None for v in values) else " / ".join(pct(v) for v in values)
 
@@ -63,8 +69,8 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
         ("weight averaging", text, "averaged_weights"),
         ("shipped weights", text, "shipped_weights"),
         ("val accuracy raw / averaged", pct_pair, ("val_acc_raw", "val_acc_averaged")),
-        ("fusion max |diff| fp32", sci, "fusion_fp32_max_abs_diff"),
-        ("fusion max |diff| fp64", sci, "fusion_fp64_max_abs_diff"),
+        ("fusion max |diff| fp32", sci_relative, ("fusion_fp32_max_abs_diff", "fusion_fp32_max_rel_diff")),
+        ("fusion max |diff| fp64", sci_relative, ("fusion_fp64_max_abs_diff", "fusion_fp64_max_rel_diff")),
         ("fused argmax agreement", pct, "fusion_argmax_agreement"),
         ("training images/s", rate, "train_images_per_s"),
         ("time to best epoch", seconds, "time_to_best_s"),
@@ -73,6 +79,8 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
         ("last checkpoint", text, "last_checkpoint"),
         ("fused model", text, "fused_dir"),
     ]
+    if summary.skipped_images:  # only when data.skip_bad_images=true left files out: they are named in the log
+        rows.insert(2, ("unreadable images skipped", text, "skipped_images"))
     for name, fmt, key in rows:
         table.add_row(name, fmt(field(summary, key)))
     console.print(table)

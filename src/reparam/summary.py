@@ -52,6 +52,9 @@ class TrainSummary:
     fusion_fp32_max_abs_diff: float | None = None
     fusion_fp64_max_abs_diff: float | None = None
     fusion_argmax_agreement: float | None = None
+    # max |diff| / max |reference logit|: 3.0 on logits of 9e6 is float32 rounding, not a wrong fusion
+    fusion_fp32_max_rel_diff: float | None = None
+    fusion_fp64_max_rel_diff: float | None = None
     test_acc: float | None = None
     tested_weights: str | None = None
     train_images_per_s: float | None = None
@@ -59,6 +62,7 @@ class TrainSummary:
     train_time_s: float | None = None
     total_time_s: float | None = None
     cpu_threads: int | None = None  # torch's intra-op threads (one per core the launcher gave the job)
+    skipped_images: int | None = None  # unreadable files left out (data.skip_bad_images=true); None: none skipped
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -174,6 +174,8 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
         best_checkpoint=getattr(checkpoint, "best_model_path", "") or None,
         last_checkpoint=str(last) if last is not None and last.is_file() else None,
     )
+    skipped = getattr(trainer.datamodule, "skipped", ()) if trainer.datamodule is not None else ()
+    summary.skipped_images = len(skipped) or None
     speed = next((c for c in trainer.callbacks if isinstance(c, SpeedMonitor)), None)
     if speed is not None:
         summary.train_images_per_s, summary.train_time_s = speed.train_images_per_s, speed.train_time_s
@@ -184,6 +186,8 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
         summary.fusion_fp32_max_abs_diff = fuser.result.float32.max_abs_diff
         summary.fusion_fp64_max_abs_diff = fuser.result.float64.max_abs_diff
         summary.fusion_argmax_agreement = fuser.result.float32.argmax_agreement
+        summary.fusion_fp32_max_rel_diff = fuser.result.float32.max_rel_diff
+        summary.fusion_fp64_max_rel_diff = fuser.result.float64.max_rel_diff
     return summary
 
 
