@@ -117,6 +117,7 @@ def start_server(ckpt: Path, out: Path, *overrides: str, env: dict | None = None
             env=environment,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own: a test can press "Ctrl-C" (SIGINT to the group)
         )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     headers = {"X-API-Key": environment["LIT_SERVER_API_KEY"]} if environment.get("LIT_SERVER_API_KEY") else {}

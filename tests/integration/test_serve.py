@@ -9,6 +9,8 @@ import asyncio
 import base64
 import csv
 import io
+import os
+import signal
 import struct
 import subprocess
 import sys
@@ -242,8 +244,12 @@ def test_api_key_unbatched_int8_target_scores_what_deploy_measured(deployed, tes
         assert httpx.post(f"{url}/predict", content=images[0], headers={**png, **key}).status_code == 200
         correct = asyncio.run(served_correct(url, images, labels, per_request=5, concurrency=4, headers=key))
         assert correct == report["targets"]["onnxruntime_int8"]["correct"]
+        # Ctrl-C in the terminal: SIGINT to every process of the group (manager, HTTP process, workers)
+        os.killpg(keyed.process.pid, signal.SIGINT)
+        assert keyed.process.wait(90) in (0, 130)
+        assert "Traceback" not in keyed.output() and "server stopped" in keyed.output()
     finally:
-        assert keyed.stop() == 0
+        keyed.stop()
 
 
 def test_sigterm_answers_requests_in_flight_and_exits_0(server, test_split) -> None:

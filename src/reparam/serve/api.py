@@ -7,6 +7,7 @@ request. ``max_batch_size`` counts requests; a request with several images adds 
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 import litserve as ls
@@ -46,6 +47,9 @@ class ClassifierAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         from ..deploy.load import load_for_deploy
 
+        # Ctrl-C reaches every process of the terminal's group: the manager stops the workers itself, so a worker
+        # interrupted mid-wait only printed a KeyboardInterrupt traceback before "server stopped"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(self.worker.threads)
         loaded = load_for_deploy(self.worker.checkpoint)
         preprocessing = Preprocessing.from_record(self.worker.preprocessing)
