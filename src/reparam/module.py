@@ -125,7 +125,13 @@ class ClassifierModule(L.LightningModule):
         ``trainer.log_every_n_steps`` steps, once a stop is requested, every step of a fast_dev_run): ``self.log``
         costs Python work every call, so the step loss is logged on those steps only."""
         trainer = self._trainer
-        return trainer is None or bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
+        # Lightning's rule (its private _LoggerConnector.should_update_logs), from public trainer attributes
+        every = trainer.log_every_n_steps if trainer is not None else 0
+        return (
+            trainer is None
+            or bool(trainer.fast_dev_run)
+            or (every > 0 and (trainer.should_stop or (trainer.global_step + 1) % every == 0))
+        )
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -14,6 +14,8 @@ jobs run in this process only (the basic launcher).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import shlex
@@ -51,6 +53,17 @@ STATUSES = ("ok", "pruned", "failed", "interrupted")
 _SWEEP_ONLY = ("hparams_search", "hydra/sweeper", "hydra/launcher", "hydra.sweeper.", "hydra.launcher.", "hydra.sweep.")
 
 
+def job_error(job_return: JobReturn) -> BaseException:
+    """A failed job's exception, through ``JobReturn.return_value`` (Hydra's public accessor re-raises it and writes
+    an "Error executing job" line to stderr; that line is dropped: the sweep table names the job and its error)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            _ = job_return.return_value  # re-raises the job's exception
+        except BaseException as err:  # noqa: BLE001 - whatever the job raised, KeyboardInterrupt included
+            return err
+    raise ValueError(f"job {job_return.overrides} did not fail (status {job_return.status.name})")
+
+
 @dataclass
 class SweepRun:
     """One job of a sweep (one trial of a search), as the table and ``sweep_summary.json`` show it."""
@@ -76,8 +89,8 @@ class SweepRun:
         summary = TrainSummary.read(Path(run_dir) / SUMMARY_FILE)
         failed = job_return.status != JobStatus.COMPLETED
         value, error = None, None
-        if failed:  # the job's exception (.return_value would re-raise it)
-            err = job_return._return_value
+        if failed:
+            err = job_error(job_return)
             error = " ".join(str(err).split()) or type(err).__name__
         else:
             value = job_return.return_value

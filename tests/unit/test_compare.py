@@ -1,6 +1,8 @@
 """One tolerance and one streaming comparison for every check in reparam."""
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ def test_streaming_equals_one_batch() -> None:
     ref = torch.randn(10, 5)
     other = ref + 1e-3 * torch.randn(10, 5)
     streamed = Comparison(Tolerance(1e-2, 0.0))
-    for a, b in zip(ref.split(3), other.split(3)):
+    for a, b in zip(ref.split(3), other.split(3), strict=True):
         streamed.update(a, b)
     assert streamed.report() == compare(ref, other, Tolerance(1e-2, 0.0))
 
@@ -42,6 +44,27 @@ def test_shape_mismatch_is_an_error() -> None:
         compare(torch.ones(2, 3), torch.ones(3, 2))
 
 
+PRECISION_API = hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
+
+
+@contextmanager
+def tf32_allowed() -> Iterator[None]:
+    """TF32 on for cuDNN convolutions (its default on Ampere and later), through the API this torch has."""
+    if PRECISION_API:
+        conv = torch.backends.cudnn.conv
+        saved, conv.fp32_precision = conv.fp32_precision, "tf32"
+    else:
+        saved, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, True
+    try:
+        yield
+    finally:
+        if PRECISION_API:
+            torch.backends.cudnn.conv.fp32_precision = saved
+        else:
+            torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.skipif(not PRECISION_API, reason="torch < 2.9: no fp32_precision API (the allow_tf32 test covers it)")
 def test_strict_fp32_turns_tf32_off_and_restores_it() -> None:
     from reparam.compare import strict_fp32, tf32_enabled
 
@@ -59,6 +82,25 @@ def test_strict_fp32_turns_tf32_off_and_restores_it() -> None:
         assert conv.fp32_precision == "tf32"
     finally:
         conv.fp32_precision = saved
+
+
+@pytest.mark.skipif(PRECISION_API, reason="torch >= 2.9: the fp32_precision API is used instead")
+def test_strict_fp32_turns_tf32_off_and_restores_it_with_the_allow_tf32_flags() -> None:
+    from reparam.compare import strict_fp32, tf32_enabled
+
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True  # cuDNN's default
+    try:
+        assert tf32_enabled()
+        with strict_fp32():
+            assert not tf32_enabled()
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert tf32_enabled() and torch.backends.cudnn.allow_tf32
+        with pytest.raises(RuntimeError), strict_fp32():
+            raise RuntimeError("restored even on error")
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_deploy_compares_the_forms_in_strict_fp32(monkeypatch, tmp_path) -> None:
@@ -80,9 +122,7 @@ def test_deploy_compares_the_forms_in_strict_fp32(monkeypatch, tmp_path) -> None
     from reparam.training import train
 
     summary = train(compose_config("train", ["experiment=demo", "debug=fast_dev_run"], run_dir=tmp_path / "t"))
-    conv = torch.backends.cudnn.conv
-    saved, conv.fp32_precision = conv.fp32_precision, "tf32"
-    try:
+    with tf32_allowed():
         report = deploy_run.deploy(
             compose_config(
                 "deploy",
@@ -96,6 +136,4 @@ def test_deploy_compares_the_forms_in_strict_fp32(monkeypatch, tmp_path) -> None
             )
         )
         assert tf32_enabled()  # restored for the benchmarks, which may use TF32 (and say so)
-    finally:
-        conv.fp32_precision = saved
     assert seen and not any(seen) and report.comparison_precision == "float32, TF32 off"

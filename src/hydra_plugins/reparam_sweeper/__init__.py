@@ -7,28 +7,69 @@ Hydra imports this module at the start of every run.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["FailTolerantSweeper", "OptunaSearchSweeper"]
+__all__ = ["FailTolerantSweeper", "OptunaSearchSweeper", "job_batches"]
 
 
-class FailTolerantSweeper(BasicSweeper):
-    """Hydra's basic sweeper without the re-raise of the first failed job: every job runs, the sweep ends normally."""
+def job_batches(overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
+    """The jobs of a grid sweep in Hydra's basic-sweeper order (the cartesian product, last key varying fastest),
+    in batches of ``max_batch_size`` jobs (one batch when None)."""
+    choices: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise HydraException(
+                f"{key}: a grid sweep takes lists and ranges, not an interval (hparams_search=... does)"
+            )
+    jobs = [list(job) for job in itertools.product(*choices.values())]
+    if max_batch_size is not None and max_batch_size < 1:
+        raise HydraException(f"hydra.sweeper.max_batch_size must be at least 1, not {max_batch_size}")
+    size = max_batch_size or max(len(jobs), 1)
+    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+
+
+class FailTolerantSweeper(Sweeper):
+    """A grid sweep like Hydra's basic sweeper without its re-raise of the first failed job: every job runs, the
+    sweep ends normally. Built on Hydra's public ``Sweeper`` plugin interface (its basic sweeper is internal)."""
+
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
+        self.max_batch_size = max_batch_size
+        self.params = params or {}
+        self.config: DictConfig | None = None
+        self.launcher: Launcher | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: list[str]) -> Any:
         from reparam.sweep import SweepRecord, SweepRun, set_active_record
 
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        configured = [f"{key}={value}" for key, value in self.params.items()]
+        overrides = parser.parse_overrides([*configured, *arguments])
         swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -36,8 +77,7 @@ class FailTolerantSweeper(BasicSweeper):
         record = SweepRecord(str(sweep_dir), self.config.get("optimized_metric"))
         set_active_record(record)
         returns, first = [], 0
-        while not self.is_done():
-            batch = self.get_job_batch()
+        for batch in job_batches(overrides, self.max_batch_size):
             self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=first)
             runs = [SweepRun.from_job(result) for result in results]
