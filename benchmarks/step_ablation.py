@@ -25,9 +25,9 @@ from reparam.module import ClassifierModule
 class PerStepLogging(ClassifierModule):
     """The training step as it was: accuracy through MulticlassAccuracy and every value through ``self.log``."""
 
-    def __init__(self, net, *args, **kwargs) -> None:
-        super().__init__(net, *args, **kwargs)
-        self.train_acc = MulticlassAccuracy(int(net["num_classes"]), average="micro")
+    def __init__(self, model_spec, *args, **kwargs) -> None:
+        super().__init__(model_spec, *args, **kwargs)
+        self.train_acc = MulticlassAccuracy(int(model_spec["num_classes"]), average="micro")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch

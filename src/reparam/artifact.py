@@ -1,9 +1,9 @@
 """The fused artifact: a folder holding ``model.safetensors``, ``config.json`` and ``verification.json``.
 
-For a ``model=custom`` network (fused by ``auto_fuse``) it also holds ``model.pt2``, a ``torch.export`` program of
-the fused graph, for runtimes that do not have the network's source. reparam itself never loads the ``.pt2``
-(``torch.export.load`` may fall back to full unpickling): it rebuilds the graph from the recorded spec with
-``auto_fuse`` and loads the safetensors weights into it.
+For a network whose fused form has no constructor (``model=custom``, fused by ``auto_fuse``; the model family's
+``exports_program``) it also holds ``model.pt2``, a ``torch.export`` program of the fused graph, for runtimes that do
+not have the network's source. reparam itself never loads the ``.pt2`` (``torch.export.load`` may fall back to full
+unpickling): the family rebuilds the fused structure from the recorded spec and the safetensors weights load into it.
 
 Written atomically: everything goes into a hidden temporary folder beside the target, is flushed to
 disk, and only then renamed into place, so a crash leaves either the previous artifact or none,
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .blocks import FormMismatchError
 from .errors import UserError
-from .models import build_model, fuse_model, input_size, is_custom
+from .models import input_size, model_family
 
 __all__ = [
     "FORMAT",
@@ -109,7 +109,8 @@ def write_fused_artifact(
     """Write a fused model as an artifact folder, atomically; replaces an existing one at ``directory``.
 
     ``config`` must hold ``model`` (the spec ``build_model`` takes); ``format``/``format_version``/``form``
-    are added here. A custom network's folder also gets ``model.pt2`` (exported with ``example_inputs``).
+    are added here. When the model family exports a program (a fused form without a constructor), the folder also
+    gets ``model.pt2`` (exported with ``example_inputs``).
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,7 @@ def write_fused_artifact(
         for name, obj in ((CONFIG, config), (VERIFICATION, verification)):
             (tmp / name).write_text(_json(obj))
         files = [WEIGHTS, CONFIG, VERIFICATION]
-        if is_custom(config["model"]):
+        if model_family(config["model"]).exports_program:
             _export_program(fused, config["model"], example_inputs, tmp / PROGRAM)
             files.append(PROGRAM)
         for name in files:
@@ -149,6 +150,7 @@ def write_fused_artifact(
 
 
 def _export_program(fused: torch.nn.Module, spec: dict, example_inputs: torch.Tensor | None, path: Path) -> None:
+    """``fused`` as a torch.export program with a dynamic batch dimension, on the CPU."""
     param = next(fused.parameters(), None)
     if example_inputs is None:
         example_inputs = torch.zeros(2, *input_size(spec))
@@ -204,8 +206,8 @@ def read_fused_artifact(directory: str | Path, map_location: str | torch.device 
         state = load_file(directory / WEIGHTS, device=str(map_location))
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f"{directory / WEIGHTS} cannot be read ({err}); the artifact is damaged, re-export it") from err
+    model = _fused_skeleton(directory, config["model"])
     try:
-        model = _fused_skeleton(config["model"])
         model.load_state_dict(state, strict=True)
     except (ValueError, KeyError, RuntimeError, FormMismatchError) as err:
         raise UserError(f"{directory}: weights do not match the recorded model ({str(err).splitlines()[0]})") from err
@@ -214,16 +216,16 @@ def read_fused_artifact(directory: str | Path, map_location: str | torch.device 
     return FusedArtifact(directory, model.to(map_location).eval(), config, verification)
 
 
-def _fused_skeleton(spec: dict) -> torch.nn.Module:
-    """The fused model's structure, weights still to load: the deploy constructor, or for a custom network its
-    train form fused again by ``auto_fuse`` (whose decisions depend on the structure only, not the weights)."""
-    if not is_custom(spec):
-        return build_model(spec, deploy=True)
+def _fused_skeleton(directory: Path, spec: dict) -> torch.nn.Module:
+    """The fused model's structure, weights still to load, from the model family of the recorded spec."""
     try:
-        train_form = build_model(spec).eval()
-    except ValueError as err:
+        return model_family(spec).fused_skeleton(spec)
+    except (ValueError, KeyError, TypeError) as err:
+        # a custom network's class may be missing here; its exported program runs without it
+        elsewhere = (
+            f", or run {directory / PROGRAM} with a torch.export runtime" if (directory / PROGRAM).is_file() else ""
+        )
         raise UserError(
-            f"the network of this artifact cannot be built ({err}); install the package that defines "
-            f"it, or run {PROGRAM} with a torch.export runtime"
+            f"{directory}: the recorded model cannot be built ({str(err).splitlines()[0]}); install the package "
+            f"that defines it{elsewhere}"
         ) from err
-    return fuse_model(spec, train_form)

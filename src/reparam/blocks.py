@@ -24,6 +24,7 @@ import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,7 @@ __all__ = [
     "ConvBN",
     "DiverseBranchBlock",
     "FormMismatchError",
+    "check_state_dict_form",
     "LinearAddBlock",
     "MobileOneBlock",
     "MobileOneUnit",
@@ -71,6 +73,21 @@ def state_dict_form(keys: Iterable[str]) -> str | None:
     if any(".fused." in f".{k}" for k in keys):
         return "fused"
     return None
+
+
+def check_state_dict_form(holds: str | None, model_is_fused: bool, where: str) -> None:
+    """The one train/fused form check: a :class:`FormMismatchError` naming ``where`` when a state_dict of one form
+    (``holds``, from :func:`state_dict_form`) is loaded into a model or block of the other."""
+    if holds == "train" and model_is_fused:
+        raise FormMismatchError(
+            f"{where}: the state_dict holds train-form (multi-branch) weights but the model is in fused form; load "
+            "it into a model built with deploy=False, then call reparam.reparameterize_model()"
+        )
+    if holds == "fused" and not model_is_fused:
+        raise FormMismatchError(
+            f"{where}: the state_dict holds fused weights but the model is in train form; build the model with "
+            "deploy=True to load fused weights"
+        )
 
 
 class MultiBranchBlock(nn.Module):
@@ -178,24 +195,18 @@ class MultiBranchBlock(nn.Module):
         self.reparameterize()
         return nn.Sequential(OrderedDict(fused=self.fused, act=self.act)).train(self.training)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
-        # train-form files written before branches lived in a dict: '<block>.conv_kxk.x' -> '<block>.branches.conv_kxk.x'
+    def _load_from_state_dict(
+        self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # train-form files from before branches lived in a dict: '<block>.conv_kxk.x' -> '<block>.branches.conv_kxk.x'
         for key in [k for k in state_dict if k.startswith(prefix)]:
             head = key[len(prefix) :].split(".", 1)[0]
             if head in self.branches and not hasattr(self, head):
                 state_dict[f"{prefix}branches.{key[len(prefix) :]}"] = state_dict.pop(key)
         holds = state_dict_form(k[len(prefix) :] for k in state_dict if k.startswith(prefix))
-        where = prefix.rstrip(".") or "<root>"
-        if self.fused is not None and holds == "train":
-            raise FormMismatchError(
-                f"block '{where}': the state_dict holds train-form (multi-branch) weights but the model is in fused "
-                "form; load it into a model built with deploy=False, then call reparam.reparameterize_model()"
-            )
-        if self.fused is None and holds == "fused" and f"{prefix}fused.weight" in state_dict:
-            raise FormMismatchError(
-                f"block '{where}': the state_dict holds fused weights but the model is in train form; build the "
-                "model with deploy=True to load fused weights"
-            )
+        if holds == "fused" and f"{prefix}fused.weight" not in state_dict:
+            holds = None  # a nested module's fused conv, not this block's
+        check_state_dict_form(holds, self.fused is not None, f"block '{prefix.rstrip('.') or '<root>'}'")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -221,7 +232,13 @@ def register_block(kind: str) -> Callable[[type], type]:
 
 
 def make_block(
-    kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1, **options
+    kind: str,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    groups: int = 1,
+    **options: Any,
 ) -> nn.Module:
     """A block of the registered ``kind`` (``repvgg``, ``qarepvgg``, ``acnet``, ``dbb``, ``mobileone``, ...)."""
     if kind not in BLOCKS:

@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .artifact import write_fused_artifact
-from .checkpoint import net_state, read_checkpoint
+from .checkpoint import MODEL_SPEC_KEY, net_state, read_checkpoint
 from .compare import ComparisonReport
 from .convert import verify_equivalence
 from .device import synchronize
@@ -104,7 +104,7 @@ class ReparameterizeCallback(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        spec = dict(pl_module.hparams["net"])
+        spec = dict(pl_module.hparams[MODEL_SPEC_KEY])
         state, source = self._weights(trainer, pl_module)
         bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .errors import UserError
 
-__all__ = ["read_checkpoint", "net_state"]
+__all__ = ["MODEL_SPEC_KEY", "LEGACY_MODEL_SPEC_KEY", "model_spec_of", "read_checkpoint", "net_state"]
+
+# where ClassifierModule's hyper-parameters keep the model spec; checkpoints written before the rename use "net"
+MODEL_SPEC_KEY, LEGACY_MODEL_SPEC_KEY = "model_spec", "net"
+
+
+def model_spec_of(hyper_parameters: Mapping[str, Any]) -> dict | None:
+    """The model spec a checkpoint's ``hyper_parameters`` record (under either key), or None when there is none."""
+    for key in (MODEL_SPEC_KEY, LEGACY_MODEL_SPEC_KEY):
+        spec = hyper_parameters.get(key)
+        if isinstance(spec, Mapping):
+            return dict(spec)
+    return None
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -29,18 +43,19 @@ def read_checkpoint(path: Path) -> dict:
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(
-            f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py or a fused/ folder"
+            f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py or a "
+            "fused/ folder"
         )
-    net = (ckpt.get("hyper_parameters") or {}).get("net")
-    if not isinstance(net, dict):
+    if model_spec_of(ckpt.get("hyper_parameters") or {}) is None:
         raise UserError(
-            f"{path} is not a reparam checkpoint (its hyper_parameters have no 'net' spec); was it written by another project?"
+            f"{path} is not a reparam checkpoint (its hyper_parameters have no '{MODEL_SPEC_KEY}'); was it written "
+            "by another project?"
         )
     return ckpt
 
 
 def _what_is_wrong(path: Path) -> str:
-    """Why torch.load failed, in words (its own messages are internal zip or pickle codes such as ``KeyError: '101'``)."""
+    """Why torch.load failed, in words (its own messages are internal zip or pickle codes, ``KeyError: '101'``)."""
     try:
         with path.open("rb") as f:
             head = f.read(4)

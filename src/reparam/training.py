@@ -42,16 +42,16 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
     """Datamodule, module and trainer from a composed train config (no fitting)."""
     with reraise_as_user_error("data config", ValueError, TypeError):
         datamodule = instantiate(cfg.data)
-    net = OmegaConf.to_container(cfg.model, resolve=True)
+    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
     with reraise_as_user_error("model config", ValueError, TypeError):
-        net = _spec_for_data(net, datamodule)
+        model_spec = _spec_for_data(model_spec, datamodule)
         module = ClassifierModule(
-            net=net,
+            model_spec=model_spec,
             optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             **OmegaConf.to_container(cfg.module, resolve=True),
         )
-    load_pretrained(module.net, net)  # once, before training; rebuilds from checkpoints never read it again
+    load_pretrained(module.net, model_spec)  # once, before training; rebuilds from checkpoints never read it again
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("hparams_search") is not None:  # a trial of a search: report every epoch, stop when pruned
@@ -67,11 +67,11 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
     return datamodule, module, trainer
 
 
-def _spec_for_data(net: dict, datamodule: L.LightningDataModule) -> dict:
+def _spec_for_data(model_spec: dict, datamodule: L.LightningDataModule) -> dict:
     """The model spec completed from the data (class count, input size, stride plan), when the datamodule says."""
     if not hasattr(datamodule, "input_size"):
-        return net
-    spec = complete_spec(net, lambda: datamodule.num_classes, datamodule.input_size)
+        return model_spec
+    spec = complete_spec(model_spec, lambda: datamodule.num_classes, datamodule.input_size)
     if tuple(spec["input_size"][1:]) != tuple(datamodule.input_size):
         raise UserError(
             f"model.input_size={spec['input_size']} but the data gives {list(datamodule.input_size)} "

@@ -253,7 +253,7 @@ def test_bad_inputs_each_get_one_clear_line(trained_run, tmp_path: Path, capsys)
         overrides=["benchmark.dtype=float8"],
     )
     ckpt = torch.load(last, weights_only=True)
-    ckpt["hyper_parameters"]["net"]["widths"] = [4, 4, 4, 4, 4]
+    ckpt["hyper_parameters"]["model_spec"]["widths"] = [4, 4, 4, 4, 4]
     torch.save(ckpt, tmp_path / "mismatch.ckpt")
     expect_one_line(capsys, tmp_path, tmp_path / "mismatch.ckpt", "weights do not fit the model it describes")
     if not torch.cuda.is_available():
@@ -309,7 +309,7 @@ def test_a_cifar100_checkpoint_on_digits_names_the_other_dataset(trained_run, tm
     state = ckpt["state_dict"]
     state["net.head.weight"] = torch.zeros(100, state["net.head.weight"].shape[1])
     state["net.head.bias"] = torch.zeros(100)
-    ckpt["hyper_parameters"]["net"]["num_classes"] = 100
+    ckpt["hyper_parameters"]["model_spec"]["num_classes"] = 100
     ckpt["datamodule_hyper_parameters"].update(dataset="cifar100", num_classes=100, val_size=5000)
     torch.save(ckpt, tmp_path / "cifar100.ckpt")
     # with a CUDA toolkit and no GPU, importing torch.utils.benchmark used to log "No CUDA runtime is found" first

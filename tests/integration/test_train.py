@@ -49,7 +49,7 @@ def test_tiny_run_writes_a_fused_model_that_matches_the_trained_one(cifar_root: 
     assert report.argmax_agreement == 1.0
     # the checkpoint holds only primitives: it loads with weights_only=True
     ckpt = torch.load(summary.last_checkpoint, weights_only=True)
-    assert ckpt["hyper_parameters"]["net"]["widths"] == [8, 8, 16, 16, 32]
+    assert ckpt["hyper_parameters"]["model_spec"]["widths"] == [8, 8, 16, 16, 32]
     assert 0.0 <= summary.test_acc <= 1.0 and summary.epochs == 2
 
 
@@ -137,7 +137,7 @@ def test_ema_ships_the_better_weights_to_the_checkpoint_the_test_and_fused(cifar
     shipped = averaged if summary.shipped_weights == "averaged" else raw
     assert all(torch.equal(net_state(ckpt)[k], shipped[k]) for k in shipped)
     # fused/ is the fusion of the shipped weights, and the test accuracy is theirs
-    spec = ckpt["hyper_parameters"]["net"]
+    spec = ckpt["hyper_parameters"]["model_spec"]
     dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0, eval_batch_size=1000)
     dm.setup("test")
     x, y = next(iter(dm.test_dataloader()))

@@ -6,7 +6,19 @@ from helpers import TINY_SPEC, randomize_bn
 from torch import nn
 
 from reparam import reparameterize_model, verify_equivalence
-from reparam.models import VARIANTS, RepVGGSpec, build_model
+from reparam.blocks import MultiBranchBlock
+from reparam.models import (
+    MODELS,
+    VARIANTS,
+    ModelFamily,
+    RepVGGSpec,
+    build_model,
+    complete_spec,
+    fuse_model,
+    fuse_model_with_report,
+    input_size,
+    model_family,
+)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -75,3 +87,64 @@ def test_plain_vgg_limit_computes_the_fused_function() -> None:
     )
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(plain(x), fused(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("block", ["repvgg", "dbb"])
+def test_kernel_size_5_fuses_exactly_and_round_trips_through_the_deploy_constructor(block: str) -> None:
+    spec = {**TINY_SPEC, "kernel_size": 5, "block": block}
+    train_form = randomize_bn(build_model(spec)).double().eval()
+    fused = fuse_model(spec, train_form)
+    assert {m.kernel_size for m in fused.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)} == {(5, 5)}
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    report = verify_equivalence(train_form, fused, x)
+    assert report.max_abs_diff <= 1e-10 and report.argmax_agreement == 1.0
+    deploy = build_model(spec, deploy=True).double().eval()
+    deploy.load_state_dict(fused.state_dict(), strict=True)
+    assert torch.equal(deploy(x), fused(x))
+
+
+def test_specs_without_kernel_size_build_3x3_blocks() -> None:
+    assert "kernel_size" not in TINY_SPEC  # as recorded before the field existed
+    model = build_model(TINY_SPEC)
+    assert model.spec.kernel_size == 3
+    assert {m.kernel_size for m in model.modules() if isinstance(m, MultiBranchBlock)} == {3}
+
+
+def test_even_kernel_size_is_named() -> None:
+    with pytest.raises(ValueError, match=r"model.kernel_size must be odd .* got 4"):
+        build_model({**TINY_SPEC, "kernel_size": 4})
+
+
+def test_every_family_is_registered_under_its_arch() -> None:
+    assert {"repvgg", "custom", "timm"} <= set(MODELS)
+    assert all(family.arch == arch and isinstance(family, ModelFamily) for arch, family in MODELS.items())
+    with pytest.raises(ValueError, match=r"unknown model arch 'resnet'; choose one of \['custom', "):
+        model_family({"arch": "resnet"})
+    assert model_family(TINY_SPEC) is MODELS["repvgg"]  # specs recorded before 'arch' existed
+
+
+CUSTOM_SPEC = {
+    "arch": "custom",
+    "num_classes": 10,
+    "input_size": [3, 32, 32],
+    "net": {"_target_": "reparam.models.examples.AsymmetricNet", "num_classes": 10},
+}
+
+
+def test_a_family_without_a_fused_constructor_fuses_by_auto_fuse_and_exports_a_program() -> None:
+    assert MODELS["custom"].exports_program and not MODELS["repvgg"].exports_program
+    with pytest.raises(ValueError, match="has no fused constructor"):
+        build_model(CUSTOM_SPEC, deploy=True)
+    train_form = randomize_bn(build_model(CUSTOM_SPEC)).double().eval()
+    fused, report = fuse_model_with_report(CUSTOM_SPEC, train_form, torch.zeros(1, 3, 32, 32, dtype=torch.float64))
+    assert report is not None and not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    assert verify_equivalence(train_form, fused, x).max_abs_diff <= 1e-10
+
+
+def test_complete_spec_fills_what_the_data_decides_per_family() -> None:
+    repvgg = complete_spec({**TINY_SPEC, "num_classes": None}, lambda: 7, (64, 64))
+    assert repvgg["num_classes"] == 7 and repvgg["input_size"] == [3, 64, 64] and repvgg["strides"] == [1, 2, 2, 2, 2]
+    custom = complete_spec({**CUSTOM_SPEC, "input_size": None}, lambda: 3, (48, 48))
+    assert custom["num_classes"] == 10 and custom["input_size"] == [3, 48, 48] and "strides" not in custom
+    assert input_size(custom) == (3, 48, 48) and input_size(TINY_SPEC) == (3, 32, 32)

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..artifact import CONFIG, WEIGHTS, read_fused_artifact
 from ..blocks import FormMismatchError
-from ..checkpoint import net_state, read_checkpoint
+from ..checkpoint import model_spec_of, net_state, read_checkpoint
 from ..errors import UserError
 from ..models import RepVGG, build_model, fuse_model
 
@@ -64,7 +64,7 @@ def _weights_in_run(directory: Path) -> tuple[Path | None, str]:
 
 
 def _load_train_form(ckpt: dict, path: Path) -> tuple[nn.Module, dict]:
-    spec = dict(ckpt["hyper_parameters"]["net"])
+    spec = model_spec_of(ckpt["hyper_parameters"]) or {}  # read_checkpoint made sure there is one
     try:
         model = build_model(spec)
     except ValueError as err:

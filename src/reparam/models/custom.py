@@ -7,11 +7,16 @@ and deploy fuse it with :func:`reparam.auto_fuse`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import torch
 from torch import nn
 
-__all__ = ["build_custom"]
+from ..autofuse import FuseReport, auto_fuse
+from ..device import device_of, place
+from .family import ModelFamily
+
+__all__ = ["CustomFamily", "build_custom"]
 
 
 def build_custom(spec: Mapping) -> nn.Module:
@@ -43,3 +48,31 @@ def _root_cause(err: BaseException) -> str:
         err = err.__cause__
     text = " ".join(str(err).split()).split(", set env var HYDRA_FULL_ERROR")[0]
     return f"{type(err).__name__}: {text}"[:300]
+
+
+class CustomFamily(ModelFamily):
+    """``model=custom``: any ``nn.Module``, fused by :func:`reparam.auto_fuse`. Its fused form is a traced graph with
+    no constructor: a fused artifact rebuilds it by fusing the train form again (auto_fuse decides from the structure,
+    not the weights) and also holds a torch.export program for runtimes without the network's source."""
+
+    arch = "custom"
+    has_fused_constructor = False
+
+    def build(self, spec: Mapping, deploy: bool = False) -> nn.Module:
+        if deploy:
+            raise ValueError("a custom model's fused form is built by reparam.auto_fuse, not by deploy=True")
+        return build_custom(spec)
+
+    def fuse(
+        self, spec: Mapping, model: nn.Module, example_inputs: torch.Tensor | Sequence | None = None
+    ) -> tuple[nn.Module, FuseReport | None]:
+        """auto_fuse traced with ``example_inputs`` (default: zeros of the spec's input size), unverified: the
+        callers verify against their own inputs."""
+        if example_inputs is None:
+            param = next(model.parameters(), None)
+            dtype = param.dtype if param is not None else None
+            example_inputs = place(torch.zeros(1, *self.input_size(spec)), device_of(model), dtype=dtype)
+        return auto_fuse(model, example_inputs, verify=False)
+
+    def fused_skeleton(self, spec: Mapping) -> nn.Module:
+        return self.fuse(spec, self.build(spec).eval())[0]

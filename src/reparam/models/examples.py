@@ -46,7 +46,7 @@ class AsymmetricNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
-        for i, (width, depth) in enumerate(zip(widths, depths)):
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
             for j in range(depth):
                 layers.append(_Stage(cin, width, 2 if (j == 0 and i > 0) else 1))
                 cin = width

@@ -13,15 +13,17 @@ depthwise + pointwise pair per block).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
-from ..blocks import BLOCKS, FormMismatchError, MultiBranchBlock, make_block, state_dict_form
+from ..blocks import BLOCKS, MultiBranchBlock, check_state_dict_form, make_block, state_dict_form
+from .family import ModelFamily
 
-__all__ = ["VARIANTS", "RepVGGSpec", "RepVGG", "build_repvgg"]
+__all__ = ["VARIANTS", "RepVGGSpec", "RepVGG", "RepVGGFamily", "build_repvgg", "stride_plan"]
 
 # variant -> (depths per stage 1..4, width multiplier a, width multiplier b); stage 0 has depth 1.
 VARIANTS: dict[str, tuple[tuple[int, int, int, int], float, float]] = {
@@ -62,6 +64,8 @@ class RepVGGSpec:
     # (channels, height, width) of one input image; null: 32x32 (specs recorded before the field existed)
     input_size: list[int] | None = None
     arch: str = "repvgg"
+    # the square kernel of every block (odd: 1, 3, 5, ...); specs recorded before the field existed used 3
+    kernel_size: int = 3
     # the block kind of every stage (reparam.blocks registry) and its extra options, e.g. num_conv_branches
     block: str = "repvgg"
     block_options: dict = field(default_factory=dict)
@@ -107,9 +111,17 @@ class RepVGGSpec:
         for name, values in (("widths", widths), ("depths", depths), ("strides", self.resolved_strides())):
             if len(values) != 5 or any(int(v) < 1 for v in values):
                 raise ValueError(f"model.{name} needs 5 positive integers (stages 0..4), got {values}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"model.kernel_size must be odd (1, 3, 5, ...) so branches centre, got {self.kernel_size}")
         if self.num_classes < 2 or self.in_channels < 1:
             raise ValueError(f"need num_classes >= 2 and in_channels >= 1, got {self.num_classes}, {self.in_channels}")
         return widths, depths
+
+
+class _HasFusedForm(Protocol):
+    """What every registered block kind has: the plain module it becomes."""
+
+    def fused_form(self) -> nn.Module: ...
 
 
 class RepVGG(nn.Module):
@@ -124,13 +136,19 @@ class RepVGG(nn.Module):
         widths, depths = spec.resolved()
         stages: list[nn.Module] = []
         in_ch = spec.in_channels
-        for width, depth, stride in zip(widths, depths, spec.resolved_strides()):
+        for width, depth, stride in zip(widths, depths, spec.resolved_strides(), strict=True):
             blocks = []
             for i in range(depth):
                 block = make_block(
-                    spec.block, in_ch, width, 3, stride=stride if i == 0 else 1, deploy=deploy, **spec.block_options
+                    spec.block,
+                    in_ch,
+                    width,
+                    spec.kernel_size,
+                    stride=stride if i == 0 else 1,
+                    deploy=deploy,
+                    **spec.block_options,
                 )
-                blocks.append(block.fused_form() if deploy else block)
+                blocks.append(cast(_HasFusedForm, block).fused_form() if deploy else block)
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -144,18 +162,9 @@ class RepVGG(nn.Module):
     def is_fused(self) -> bool:
         return not any(isinstance(m, MultiBranchBlock) and not m.is_fused for m in self.modules())
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001
-        holds = state_dict_form(state_dict)
-        if holds == "train" and self.is_fused:
-            raise FormMismatchError(
-                "the state_dict holds train-form (multi-branch) weights but the model is in fused form; build it "
-                "with deploy=False, load, then call reparam.reparameterize_model()"
-            )
-        if holds == "fused" and not self.is_fused:
-            raise FormMismatchError(
-                "the state_dict holds fused weights but the model is in train form; build the "
-                "model with deploy=True to load fused weights"
-            )
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        # the fused form's blocks are plain Sequential(Conv2d, act), so the blocks' own check cannot see them
+        check_state_dict_form(state_dict_form(state_dict), self.is_fused, "RepVGG")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
@@ -163,3 +172,19 @@ def build_repvgg(spec: RepVGGSpec | Mapping, deploy: bool = False) -> RepVGG:
     if not isinstance(spec, RepVGGSpec):
         spec = RepVGGSpec.from_dict(spec)
     return RepVGG(spec, deploy=deploy)
+
+
+class RepVGGFamily(ModelFamily):
+    """``model=repvgg_*``: the layout above with any registered block kind; its blocks fuse themselves."""
+
+    arch = "repvgg"
+
+    def build(self, spec: Mapping, deploy: bool = False) -> nn.Module:
+        return build_repvgg(spec, deploy=deploy)
+
+    def complete(self, spec: Mapping, num_classes: Callable[[], int], image_size: tuple[int, int]) -> dict:
+        """Class count and input size, and the stride plan of that size (recorded, so a rebuild never re-plans)."""
+        spec = super().complete(spec, num_classes, image_size)
+        if not spec.get("strides"):
+            spec["strides"] = stride_plan(spec["input_size"][1], spec["input_size"][2])
+        return spec

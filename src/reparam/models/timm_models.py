@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from .family import ModelFamily
 
-__all__ = ["build_timm", "load_pretrained", "read_weights_file"]
+__all__ = ["TimmFamily", "build_timm", "load_pretrained", "read_weights_file"]
 
 
-def _timm():
+def _timm() -> ModuleType:
     try:
         import timm
     except ImportError as err:
@@ -93,7 +95,8 @@ def load_pretrained(model: nn.Module, spec: Mapping) -> str | None:
         state, where = source.state_dict(), f"timm's hub ({spec['name']})"
     else:
         state, where = read_weights_file(pretrained), str(pretrained)
-    head = str(model.pretrained_cfg.get("classifier", "")) if hasattr(model, "pretrained_cfg") else ""
+    pretrained_cfg = getattr(model, "pretrained_cfg", None)  # timm's models name their classifier there
+    head = str(pretrained_cfg.get("classifier", "")) if isinstance(pretrained_cfg, Mapping) else ""
     own = model.state_dict()
     is_head = lambda key: bool(head) and key.startswith(head + ".")  # noqa: E731
     body = {k: v for k, v in state.items() if not is_head(k)}
@@ -109,3 +112,15 @@ def load_pretrained(model: nn.Module, spec: Mapping) -> str | None:
         )
     model.load_state_dict(body, strict=False)
     return where
+
+
+class TimmFamily(ModelFamily):
+    """``model=timm``: timm's re-parameterizable networks; their blocks fuse themselves (``reparameterize()``)."""
+
+    arch = "timm"
+
+    def build(self, spec: Mapping, deploy: bool = False) -> nn.Module:
+        return build_timm(spec, deploy=deploy)
+
+    def load_pretrained(self, model: nn.Module, spec: Mapping) -> str | None:
+        return load_pretrained(model, spec)
