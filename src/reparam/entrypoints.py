@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .cli import guarded
+from .guard import guarded
 
 __all__ = ["train_task", "deploy_task", "serve_task", "train_main", "deploy_main", "serve_main", "config_dir"]
 
@@ -22,7 +22,7 @@ __all__ = ["train_task", "deploy_task", "serve_task", "train_main", "deploy_main
 def train_task(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from .report import print_train_summary
+    from .console import print_train_summary
     from .training import optimized_metric, train
 
     summary = train(cfg)

@@ -7,7 +7,7 @@ to the same study (:class:`TrialPruning`) and stops when the pruner says so; it 
 
 Settings live in the ``hparams_search`` config node (read by the sweeper and by every trial), the search space in
 ``hydra.sweeper.params`` (Hydra's ``interval()``, ``choice()``, ``range()``, ``tag(log, ...)``) and on the command
-line. The direction comes from ``optimized_metric`` (``reparam.summary.SUMMARY_METRICS``), never from a second
+line. The direction comes from ``optimized_metric`` (``reparam.run_summary.SUMMARY_METRICS``), never from a second
 setting. The study lives in an RDB storage: ``sqlite:///<sweep dir>/optuna.db`` unless ``hparams_search.storage``
 names any SQLAlchemy URL, so ``optuna-dashboard <storage>`` shows it and ``hparams_search.resume=true`` continues it.
 Optuna is imported only here, and only when a search or a trial runs.
@@ -24,7 +24,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .summary import SUMMARY_METRICS
+from .run_summary import SUMMARY_METRICS
 from .sweep import SweepRecord, SweepRun, set_active_record
 
 if TYPE_CHECKING:

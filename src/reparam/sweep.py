@@ -29,8 +29,8 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from .artifact import atomic_write_json
-from .report import console, pct, seconds, text
-from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
+from .console import console, pct, seconds, text
+from .run_summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
 __all__ = [
     "SweepRun",

@@ -26,7 +26,7 @@ from .launching import use_cores_given
 from .loggers import ResumePoint
 from .models import complete_spec, load_pretrained
 from .module import ClassifierModule
-from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
+from .run_summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
 __all__ = ["train", "build_components", "instantiate_group", "optimized_metric", "SUMMARY_FILE", "SUMMARY_METRICS"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import compose_config, run_entry
 
-from reparam.cli import guarded
+from reparam.guard import guarded
 from reparam.data import ImageDataModule
 from reparam.deploy import DeployReport, deploy, load_for_deploy
 from reparam.deploy.report import print_deploy_summary

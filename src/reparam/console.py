@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .summary import TrainSummary
+from .run_summary import TrainSummary
 
 __all__ = ["print_train_summary", "console"]
 

@@ -125,7 +125,7 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             from pathlib import Path
 
             from .artifact import atomic_write_json
-            from .summary import SUMMARY_FILE, TrainSummary
+            from .run_summary import SUMMARY_FILE, TrainSummary
 
             atomic_write_json(Path(job_dir) / SUMMARY_FILE, TrainSummary("failed", job_dir, error=line).to_dict())
             raise JobFailed(line) from None
