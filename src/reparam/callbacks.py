@@ -84,11 +84,13 @@ class ReparameterizeCallback(L.Callback):
         ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         if self.source == "best" and ckpt and Path(ckpt).is_file():
             return net_state(read_checkpoint(Path(ckpt))), ckpt
-        state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
+        net = pl_module.net
+        assert isinstance(net, torch.nn.Module)  # ClassifierModule.net, the network being trained
+        state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
         return state, FINAL_WEIGHTS
 
     def _validation_inputs(self, trainer: L.Trainer) -> torch.Tensor:
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector
         if datamodule is None:
             raise RuntimeError(
                 "ReparameterizeCallback needs the trainer to have a datamodule to draw validation images"
@@ -123,8 +125,8 @@ class ReparameterizeCallback(L.Callback):
         train_form64 = copy.deepcopy(train_form).double()
         fp64 = verify_equivalence(train_form64, fuse_model(spec, train_form64, inputs[:2].double()), inputs.double())
 
-        datamodule = trainer.datamodule
-        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector
+        best = getattr(trainer.checkpoint_callback, "best_model_score", None)
         config = {
             "model": spec,
             "input": datamodule.deploy_info() if hasattr(datamodule, "deploy_info") else {},

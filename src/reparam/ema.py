@@ -131,7 +131,7 @@ class EMAWeights(EMAWeightAveraging):
     # -- BN statistics of the averaged weights -----------------------------------------------------------
     def _bn_batches(self, trainer: L.Trainer, device: torch.device) -> list[torch.Tensor]:
         if self._bn_inputs is None:
-            datamodule = trainer.datamodule
+            datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector
             if datamodule is None:
                 raise UserError("callbacks=ema recomputes BN statistics on training images: fit with a datamodule")
             batch_size = int(getattr(datamodule, "hparams", {}).get("batch_size", 128))
@@ -183,6 +183,7 @@ class EMAWeights(EMAWeightAveraging):
                 "callbacks=ema compares the raw and the averaged weights: validation_step must return the logits"
             )
         x, y = batch[0], batch[1]
+        assert self._average_model is not None  # _counts is set only when there is an average
         with trainer.strategy.precision_plugin.forward_context():
             raw = self._average_model.module(x)
         self._counts += torch.stack(

@@ -26,7 +26,8 @@ def train_task(cfg: DictConfig) -> float | None:
     from .training import optimized_metric, train
 
     summary = train(cfg)
-    if rank_zero_only.rank == 0:  # under DDP every process runs this; one table is enough
+    # under DDP every process runs this; one table is enough (Lightning sets .rank on the function at import)
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
         print_train_summary(summary, _sibling_command("deploy"))
     return optimized_metric(cfg, summary)  # what a Hydra sweeper (e.g. Optuna) optimizes
 

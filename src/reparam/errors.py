@@ -55,5 +55,5 @@ def reraise_as_user_error(context: str, *types: type[BaseException]) -> Iterator
         yield
     except UserError:
         raise
-    except types or (ValueError,) as err:  # type: ignore[misc]
+    except types or (ValueError,) as err:
         raise UserError(f"{context}: {err}") from err

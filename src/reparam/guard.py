@@ -28,9 +28,9 @@ USER_ERRORS = (UserError, FormMismatchError, EquivalenceError, MisconfigurationE
 T = TypeVar("T")
 
 
-def find_user_error(err: BaseException) -> BaseException | None:
+def find_user_error(err: BaseException | None) -> BaseException | None:
     """The user error behind ``err``, looking through wrappers such as Hydra's InstantiationException."""
-    seen = set()
+    seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, USER_ERRORS):
             return err

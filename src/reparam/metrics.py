@@ -37,12 +37,17 @@ class TrainingStats(Metric):
         self.add_state("correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:  # type: ignore[override]
+    # the states add_state registered, as tensors (Metric's __getattr__ would say Tensor | Module)
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    total: torch.Tensor
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         n = target.numel()
         self.loss_sum += loss.detach() * n  # the batch mean times its size: the epoch mean weights batches by size
         self.correct += (logits.detach().argmax(dim=-1) == target).sum()
         self.total += n
 
-    def compute(self) -> EpochStats:  # type: ignore[override]
+    def compute(self) -> EpochStats:
         total = self.total.clamp(min=1)
         return EpochStats(loss=self.loss_sum / total, acc=self.correct / total)

@@ -181,7 +181,8 @@ class ImageFolderSource(DatasetSource):
     def read(self) -> SourceSplits:
         root, skip = self.root, bool(self.opts.get("skip_bad_images"))
         classes = self._checked_classes(self.class_folders())
-        splits, skipped = {}, []
+        splits: dict[str, FileSplit] = {}
+        skipped: list[str] = []
         for split in ("train", "val", "test"):
             if split != "train" and not (root / split).is_dir():
                 continue
@@ -206,7 +207,9 @@ class ImageFolderSource(DatasetSource):
         )
 
     def _scan(self, folder: Path, classes: list[str], skip: bool) -> tuple[FileSplit, list[str]]:
-        paths, labels, bad = [], [], []
+        paths: list[str] = []
+        labels: list[int] = []
+        bad: list[str] = []
         for label, name in enumerate(classes):
             count = 0
             for entry in _visible(os.scandir(folder / name)):
@@ -216,6 +219,7 @@ class ImageFolderSource(DatasetSource):
                         f"{path} is a folder inside class folder {folder / name}; a class folder holds "
                         "image files only (flatten it, or make it a class of its own)"
                     )
+                reason: str | None
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
                     reason = f"not an image file (extension '{path.suffix}'; reads {', '.join(IMAGE_EXTENSIONS)})"
                 else:

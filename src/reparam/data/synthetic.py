@@ -91,7 +91,7 @@ def write_digits_folder(
         split = splits[k % 10 + 1] if k % 10 + 1 < len(splits) else splits[0]
         gray = Image.fromarray((digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8), mode="L")
         size = (int(rng.integers(40, 96)), int(rng.integers(40, 96)))
-        image = gray.resize(size, Image.BILINEAR)
+        image = gray.resize(size, Image.Resampling.BILINEAR)
         folder = root / split / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         if jpeg and n % 2:
