@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -167,7 +168,9 @@ class FiniteLossGuard(L.Callback):
     def __init__(self, check_every_n_steps: int = 1) -> None:
         self.every = max(int(check_every_n_steps), 1)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx % self.every:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -178,7 +181,8 @@ class FiniteLossGuard(L.Callback):
             raise DivergenceError(
                 f"training diverged: the loss became {float(loss.detach().float())} at epoch {trainer.current_epoch}, "
                 f"batch {batch_idx} (global step {max(trainer.global_step - 1, 0)}); lower optimizer.lr, add warm-up "
-                "(scheduler.warmup_epochs) or clip gradients (trainer.gradient_clip_val=1.0). No fused model was written."
+                "(scheduler.warmup_epochs) or clip gradients (trainer.gradient_clip_val=1.0). No fused model was "
+                "written."
             )
 
 

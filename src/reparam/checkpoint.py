@@ -29,18 +29,21 @@ def read_checkpoint(path: Path) -> dict:
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(
-            f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py or a fused/ folder"
+            f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py or a "
+            "fused/ folder"
         )
     net = (ckpt.get("hyper_parameters") or {}).get("net")
     if not isinstance(net, dict):
         raise UserError(
-            f"{path} is not a reparam checkpoint (its hyper_parameters have no 'net' spec); was it written by another project?"
+            f"{path} is not a reparam checkpoint (its hyper_parameters have no 'net' spec); was it written by "
+            "another project?"
         )
     return ckpt
 
 
 def _what_is_wrong(path: Path) -> str:
-    """Why torch.load failed, in words (its own messages are internal zip or pickle codes such as ``KeyError: '101'``)."""
+    """Why torch.load failed, in words (its own messages are internal zip or pickle codes such as
+    ``KeyError: '101'``)."""
     try:
         with path.open("rb") as f:
             head = f.read(4)

@@ -118,7 +118,9 @@ class EMAWeights(EMAWeightAveraging):
         if self._average_model is not None and self._device is None:
             self._average_model.to(pl_module.device)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         before = self._latest_update_step
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self.updates += int(self._latest_update_step != before)
@@ -174,7 +176,13 @@ class EMAWeights(EMAWeightAveraging):
         self._counts = torch.zeros(3, dtype=torch.long, device=pl_module.device)
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self._counts is None:
             return

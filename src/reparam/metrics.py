@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -31,7 +32,7 @@ class TrainingStats(Metric):
     is_differentiable = False
     higher_is_better = None
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_state("loss_sum", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")

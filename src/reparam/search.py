@@ -377,7 +377,7 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
             for t in trials
         ]
         results = launcher.launch(batch, initial_job_idx=first)
-        for trial, result in zip(trials, results):
+        for trial, result in zip(trials, results, strict=True):
             run = SweepRun.from_job(result, params=dict(trial.params), trial=trial.number)
             trial.set_user_attr("reparam_run", run.to_dict())
             if run.status == "ok":

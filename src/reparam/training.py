@@ -199,7 +199,8 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
 
 def _record_averaging(trainer: L.Trainer, summary: TrainSummary) -> None:
     """What a weight-averaging callback (callbacks=ema) did: which weights the shipped checkpoint holds, and the raw
-    and averaged weights' validation accuracy there (from the checkpoint itself: a resumed run may ship an older one)."""
+    and averaged weights' validation accuracy there (from the checkpoint itself: a resumed run may ship an older
+    one)."""
     averaging = next((c for c in trainer_callbacks(trainer) if isinstance(c, WeightAveraging)), None)
     if averaging is None:
         return

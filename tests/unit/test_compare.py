@@ -13,7 +13,7 @@ def test_streaming_equals_one_batch() -> None:
     ref = torch.randn(10, 5)
     other = ref + 1e-3 * torch.randn(10, 5)
     streamed = Comparison(Tolerance(1e-2, 0.0))
-    for a, b in zip(ref.split(3), other.split(3)):
+    for a, b in zip(ref.split(3), other.split(3), strict=True):
         streamed.update(a, b)
     assert streamed.report() == compare(ref, other, Tolerance(1e-2, 0.0))
 

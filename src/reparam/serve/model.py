@@ -84,7 +84,7 @@ class Prediction:
             "probability": self.probabilities[0],
             "top_k": [
                 {"class": c, "index": i, "probability": p}
-                for c, i, p in zip(self.classes, self.indices, self.probabilities)
+                for c, i, p in zip(self.classes, self.indices, self.probabilities, strict=True)
             ],
         }
 
@@ -113,7 +113,7 @@ class Classifier:
         values, indices = probabilities.topk(k, dim=1) if len(probabilities) else (probabilities, probabilities)
         return [
             Prediction([self.name_of(int(i)) for i in idx], [int(i) for i in idx], [float(v) for v in vals])
-            for vals, idx in zip(values.tolist(), indices.tolist())
+            for vals, idx in zip(values.tolist(), indices.tolist(), strict=True)
         ]
 
     def __call__(self, images: torch.Tensor) -> list[Prediction]:
