@@ -25,8 +25,10 @@ __all__ = ["build_target", "recorded_preprocessing", "with_class_names", "Predic
 def build_target(served: ServedTarget, loaded: Loaded, device: torch.device | str, threads: int) -> Target:
     """The target ``served`` names, ready to predict; its gate is the report's concern, so it carries none."""
     cls = TARGETS[served.name]
-    if cls.needs_onnx:
-        return cls(served.artifact, threads, Reference(), {})
+    if cls.needs_onnx:  # the ONNX targets take (path, threads, gate, details); Target itself declares no constructor
+        return cls(served.artifact, threads, Reference(), {})  # type: ignore[call-arg]
+    if not issubclass(cls, TorchTarget):
+        raise TypeError(f"target {served.name} is neither an ONNX nor a PyTorch target")
     device = torch.device(device)
     cls.check_device(device)
     return TorchTarget(
