@@ -1,6 +1,7 @@
 # make demo: install, train on the embedded digits, fuse, deploy (no network needed beyond PyPI)
 # make test: install with dev extras, run the whole test suite
 # make test-min: the fast tests on the lowest versions pyproject.toml allows; make lock: refresh constraints.txt
+# make lint: ruff (lint + format check) and mypy, with the settings in pyproject.toml
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ CONSTRAINTS ?= constraints.txt
 PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 MIN_VENV ?= .venv-min
 
-.PHONY: install install-dev demo test test-fast test-min lock gpu-check clean
+.PHONY: install install-dev demo lint test test-fast test-min lock gpu-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/train
 	$(PY) deploy.py ckpt=$(DEMO_DIR)/train hydra.run.dir=$(DEMO_DIR)/deploy
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: install-dev
 	$(PY) -m pytest

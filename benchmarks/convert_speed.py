@@ -26,7 +26,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads")
     print(
-        "| variant | train-form params | fused params | convert median (ms) | IQR (ms) | max abs diff fp32 | argmax agreement |"
+        "| variant | train-form params | fused params | convert median (ms) | IQR (ms) | max abs diff fp32 "
+        "| argmax agreement |"
     )
     print("|---|---|---|---|---|---|---|")
     for variant in args.variants:

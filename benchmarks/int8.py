@@ -102,7 +102,8 @@ def main() -> None:
         return
     print(f"\n# throughput (images/s, {first['benchmark'][0]['device']}, {first['benchmark'][0]['threads']} threads)")
     print(
-        "| block | batch | train form | fused | plain VGG | ORT fp32 | ORT INT8 | INT8 / fused eager | INT8 / ORT fp32 |"
+        "| block | batch | train form | fused | plain VGG | ORT fp32 | ORT INT8 | INT8 / fused eager "
+        "| INT8 / ORT fp32 |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for block, r in reports.items():

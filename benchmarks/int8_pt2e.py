@@ -2,8 +2,8 @@
 
     python benchmarks/int8_pt2e.py --run logs/int8-bench/demo-qarepvgg [--batch-sizes 1 32 256] [--calibration 512]
 
-Needs `pip install torchao` and a C++ compiler (Inductor compiles the INT8 kernels). Uses the run's fused/ folder and the
-deploy run's model.int8.onnx written by `python benchmarks/int8.py`; both INT8 models are calibrated on the same
+Needs `pip install torchao` and a C++ compiler (Inductor compiles the INT8 kernels). Uses the run's fused/ folder and
+the deploy run's model.int8.onnx written by `python benchmarks/int8.py`; both INT8 models are calibrated on the same
 training-split images and evaluated on the whole test split; throughput is timed round-robin with the fused model in
 torch eager (3 rounds).
 """
@@ -91,7 +91,7 @@ def main() -> None:
             f, q, o = (rates[n] for n in forms)
 
             def ratio(a, b):  # noqa: ANN001, ANN202
-                r = [i / j for i, j in zip(a, b)]
+                r = [i / j for i, j in zip(a, b, strict=True)]
                 return f"{statistics.median(r):.2f}x ({min(r):.2f}..{max(r):.2f})"
 
             print(

@@ -111,7 +111,7 @@ def main() -> None:
                 seconds, images = epoch(loaders[name])
                 rates[name].append(images / seconds)
         ours, theirs = rates.values()
-        ratios = sorted(a / b for a, b in zip(ours, theirs))
+        ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
         print(
             f"{args.images} JPEGs (mean {size_kb:.0f} kB, 300-500 px), 224x224 train transforms, "
             f"{args.workers} workers, batch {args.batch_size}, {args.rounds} interleaved rounds, "

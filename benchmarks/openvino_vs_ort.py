@@ -1,7 +1,8 @@
 """OpenVINO against ONNX Runtime on the same exported files (fp32 and static INT8), on the CPU.
 
     pip install openvino
-    python benchmarks/openvino_vs_ort.py --run <deploy run dir> [--batch-sizes 1 32 256] [--min-run-time 3] [--threads N]
+    python benchmarks/openvino_vs_ort.py --run <deploy run dir> [--batch-sizes 1 32 256] [--min-run-time 3] \
+        [--threads N]
 
 The deploy run (``deploy.py ckpt=<run> quantize=int8``) provides model.onnx and model.int8.onnx (QDQ); both runtimes
 load the same two files. OpenVINO runs as one more deploy target (a class here, not registered): every target goes

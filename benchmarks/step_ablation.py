@@ -89,8 +89,8 @@ def main() -> None:
                 )
         print(f"| {name} | plain loop | {np.median(plain):.0f} ({min(plain):.0f}..{max(plain):.0f}) | 1 | 0 |")
         for variant, values in rates.items():
-            ratios = [t / p for t, p in zip(values, plain)]
-            ms = [1000 * args.batch_size * (1 / t - 1 / p) for t, p in zip(values, plain)]
+            ratios = [t / p for t, p in zip(values, plain, strict=True)]
+            ms = [1000 * args.batch_size * (1 / t - 1 / p) for t, p in zip(values, plain, strict=True)]
             print(
                 f"| {name} | {variant} | {np.median(values):.0f} | {np.median(ratios):.3f} "
                 f"({min(ratios):.3f}..{max(ratios):.3f}) | {np.median(ms):.2f} ({min(ms):.2f}..{max(ms):.2f}) |",

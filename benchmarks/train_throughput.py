@@ -223,12 +223,12 @@ class Row:
 
     @property
     def ratios(self) -> list[float]:
-        return [t / p for p, t in zip(self.plain, self.template)]
+        return [t / p for p, t in zip(self.plain, self.template, strict=True)]
 
     @property
     def overheads_ms(self) -> list[float]:
         """Template step time minus plain step time, per repeat."""
-        return [1000 * self.batch_size * (1 / t - 1 / p) for p, t in zip(self.plain, self.template)]
+        return [1000 * self.batch_size * (1 / t - 1 / p) for p, t in zip(self.plain, self.template, strict=True)]
 
     def markdown(self) -> str:
         def spread(values: list[float], fmt: str) -> str:

@@ -132,7 +132,7 @@ def training_cost_table(kinds: list[str], rounds: int, steps: int, batch: int) -
     )
     print("|---|---|---|---|---|---|---|---|")
     for kind in kinds:
-        ratio = [a / b for a, b in zip(speed[kind], speed[base])]
+        ratio = [a / b for a, b in zip(speed[kind], speed[base], strict=True)]
         print(
             f"| {kind} | {n_params(models[kind]) / 1e6:.2f}M | {statistics.median(speed[kind]):.1f} | {spread(ratio)} "
             f"| {saved[kind] / MB:.0f} | {saved[kind] / saved[base]:.2f}x | {peak[kind] / MB:.0f} "
@@ -177,8 +177,8 @@ def zoo_table(kinds: list[str], rounds: int, steps: int, batch: int) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for kind in kinds:
-        t_ratio = [a / b for a, b in zip(train_speed[kind], train_speed[base])]
-        i_ratio = [a / b for a, b in zip(infer_speed[kind], infer_speed[base])]
+        t_ratio = [a / b for a, b in zip(train_speed[kind], train_speed[base], strict=True)]
+        i_ratio = [a / b for a, b in zip(infer_speed[kind], infer_speed[base], strict=True)]
         print(
             f"| {kind} | {n_params(models[kind]) / 1e6:.2f}M | {statistics.median(train_speed[kind]):.1f} "
             f"| {spread(t_ratio)} | {n_params(fused[kind]) / 1e6:.2f}M | {statistics.median(infer_speed[kind]):.0f} "

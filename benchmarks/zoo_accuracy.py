@@ -93,7 +93,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for spec, rows in results.items():
         acc = [100 * r["test_acc"] for r in rows]
-        delta = [a - 100 * b["test_acc"] for a, b in zip(acc, results[base])]
+        delta = [a - 100 * b["test_acc"] for a, b in zip(acc, results[base], strict=True)]
         drops = "n/a" if not args.int8 else " / ".join(f"{r['int8_drop']:.2f}" for r in rows)
         print(
             f"| {spec} | {' / '.join(f'{a:.2f}' for a in acc)} | {statistics.mean(acc):.2f} "

@@ -194,7 +194,7 @@ def main() -> int:
         batch = [(i, step) for i, step in chosen if step.phase == phase]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             results = list(pool.map(lambda item: run_step(item[1], work / f"step{item[0]:02d}.log"), batch))
-        for (index, step), (ok, seconds, detail) in zip(batch, results):
+        for (_, step), (ok, seconds, detail) in zip(batch, results, strict=True):
             print(f"  {'ok  ' if ok else 'FAIL'} {seconds:6.1f} s  {step.name}", flush=True)
             if not ok:
                 failures.append((step, detail))

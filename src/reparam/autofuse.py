@@ -32,6 +32,7 @@ import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -225,7 +226,8 @@ def _sum(maps: list[_Map], node: fx.Node, out_shape: Sequence[int], in_shape: Se
         placed_extent.append(offsets)
     left = [max(o[axis] for o in placed_extent) for axis in (0, 1)]
     size = [
-        max(left[axis] - o[axis] + m.kernel.shape[2 + axis] for o, m in zip(placed_extent, maps)) for axis in (0, 1)
+        max(left[axis] - o[axis] + m.kernel.shape[2 + axis] for o, m in zip(placed_extent, maps, strict=True))
+        for axis in (0, 1)
     ]
     padding = (left[0] * dilation[0], left[1] * dilation[1])
     for axis in (0, 1):
@@ -239,7 +241,7 @@ def _sum(maps: list[_Map], node: fx.Node, out_shape: Sequence[int], in_shape: Se
     out_ch, in_per_group = maps[0].out_channels, in_shape[1] // groups
     kernel = maps[0].kernel.new_zeros(out_ch, in_per_group, *size)
     bias = None
-    for m, (oh, ow) in zip(maps, placed_extent):
+    for m, (oh, ow) in zip(maps, placed_extent, strict=True):
         k = regroup_kernel(m.kernel, m.groups, groups)
         top, lft = left[0] - oh, left[1] - ow
         kernel[:, :, top : top + k.shape[2], lft : lft + k.shape[3]] += k
@@ -260,14 +262,15 @@ def _sum(maps: list[_Map], node: fx.Node, out_shape: Sequence[int], in_shape: Se
     )
 
 
-def _fetch(gm: fx.GraphModule, arg) -> torch.Tensor | None:  # noqa: ANN001
+def _fetch(gm: fx.GraphModule, arg: fx.node.Argument) -> torch.Tensor | None:
     if arg is None:
         return None
-    if isinstance(arg, fx.Node) and arg.op == "get_attr":
-        obj = gm
+    if isinstance(arg, fx.Node) and arg.op == "get_attr" and isinstance(arg.target, str):
+        obj: Any = gm
         for part in arg.target.split("."):
             obj = getattr(obj, part)
-        return obj
+        if isinstance(obj, torch.Tensor):
+            return obj
     raise TypeError("not a constant tensor")
 
 
@@ -308,8 +311,9 @@ class _Pass:
         meta = node.meta.get("tensor_meta")
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
-    def input_map(self, node: fx.Node, consumer: fx.Node) -> _Map | None:
-        """The map to extend for ``consumer``: ``node``'s own if only ``consumer`` uses it, else identity from ``node``."""
+    def input_map(self, node: fx.node.Argument, consumer: fx.Node) -> _Map | None:
+        """The map to extend for ``consumer``: ``node``'s own if only ``consumer`` uses it, else identity from
+        ``node``."""
         if not isinstance(node, fx.Node):
             return None
         shape = self.shape(node)
@@ -339,10 +343,12 @@ class _Pass:
             if reason_if_none:
                 self.report.skipped.append(Skipped(node.name, reason_if_none))
             return
+        shape = self.shape(source) if isinstance(source, fx.Node) else None
+        assert isinstance(source, fx.Node) and shape is not None  # input_map gave a map: a 4-d tensor node
         merged = _compose(base, op)
         if isinstance(merged, str):  # cannot extend: the input becomes a source of its own
             self.report.skipped.append(Skipped(node.name, merged))
-            merged = _compose(_identity(source, self.shape(source)[1], self.device), op)
+            merged = _compose(_identity(source, shape[1], self.device), op)
             if isinstance(merged, str):
                 return
         else:
@@ -352,7 +358,10 @@ class _Pass:
     def op_map(self, node: fx.Node) -> tuple[_Map | None, str | None]:
         """The node's own affine map (from its input), ``(None, None)`` for an identity, or ``(None, reason)``."""
         src = node.args[0] if node.args else None
+        if not isinstance(src, fx.Node):
+            return None, None  # not applied to a tensor: nothing to extend
         if node.op == "call_module":
+            assert isinstance(node.target, str)  # a call_module node names its module
             mod = self.gm.get_submodule(node.target)
             if isinstance(mod, nn.Conv2d):
                 if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
@@ -383,7 +392,10 @@ class _Pass:
                 k = _pair(k)[0]
                 if mod.ceil_mode or not mod.count_include_pad or mod.divisor_override:
                     return None, "average pooling with ceil_mode / count_include_pad=False / divisor_override"
-                channels = self.shape(src)[1]
+                src_shape = self.shape(src)
+                if src_shape is None:
+                    return None, "average pooling of an input of unknown shape"
+                channels = src_shape[1]
                 kernel = avgpool_kernel(channels, k, channels, dtype=torch.float64, device=self.device)
                 stride = _pair(mod.stride if mod.stride is not None else k)
                 return _Map(src, kernel, None, stride, _pair(mod.padding), (1, 1), channels, [node], 1, 0), None
@@ -432,20 +444,24 @@ class _Pass:
             return
         if len(tensors) != 2:
             return
-        shapes = [self.shape(t) for t in tensors]
-        if None in shapes or shapes[0] != shapes[1] or len(shapes[0]) != 4:
+        shape = self.shape(tensors[0])
+        if shape is None or shape != self.shape(tensors[1]) or len(shape) != 4:
             return
-        maps = [self.input_map(t, node) for t in tensors]
-        if maps[0].source is not maps[1].source:
+        first, second = self.input_map(tensors[0], node), self.input_map(tensors[1], node)
+        assert first is not None and second is not None  # both are 4-d tensor nodes
+        if first.source is not second.source:
             self.report.skipped.append(
                 Skipped(node.name, "operands come from different inputs (e.g. a residual around a nonlinear path)")
             )
             return
-        merged = _sum(maps, node, self.shape(node), self.shape(maps[0].source))
+        out_shape, in_shape = self.shape(node), self.shape(first.source)
+        if out_shape is None or in_shape is None:
+            return
+        merged = _sum([first, second], node, out_shape, in_shape)
         if isinstance(merged, str):
             self.report.skipped.append(Skipped(node.name, merged))
             return
-        for t, m in zip(tensors, maps):
+        for t, m in zip(tensors, (first, second), strict=True):
             self.absorb(t, m)
         self.maps[node] = merged
 
@@ -466,7 +482,7 @@ class _Pass:
         return self.materialize()
 
     def materialize(self) -> int:
-        merged, replaced = 0, {}
+        merged, replaced = 0, dict[fx.Node, fx.Node]()
         for node, m in list(self.maps.items()):
             if node in self.absorbed or m.ops < 2:
                 continue
@@ -503,7 +519,7 @@ class _Pass:
         conv = nn.Conv2d(
             in_channels,
             m.out_channels,
-            tuple(m.kernel.shape[2:]),
+            (m.kernel.shape[2], m.kernel.shape[3]),
             m.stride,
             m.padding,
             m.dilation,
@@ -513,7 +529,7 @@ class _Pass:
         conv = conv.to(device=self.device, dtype=dtype)
         with torch.no_grad():
             conv.weight.copy_(m.kernel)
-            if m.bias is not None:
+            if m.bias is not None and conv.bias is not None:
                 conv.bias.copy_(m.bias)
         return conv.eval()
 

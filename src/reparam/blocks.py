@@ -24,7 +24,7 @@ import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +33,11 @@ from torch import nn
 from .branches import (
     AvgPoolBranch,
     ConvBN,
+    FusableBranch,
     IdentityBranch,
     NormFactory,
     OneByOneKxK,
+    ScaledBranch,
     ScaledConv,
     ScaledIdentity,
     fold_norm,
@@ -157,10 +159,13 @@ class MultiBranchBlock(nn.Module):
         (eval-mode behaviour). Usable inside a loss (a regularizer, QAT) as well as for fusing.
         """
         if self.fused is not None:
+            assert self.fused.bias is not None  # the fused conv is built with a bias
             return self.fused.weight.double(), self.fused.bias.double()
         if not self.branches:
             raise RuntimeError(f"{type(self).__name__} has no branches to fuse")
-        kernel, bias = self._sum_centred(m.kernel_and_bias() for m in self.branches.values())
+        # nn.ModuleDict types its values as plain Modules; every branch a block adds has kernel_and_bias
+        branches = cast("list[FusableBranch]", list(self.branches.values()))
+        kernel, bias = self._sum_centred(m.kernel_and_bias() for m in branches)
         return fold_norm(kernel, bias, self.post_norm)
 
     def _sum_centred(self, branches: Iterable[Branch]) -> Branch:
@@ -183,6 +188,7 @@ class MultiBranchBlock(nn.Module):
             return
         kernel, bias = self.fused_kernel_and_bias()
         fused = self._make_fused_conv().to(device=kernel.device, dtype=kernel.dtype)
+        assert fused.bias is not None  # built with bias=True
         fused.weight.copy_(kernel)
         fused.bias.copy_(bias)
         fused.train(self.training)
@@ -193,11 +199,10 @@ class MultiBranchBlock(nn.Module):
     def fused_form(self) -> nn.Sequential:
         """The plain module this block becomes: ``Sequential(fused=Conv2d, act=act)`` (reparameterizes first)."""
         self.reparameterize()
+        assert self.fused is not None
         return nn.Sequential(OrderedDict(fused=self.fused, act=self.act)).train(self.training)
 
-    def _load_from_state_dict(
-        self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # train-form files from before branches lived in a dict: '<block>.conv_kxk.x' -> '<block>.branches.conv_kxk.x'
         for key in [k for k in state_dict if k.startswith(prefix)]:
             head = key[len(prefix) :].split(".", 1)[0]
@@ -225,7 +230,7 @@ def register_block(kind: str) -> Callable[[type], type]:
 
     def add(cls: type) -> type:
         BLOCKS[kind] = cls
-        cls.kind = kind
+        cls.kind = kind  # type: ignore[attr-defined]  # the registry gives each class its kind
         return cls
 
     return add
@@ -294,7 +299,9 @@ class RepVGGBlock(MultiBranchBlock):
         _check_identity(use_identity, self)
         if deploy:
             return
-        conv = dict(stride=stride, dilation=dilation, groups=groups, norm_layer=norm_layer, bias=conv_bias)
+        conv: dict[str, Any] = dict(
+            stride=stride, dilation=dilation, groups=groups, norm_layer=norm_layer, bias=conv_bias
+        )
         self.branches["conv_kxk"] = ConvBN(in_channels, out_channels, kernel_size, padding=self.padding, **conv)
         if use_1x1 and kernel_size > 1:
             self.branches["conv_1x1"] = ConvBN(in_channels, out_channels, 1, padding=0, **conv)
@@ -324,7 +331,7 @@ class QARepVGGBlock(MultiBranchBlock):
         _check_identity(use_identity, self)
         if deploy:
             return
-        conv = dict(stride=stride, dilation=dilation, groups=groups)
+        conv: dict[str, Any] = dict(stride=stride, dilation=dilation, groups=groups)
         self.branches["conv_kxk"] = ConvBN(
             in_channels, out_channels, kernel_size, padding=self.padding, norm_layer=norm_layer, **conv
         )
@@ -356,7 +363,7 @@ class ACBlock(MultiBranchBlock):
             raise ValueError(f"acnet needs kernel_size >= 3 (its branches are 1xk and kx1), got {kernel_size}")
         if deploy:
             return
-        conv = dict(stride=stride, dilation=dilation, groups=groups, norm_layer=norm_layer)
+        conv: dict[str, Any] = dict(stride=stride, dilation=dilation, groups=groups, norm_layer=norm_layer)
         p = self.padding
         self.branches["conv_kxk"] = ConvBN(in_channels, out_channels, kernel_size, padding=p, **conv)
         self.branches["conv_1xk"] = ConvBN(in_channels, out_channels, (1, kernel_size), padding=(0, p), **conv)
@@ -425,7 +432,7 @@ class MobileOneUnit(MultiBranchBlock):
             raise ValueError(f"mobileone needs num_conv_branches >= 1, got {num_conv_branches}")
         if deploy:
             return
-        conv = dict(stride=stride, groups=groups, norm_layer=norm_layer)
+        conv: dict[str, Any] = dict(stride=stride, groups=groups, norm_layer=norm_layer)
         for i in range(num_conv_branches):
             self.branches[f"conv_kxk_{i}"] = ConvBN(
                 in_channels, out_channels, kernel_size, padding=self.padding, **conv
@@ -455,7 +462,7 @@ class MobileOneBlock(nn.Sequential):
     ) -> None:
         if groups not in (1, in_channels):
             raise ValueError(f"mobileone's first unit is depthwise; groups={groups} is not used, leave it at 1")
-        options = dict(num_conv_branches=num_conv_branches, norm_layer=norm_layer, deploy=deploy)
+        options: dict[str, Any] = dict(num_conv_branches=num_conv_branches, norm_layer=norm_layer, deploy=deploy)
         super().__init__(
             OrderedDict(
                 depthwise=MobileOneUnit(in_channels, in_channels, kernel_size, stride, groups=in_channels, **options),
@@ -464,11 +471,15 @@ class MobileOneBlock(nn.Sequential):
         )
 
     def reparameterize(self) -> None:
-        for unit in self:
+        for unit in self._units():
             unit.reparameterize()
 
     def fused_form(self) -> nn.Sequential:
-        return nn.Sequential(OrderedDict((name, unit.fused_form()) for name, unit in self.named_children()))
+        units = self.named_children()
+        return nn.Sequential(OrderedDict((name, cast(MobileOneUnit, unit).fused_form()) for name, unit in units))
+
+    def _units(self) -> list[MobileOneUnit]:
+        return cast("list[MobileOneUnit]", list(self))  # built from two MobileOneUnits
 
 
 @register_block("linear_add")
@@ -529,15 +540,15 @@ class LinearAddBlock(MultiBranchBlock):
             "scale_init_identity": scale_init_identity,
             "scale_init_asymmetric": scale_init_asymmetric,
         }
-        for name, value in inits.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"linear_add: {name} must be a finite number, got {value!r}")
+        for name, init in inits.items():
+            if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
+                raise ValueError(f"linear_add: {name} must be a finite number, got {init!r}")
         if asymmetric and kernel_size < 3:
             raise ValueError(f"linear_add: asymmetric=true needs kernel_size >= 3 (1xk and kx1), got {kernel_size}")
         if deploy:
             return
         p = self.padding
-        conv = dict(stride=stride, dilation=dilation, groups=groups, trainable=trainable_scales)
+        conv: dict[str, Any] = dict(stride=stride, dilation=dilation, groups=groups, trainable=trainable_scales)
         self.branches["conv_kxk"] = ScaledConv(
             in_channels, out_channels, kernel_size, padding=p, scale_init=scale_init_kxk, **conv
         )
@@ -557,14 +568,16 @@ class LinearAddBlock(MultiBranchBlock):
 
         Differentiable in every conv weight and scale; this is what the unfused forward convolves with.
         """
-        dtype = self.branches["conv_kxk"].conv.weight.dtype
-        kernel, _ = self._sum_centred(m.kernel_and_bias(dtype) for m in self.branches.values())
+        dtype = cast(ScaledConv, self.branches["conv_kxk"]).conv.weight.dtype
+        branches = cast("list[ScaledBranch]", list(self.branches.values()))  # linear_add adds only scaled branches
+        kernel, _ = self._sum_centred(m.kernel_and_bias(dtype) for m in branches)
         return kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:
             return self.act(self.fused(x))
         out = F.conv2d(x, self.training_kernel(), None, self.stride, self.padding, self.dilation, self.groups)
+        assert self.post_norm is not None  # set in __init__, removed only with the branches
         return self.act(self.post_norm(out))
 
 

@@ -13,6 +13,7 @@ block merges into one conv in every training step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,29 @@ __all__ = [
     "ScaledIdentity",
     "NormFactory",
     "fold_norm",
+    "FusableBranch",
+    "ScaledBranch",
 ]
 
 NormFactory = Callable[[int], nn.Module]
+
+
+class FusableBranch(Protocol):
+    """What a block needs of each branch: its linear map as ``(kernel, bias)`` in float64."""
+
+    def kernel_and_bias(self) -> Branch: ...
+
+
+class ScaledBranch(Protocol):
+    """A linear_add branch: its ``(kernel, bias)`` in the dtype asked for (differentiable in the scales)."""
+
+    def kernel_and_bias(self, dtype: torch.dtype = torch.float64) -> Branch: ...
+
+
+def _stats_device(norm: nn.Module | None) -> torch.device | None:
+    """Where a norm's running statistics live (None: no statistics; build on the default device)."""
+    mean = getattr(norm, "running_mean", None)
+    return mean.device if isinstance(mean, torch.Tensor) else None
 
 
 def fold_norm(kernel: torch.Tensor, bias: torch.Tensor | None, norm: nn.Module | None) -> Branch:
@@ -86,8 +107,7 @@ class IdentityBranch(nn.Module):
         return self.bn(x) if self.bn is not None else x
 
     def kernel_and_bias(self) -> Branch:
-        device = self.bn.running_mean.device if self.bn is not None and self.bn.running_mean is not None else None
-        kernel = identity_kernel(self.channels, 1, self.groups, dtype=torch.float64, device=device)
+        kernel = identity_kernel(self.channels, 1, self.groups, dtype=torch.float64, device=_stats_device(self.bn))
         return fold_norm(kernel, None, self.bn)
 
 
@@ -111,7 +131,7 @@ class BNAndPad(nn.Module):
         out = self.bn(x)  # batch statistics from the real pixels only, as in DBB
         mean, var, eps, gamma, beta = bn_statistics(self.bn)
         value = -mean / torch.sqrt(var + eps)
-        if gamma is not None:
+        if gamma is not None and beta is not None:  # affine BN: both or neither
             value = value * gamma + beta
         value = value.detach().reshape(1, -1, 1, 1)
         return F.pad(out - value, pad) + value
@@ -147,7 +167,8 @@ class OneByOneKxK(nn.Module):
 
 class AvgPoolBranch(nn.Module):
     """DBB's pooling branch: ``BN(avgpool_kxk(x'))``, ``x' = BNAndPad(conv_1x1(x))`` unless the block is
-    depthwise with ``in_channels == out_channels`` (then the input is pooled directly, zero-padded; ``count_include_pad=True`` either way)."""
+    depthwise with ``in_channels == out_channels`` (then the input is pooled directly, zero-padded;
+    ``count_include_pad=True`` either way)."""
 
     def __init__(
         self,
@@ -168,14 +189,14 @@ class AvgPoolBranch(nn.Module):
         self.bn = norm_layer(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.conv1 is not None:
+        if self.conv1 is not None and self.pad is not None:
             x = self.pad(self.conv1(x))
         return self.bn(self.pool(x))
 
     def kernel_and_bias(self) -> Branch:
-        device = self.bn.running_mean.device if self.bn.running_mean is not None else None
+        device = _stats_device(self.bn)
         pool = avgpool_kernel(self.channels, self.kernel_size, self.groups, dtype=torch.float64, device=device)
-        if self.conv1 is None:
+        if self.conv1 is None or self.pad is None:
             return fold_norm(pool, None, self.bn)
         first = fold_norm(self.conv1.weight, None, self.pad.bn)
         return fold_norm(*compose_1x1_kxk(*first, pool, None, self.groups), self.bn)

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -84,11 +85,13 @@ class ReparameterizeCallback(L.Callback):
         ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         if self.source == "best" and ckpt and Path(ckpt).is_file():
             return net_state(read_checkpoint(Path(ckpt))), ckpt
-        state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
+        net = pl_module.net
+        assert isinstance(net, torch.nn.Module)  # ClassifierModule.net, the network being trained
+        state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
         return state, FINAL_WEIGHTS
 
     def _validation_inputs(self, trainer: L.Trainer) -> torch.Tensor:
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector
         if datamodule is None:
             raise RuntimeError(
                 "ReparameterizeCallback needs the trainer to have a datamodule to draw validation images"
@@ -123,8 +126,8 @@ class ReparameterizeCallback(L.Callback):
         train_form64 = copy.deepcopy(train_form).double()
         fp64 = verify_equivalence(train_form64, fuse_model(spec, train_form64, inputs[:2].double()), inputs.double())
 
-        datamodule = trainer.datamodule
-        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector
+        best = getattr(trainer.checkpoint_callback, "best_model_score", None)
         config = {
             "model": spec,
             "input": datamodule.deploy_info() if hasattr(datamodule, "deploy_info") else {},
@@ -165,7 +168,9 @@ class FiniteLossGuard(L.Callback):
     def __init__(self, check_every_n_steps: int = 1) -> None:
         self.every = max(int(check_every_n_steps), 1)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx % self.every:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -176,7 +181,8 @@ class FiniteLossGuard(L.Callback):
             raise DivergenceError(
                 f"training diverged: the loss became {float(loss.detach().float())} at epoch {trainer.current_epoch}, "
                 f"batch {batch_idx} (global step {max(trainer.global_step - 1, 0)}); lower optimizer.lr, add warm-up "
-                "(scheduler.warmup_epochs) or clip gradients (trainer.gradient_clip_val=1.0). No fused model was written."
+                "(scheduler.warmup_epochs) or clip gradients (trainer.gradient_clip_val=1.0). No fused model was "
+                "written."
             )
 
 

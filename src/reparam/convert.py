@@ -36,10 +36,11 @@ def _check_running_stats(model: nn.Module) -> None:
 
 def _fuse_children(parent: nn.Module) -> None:
     for name, child in list(parent.named_children()):
-        if callable(getattr(child, "fused_form", None)):
-            setattr(parent, name, child.fused_form())  # a plain conv (+ act): no block logic left
-        elif callable(getattr(child, "reparameterize", None)):
-            child.reparameterize()  # a user's block that fuses itself in place
+        fused_form, reparameterize = getattr(child, "fused_form", None), getattr(child, "reparameterize", None)
+        if callable(fused_form):
+            setattr(parent, name, fused_form())  # a plain conv (+ act): no block logic left
+        elif callable(reparameterize):
+            reparameterize()  # a user's block that fuses itself in place
             _fuse_children(child)
         else:
             _fuse_children(child)
@@ -70,10 +71,11 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     _check_running_stats(model)
     if not inplace:
         model = copy.deepcopy(model)
-    if callable(getattr(model, "fused_form", None)):
-        return model.fused_form().eval()
-    if callable(getattr(model, "reparameterize", None)):
-        model.reparameterize()
+    fused_form, reparameterize = getattr(model, "fused_form", None), getattr(model, "reparameterize", None)
+    if callable(fused_form):
+        return fused_form().eval()
+    if callable(reparameterize):
+        reparameterize()
     _fuse_children(model)
     return model.eval()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -53,9 +53,10 @@ def place(obj: T, device: str | torch.device, dtype: torch.dtype | None = None, 
             dtype=dtype if dtype is not None and obj.is_floating_point() else None,
             non_blocking=obj.is_pinned(),
         )
-        return out.contiguous(memory_format=torch.channels_last) if channels_last and out.dim() == 4 else out
+        out = out.contiguous(memory_format=torch.channels_last) if channels_last and out.dim() == 4 else out
+        return cast(T, out)  # a tensor in, a tensor out
     if isinstance(obj, (tuple, list)):
-        return type(obj)(place(item, device, dtype, channels_last) for item in obj)  # type: ignore[return-value]
+        return type(obj)(place(item, device, dtype, channels_last) for item in obj)
     if isinstance(obj, Mapping):
         return {key: place(item, device, dtype, channels_last) for key, item in obj.items()}  # type: ignore[return-value]
     return obj

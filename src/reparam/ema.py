@@ -118,7 +118,9 @@ class EMAWeights(EMAWeightAveraging):
         if self._average_model is not None and self._device is None:
             self._average_model.to(pl_module.device)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         before = self._latest_update_step
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self.updates += int(self._latest_update_step != before)
@@ -131,7 +133,7 @@ class EMAWeights(EMAWeightAveraging):
     # -- BN statistics of the averaged weights -----------------------------------------------------------
     def _bn_batches(self, trainer: L.Trainer, device: torch.device) -> list[torch.Tensor]:
         if self._bn_inputs is None:
-            datamodule = trainer.datamodule
+            datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector
             if datamodule is None:
                 raise UserError("callbacks=ema recomputes BN statistics on training images: fit with a datamodule")
             batch_size = int(getattr(datamodule, "hparams", {}).get("batch_size", 128))
@@ -174,7 +176,13 @@ class EMAWeights(EMAWeightAveraging):
         self._counts = torch.zeros(3, dtype=torch.long, device=pl_module.device)
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self._counts is None:
             return
@@ -183,6 +191,7 @@ class EMAWeights(EMAWeightAveraging):
                 "callbacks=ema compares the raw and the averaged weights: validation_step must return the logits"
             )
         x, y = batch[0], batch[1]
+        assert self._average_model is not None  # _counts is set only when there is an average
         with trainer.strategy.precision_plugin.forward_context():
             raw = self._average_model.module(x)
         self._counts += torch.stack(

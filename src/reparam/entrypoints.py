@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .cli import guarded
+from .guard import guarded
 
 __all__ = ["train_task", "deploy_task", "serve_task", "train_main", "deploy_main", "serve_main", "config_dir"]
 
@@ -22,11 +22,12 @@ __all__ = ["train_task", "deploy_task", "serve_task", "train_main", "deploy_main
 def train_task(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from .report import print_train_summary
+    from .console import print_train_summary
     from .training import optimized_metric, train
 
     summary = train(cfg)
-    if rank_zero_only.rank == 0:  # under DDP every process runs this; one table is enough
+    # under DDP every process runs this; one table is enough (Lightning sets .rank on the function at import)
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
         print_train_summary(summary, _sibling_command("deploy"))
     return optimized_metric(cfg, summary)  # what a Hydra sweeper (e.g. Optuna) optimizes
 

@@ -51,9 +51,10 @@ class DataNotFoundError(UserError):
 @contextmanager
 def reraise_as_user_error(context: str, *types: type[BaseException]) -> Iterator[None]:
     """Turn validation errors raised while building ``context`` into a :class:`UserError`."""
+    catch = types or (ValueError,)
     try:
         yield
     except UserError:
         raise
-    except types or (ValueError,) as err:  # type: ignore[misc]
+    except catch as err:
         raise UserError(f"{context}: {err}") from err

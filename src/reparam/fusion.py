@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
@@ -46,7 +47,7 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 
 def bn_statistics(
-    bn: _BatchNorm,
+    bn: nn.Module,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None, torch.Tensor | None]:
     """(running_mean, running_var, eps, gamma, beta) of any BatchNorm, SyncBatchNorm included.
 

@@ -74,4 +74,5 @@ class CSVLogger(LightningCSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(self.log_dir, self._resume)
+        assert isinstance(self._experiment, ExperimentWriter)  # Lightning types it as Fabric's base writer
         return self._experiment

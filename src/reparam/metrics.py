@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -31,18 +32,23 @@ class TrainingStats(Metric):
     is_differentiable = False
     higher_is_better = None
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_state("loss_sum", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:  # type: ignore[override]
+    # the states add_state registered, as tensors (Metric's __getattr__ would say Tensor | Module)
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    total: torch.Tensor
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         n = target.numel()
         self.loss_sum += loss.detach() * n  # the batch mean times its size: the epoch mean weights batches by size
         self.correct += (logits.detach().argmax(dim=-1) == target).sum()
         self.total += n
 
-    def compute(self) -> EpochStats:  # type: ignore[override]
+    def compute(self) -> EpochStats:
         total = self.total.clamp(min=1)
         return EpochStats(loss=self.loss_sum / total, acc=self.correct / total)

@@ -7,7 +7,7 @@ to the same study (:class:`TrialPruning`) and stops when the pruner says so; it 
 
 Settings live in the ``hparams_search`` config node (read by the sweeper and by every trial), the search space in
 ``hydra.sweeper.params`` (Hydra's ``interval()``, ``choice()``, ``range()``, ``tag(log, ...)``) and on the command
-line. The direction comes from ``optimized_metric`` (``reparam.summary.SUMMARY_METRICS``), never from a second
+line. The direction comes from ``optimized_metric`` (``reparam.run_summary.SUMMARY_METRICS``), never from a second
 setting. The study lives in an RDB storage: ``sqlite:///<sweep dir>/optuna.db`` unless ``hparams_search.storage``
 names any SQLAlchemy URL, so ``optuna-dashboard <storage>`` shows it and ``hparams_search.resume=true`` continues it.
 Optuna is imported only here, and only when a search or a trial runs.
@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .summary import SUMMARY_METRICS
+from .run_summary import SUMMARY_METRICS
 from .sweep import SweepRecord, SweepRun, set_active_record
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class SearchSettings:
                 "no hparams_search settings: start a search with a preset, e.g. "
                 "python train.py -m experiment=demo hparams_search=demo"
             )
-        values = OmegaConf.to_container(node, resolve=True)
+        values = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))  # a mapping node gives a dict
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
@@ -106,7 +106,7 @@ class SearchSettings:
         return optuna.pruners.NopPruner()
 
 
-def direction(metric: str | None) -> str:
+def direction(metric: str | None) -> Literal["maximize", "minimize"]:
     """``maximize`` or ``minimize``, from the summary value the runs return (the one source of truth)."""
     if not metric or metric not in SUMMARY_METRICS:
         raise SearchError(
@@ -183,8 +183,9 @@ def search_space(overrides: list[Any]) -> tuple[dict[str, Any], list[str]]:
         value = override.value()
         if isinstance(value, IntervalSweep):
             log = "log" in value.tags
+            assert value.start is not None and value.end is not None  # interval(start, end) parses both
             if "int" in value.tags:  # Hydra's interval() bounds are floats: tag(int, interval(2, 8)) for integers
-                space[key] = IntDistribution(value.start, value.end, log=log)
+                space[key] = IntDistribution(int(value.start), int(value.end), log=log)
             else:
                 space[key] = FloatDistribution(float(value.start), float(value.end), log=log)
         elif isinstance(value, ChoiceSweep):
@@ -219,7 +220,10 @@ class TrialPruning(L.Callback):
                 f"hparams_search.pruner={settings.pruner} compares a value measured every epoch, but "
                 f"optimized_metric={metric} is measured once at the end; set hparams_search.pruner=none"
             )
+        if settings.trial is None:
+            raise ValueError("TrialPruning follows one trial: hparams_search.trial must be set")
         self.settings, self.url, self.monitor = settings, url, EPOCH_METRICS[metric]
+        self.trial_number = settings.trial
         self.maximize = SUMMARY_METRICS[metric] == "max"
         self.best: float | None = None
         self.pruned_at_epoch: int | None = None
@@ -238,7 +242,7 @@ class TrialPruning(L.Callback):
                 study_name=self.settings.study_name, storage=storage, pruner=self.settings.make_pruner()
             )
             study_id = storage.get_study_id_from_name(self.settings.study_name)
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.settings.trial)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.trial_number)
             self._trial = optuna.Trial(study, trial_id)
         return self._trial
 
@@ -373,7 +377,7 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
             for t in trials
         ]
         results = launcher.launch(batch, initial_job_idx=first)
-        for trial, result in zip(trials, results):
+        for trial, result in zip(trials, results, strict=True):
             run = SweepRun.from_job(result, params=dict(trial.params), trial=trial.number)
             trial.set_user_attr("reparam_run", run.to_dict())
             if run.status == "ok":

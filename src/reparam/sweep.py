@@ -31,8 +31,8 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from .artifact import atomic_write_json
-from .report import console, pct, seconds, text
-from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
+from .console import console, pct, seconds, text
+from .run_summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
 __all__ = [
     "SweepRun",
@@ -84,6 +84,7 @@ class SweepRun:
         cls, job_return: JobReturn, params: dict[str, Any] | None = None, trial: int | None = None
     ) -> SweepRun:
         """What a launcher returned for one job; its ``summary.json`` is read from the job's output directory."""
+        assert job_return.hydra_cfg is not None  # Hydra's launchers record each job's config
         hydra_cfg = job_return.hydra_cfg.hydra
         run_dir = str(hydra_cfg.runtime.output_dir)
         summary = TrainSummary.read(Path(run_dir) / SUMMARY_FILE)
@@ -145,6 +146,7 @@ class SweepRecord:
         return None if best is None else " ".join([script, *map(shlex.quote, reproducing_overrides(best.overrides))])
 
     def to_dict(self) -> dict[str, Any]:
+        best = self.best()
         return {
             "sweep_dir": self.sweep_dir,
             "optimized_metric": self.optimized_metric,
@@ -152,7 +154,7 @@ class SweepRecord:
             "runs": [run.to_dict() for run in self.ranked()],
             "counts": {status: sum(run.status == status for run in self.ranked()) for status in STATUSES},
             "failed": len(self.failed()),
-            "best": None if self.best() is None else self.best().to_dict(),
+            "best": None if best is None else best.to_dict(),
             "reproduce": self.reproduce_command(),
         }
 
@@ -228,9 +230,9 @@ class SweepSummary(Callback):
         path = record.write()
         print_sweep_summary(record)
         console.print(f"sweep summary: {path}", soft_wrap=True)
-        command = record.reproduce_command()
-        if command:
-            console.print(f"best run (job {record.best().job}), to reproduce it: {command}", soft_wrap=True)
+        command, best = record.reproduce_command(), record.best()
+        if command and best is not None:
+            console.print(f"best run (job {best.job}), to reproduce it: {command}", soft_wrap=True)
         failed = record.failed()
         if failed:
             first = failed[0]

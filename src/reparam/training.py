@@ -7,11 +7,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, WeightAveraging
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, WeightAveraging
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -26,7 +27,7 @@ from .launching import use_cores_given
 from .loggers import ResumePoint
 from .models import complete_spec, load_pretrained
 from .module import ClassifierModule
-from .summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
+from .run_summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
 __all__ = ["train", "build_components", "instantiate_group", "optimized_metric", "SUMMARY_FILE", "SUMMARY_METRICS"]
 
@@ -42,14 +43,16 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
     """Datamodule, module and trainer from a composed train config (no fitting)."""
     with reraise_as_user_error("data config", ValueError, TypeError):
         datamodule = instantiate(cfg.data)
-    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
+    # mapping nodes give dicts
+    model_spec = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
+    module_options = cast(dict[str, Any], OmegaConf.to_container(cfg.module, resolve=True))
     with reraise_as_user_error("model config", ValueError, TypeError):
         model_spec = _spec_for_data(model_spec, datamodule)
         module = ClassifierModule(
             model_spec=model_spec,
             optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-            **OmegaConf.to_container(cfg.module, resolve=True),
+            **module_options,
         )
     load_pretrained(module.net, model_spec)  # once, before training; rebuilds from checkpoints never read it again
     loggers = instantiate_group(cfg.get("logger"))
@@ -67,8 +70,9 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, Classifier
     return datamodule, module, trainer
 
 
-def _spec_for_data(model_spec: dict, datamodule: L.LightningDataModule) -> dict:
-    """The model spec completed from the data (class count, input size, stride plan), when the datamodule says."""
+def _spec_for_data(model_spec: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+    """The model spec completed from the data (class count, input size, stride plan), when the datamodule says
+    (any LightningDataModule may be configured; ours have ``input_size`` and ``num_classes``)."""
     if not hasattr(datamodule, "input_size"):
         return model_spec
     spec = complete_spec(model_spec, lambda: datamodule.num_classes, datamodule.input_size)
@@ -132,7 +136,7 @@ def train(cfg: DictConfig) -> TrainSummary:
         if resume_point is not None and hasattr(logger, "resume_at"):
             logger.resume_at(resume_point)
     if trainer.loggers:  # the whole resolved config, not only the module's hyperparameters
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # a mapping node gives a dict
         config.pop("hydra", None)
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
@@ -161,11 +165,17 @@ def train(cfg: DictConfig) -> TrainSummary:
     return summary
 
 
+def trainer_callbacks(trainer: L.Trainer) -> list[Callback]:
+    """``trainer.callbacks``, which Lightning's callback connector sets without the Trainer declaring it."""
+    return trainer.callbacks  # type: ignore[attr-defined]  # set in CallbackConnector.on_trainer_init
+
+
 def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
     checkpoint = trainer.checkpoint_callback
-    last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint is not None and checkpoint.dirpath else None
+    dirpath = checkpoint.dirpath if isinstance(checkpoint, ModelCheckpoint) else None
+    last = Path(dirpath) / "last.ckpt" if dirpath else None
     best_score = getattr(checkpoint, "best_model_score", None)
-    pruning = next((c for c in trainer.callbacks if getattr(c, "pruned_at_epoch", None) is not None), None)
+    pruning = next((c for c in trainer_callbacks(trainer) if getattr(c, "pruned_at_epoch", None) is not None), None)
     summary = TrainSummary(
         status="pruned" if pruning is not None else "completed",
         run_dir=str(run_dir),
@@ -174,13 +184,13 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
         best_checkpoint=getattr(checkpoint, "best_model_path", "") or None,
         last_checkpoint=str(last) if last is not None and last.is_file() else None,
     )
-    skipped = getattr(trainer.datamodule, "skipped", ()) if trainer.datamodule is not None else ()
-    summary.skipped_images = len(skipped) or None
-    speed = next((c for c in trainer.callbacks if isinstance(c, SpeedMonitor)), None)
+    datamodule = getattr(trainer, "datamodule", None)  # Lightning sets it without declaring it
+    summary.skipped_images = len(getattr(datamodule, "skipped", ())) or None
+    speed = next((c for c in trainer_callbacks(trainer) if isinstance(c, SpeedMonitor)), None)
     if speed is not None:
         summary.train_images_per_s, summary.train_time_s = speed.train_images_per_s, speed.train_time_s
         summary.time_to_best_s = speed.time_to_best_s
-    fuser = next((c for c in trainer.callbacks if isinstance(c, ReparameterizeCallback)), None)
+    fuser = next((c for c in trainer_callbacks(trainer) if isinstance(c, ReparameterizeCallback)), None)
     if fuser is not None and fuser.result is not None:
         summary.fused_dir, summary.fused_weights = fuser.result.path, fuser.result.source
         summary.fusion_fp32_max_abs_diff = fuser.result.float32.max_abs_diff
@@ -193,8 +203,9 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
 
 def _record_averaging(trainer: L.Trainer, summary: TrainSummary) -> None:
     """What a weight-averaging callback (callbacks=ema) did: which weights the shipped checkpoint holds, and the raw
-    and averaged weights' validation accuracy there (from the checkpoint itself: a resumed run may ship an older one)."""
-    averaging = next((c for c in trainer.callbacks if isinstance(c, WeightAveraging)), None)
+    and averaged weights' validation accuracy there (from the checkpoint itself: a resumed run may ship an older
+    one)."""
+    averaging = next((c for c in trainer_callbacks(trainer) if isinstance(c, WeightAveraging)), None)
     if averaging is None:
         return
     decay = getattr(averaging, "decay", None)
@@ -231,6 +242,7 @@ def _stops_cleanly(
         yield
     except SIGTERMException as err:
         cause: type[UserError] = Preempted
+        error: BaseException  # the Ctrl-C branches below hold other exceptions
         how, error = "SIGTERM", err
     except SystemExit as err:
         if trainer.state.status != TrainerStatus.INTERRUPTED:
@@ -261,7 +273,7 @@ def _close_loggers(trainer: L.Trainer) -> None:
     """Lightning leaves a wandb run open (for reuse in the same script): finish it so an offline run is complete
     on disk (``wandb sync`` needs that) and a sweep's next job starts a run of its own."""
     for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             import wandb
 
             logger.experiment.finish()

@@ -40,7 +40,7 @@ def test_ddp_on_two_cpu_processes_writes_exactly_one_fused_model(
         timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    fused = [p for p in tmp_path.rglob("model.safetensors")]
+    fused = list(tmp_path.rglob("model.safetensors"))
     assert fused == [run_dir / "fused" / "model.safetensors"]
     assert not list(tmp_path.rglob(".fused.tmp-*"))
     assert proc.stdout.count("training summary") == 1

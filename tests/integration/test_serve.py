@@ -72,7 +72,7 @@ async def served_correct(
             async with gate:
                 body = {"images": [base64.b64encode(images[i]).decode() for i in chunk]}
                 predicted = top1(await client.post(f"{url}/predict", json=body))
-            return sum(p == labels[i] for p, i in zip(predicted, chunk))
+            return sum(p == labels[i] for p, i in zip(predicted, chunk, strict=True))
 
         return sum(await asyncio.gather(*(one(c) for c in chunks)))
 

@@ -155,7 +155,8 @@ def test_hflip_option_reaches_both_pipelines(cifar_root, hflip: bool) -> None:
     fast_batch = next(iter(fast))[0]
     for out in (standard, fast_batch):
         mirrored = [
-            not torch.allclose(o, p, atol=1e-5) and torch.allclose(o, p.flip(-1), atol=1e-5) for o, p in zip(out, plain)
+            not torch.allclose(o, p, atol=1e-5) and torch.allclose(o, p.flip(-1), atol=1e-5)
+            for o, p in zip(out, plain, strict=True)
         ]
         if hflip:
             assert 10 < sum(mirrored) < 54

@@ -56,7 +56,7 @@ def test_an_option_the_dataset_does_not_read_is_refused() -> None:
 
 
 def test_demo_with_a_folder_is_an_error_not_the_digits(tmp_path) -> None:
-    from reparam.cli import find_user_error
+    from reparam.guard import find_user_error
     from reparam.training import build_components
 
     with pytest.raises(Exception) as info:  # noqa: PT011 - Hydra wraps it; the entry points print the UserError

@@ -113,7 +113,7 @@ def test_merged_kernel_forward_is_the_sum_of_scaled_branches_with_the_same_gradi
     grad = torch.randn_like(out)
     out.backward(grad)
     expected.backward(grad)
-    for (name, a), b in zip(merged.named_parameters(), branchwise.parameters()):
+    for (name, a), b in zip(merged.named_parameters(), branchwise.parameters(), strict=True):
         assert (a.grad - b.grad).abs().max() <= 1e-9, name
     if training:  # and BN saw the same batch statistics
         assert torch.allclose(merged.post_norm.running_var, branchwise.post_norm.running_var, atol=1e-12)
@@ -237,4 +237,4 @@ def test_train_form_state_dict_round_trips_for_resume() -> None:
     again.load_state_dict(model.state_dict(), strict=True)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(again.eval()(x), model.eval()(x))
-    assert all(torch.equal(a, b) for a, b in zip(scales(again).values(), scales(model).values()))
+    assert all(torch.equal(a, b) for a, b in zip(scales(again).values(), scales(model).values(), strict=True))

@@ -1,4 +1,4 @@
-"""The one preprocessing rule: its record round-trips, old records read as they behaved, and files of any mode decode."""
+"""The one preprocessing rule: its record round-trips, old records read as they behaved, files of any mode decode."""
 
 from __future__ import annotations
 

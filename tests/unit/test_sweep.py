@@ -1,4 +1,4 @@
-"""Ranking the runs of a sweep: best first in the metric's own direction, missing values last; the best run's command."""
+"""Ranking a sweep's runs: best first in the metric's own direction, missing values last; the best run's command."""
 
 import json
 from pathlib import Path

@@ -28,7 +28,9 @@ def test_training_stats_match_torchmetrics_accuracy_and_the_size_weighted_mean_l
         sizes.append(n)
     result = stats.compute()
     assert result.acc.item() == pytest.approx(reference.compute().item(), abs=1e-7)
-    assert result.loss.item() == pytest.approx(sum(l * n for l, n in zip(losses, sizes)) / sum(sizes), rel=1e-6)
+    assert result.loss.item() == pytest.approx(
+        sum(loss * n for loss, n in zip(losses, sizes, strict=True)) / sum(sizes), rel=1e-6
+    )
     stats.reset()
     assert stats.update_count == 0 and stats.total.item() == 0
 

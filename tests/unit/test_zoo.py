@@ -62,7 +62,7 @@ def zoo_cases(draw):
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(zoo_cases())
-# found by hypothesis: groups == out_channels == 1 with 2 inputs is no depthwise block (dbb's pooling branch said it was)
+# found by hypothesis: groups == out_channels == 1 with 2 inputs is no depthwise block (dbb's pooling branch said so)
 @example(dict(kind="dbb", in_ch=2, out_ch=1, groups=1, k=3, stride=1, options={}, size=5, dtype=torch.float32, seed=0))
 def test_every_kind_fuses_to_a_plain_conv(case: dict) -> None:
     torch.manual_seed(case["seed"])
@@ -144,4 +144,4 @@ def test_train_form_files_from_before_the_branch_dict_still_load() -> None:
     assert "conv_kxk.conv.weight" in legacy
     again = make_block("repvgg", 4, 4)
     again.load_state_dict(legacy, strict=True)
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), block.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), block.state_dict().values(), strict=True))

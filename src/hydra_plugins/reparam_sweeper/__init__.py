@@ -66,6 +66,7 @@ class FailTolerantSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from reparam.sweep import SweepRecord, SweepRun, set_active_record
 
+        # setup() sets these (typed Optional on the class)
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         configured = [f"{key}={value}" for key, value in self.params.items()]
@@ -94,9 +95,9 @@ class OptunaSearchSweeper(Sweeper):
     study each result (value, failed or pruned). Settings: the ``hparams_search`` node (``reparam.search``)."""
 
     def __init__(self, params: DictConfig | None = None) -> None:
-        self.params = params or {}
+        self.params: DictConfig | dict[str, Any] = params or {}
         self.config: DictConfig | None = None
-        self.launcher = None
+        self.launcher: Launcher | None = None
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -112,7 +113,7 @@ class OptunaSearchSweeper(Sweeper):
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        configured = [f"{key}={value}" for key, value in self.params.items()]
+        configured = [f"{key!s}={value}" for key, value in self.params.items()]
         try:
             return run_search(self.config, self.launcher, parser.parse_overrides([*configured, *arguments]))
         except SearchError as err:

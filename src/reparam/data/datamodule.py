@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
@@ -57,7 +61,7 @@ class EpochSeededSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
         return iter(order.tolist())
 
@@ -156,22 +160,30 @@ class ImageDataModule(L.LightningDataModule):
         self._splits: dict[str, ArraySplit | FileSplit] = {}
         self._recorded: Preprocessing | None = None
 
+    @property
+    def _hp(self) -> AttributeDict:
+        # save_hyperparameters() stores an AttributeDict; Lightning types hparams as any mutable mapping
+        return cast(AttributeDict, self.hparams)
+
     # -- what the model and deployment need to know ------------------------------------------------
     @property
     def classes(self) -> list[str]:
         self._require_setup()
+        assert self._classes is not None  # _require_setup
         return list(self._classes)
 
     @property
     def num_classes(self) -> int:
-        if self._classes is None and self.source.num_classes() is not None:
-            return int(self.source.num_classes())
+        known = self.source.num_classes()
+        if self._classes is None and known is not None:
+            return int(known)
         return len(self.classes)
 
     @property
     def input_size(self) -> tuple[int, int]:
         """``(H, W)`` of the model's input: the native size, or ``data.image_size``; known before ``setup``."""
-        return tuple(self.source.input_size())
+        height, width = self.source.input_size()
+        return height, width
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -180,14 +192,14 @@ class ImageDataModule(L.LightningDataModule):
         self._require_setup()
         if self._recorded is not None:
             return self._recorded
-        crop_pct = 1.0 if self.source.native_size else float(self.hparams.crop_pct or DEFAULT_CROP_PCT)
+        crop_pct = 1.0 if self.source.native_size else float(self._hp.crop_pct or DEFAULT_CROP_PCT)
         return Preprocessing(
             size=self.input_size,
             mean=tuple(self.mean),
             std=tuple(self.std),
             classes=tuple(self.classes),
             crop_pct=crop_pct,
-            dataset=self.hparams.dataset,
+            dataset=self._hp.dataset,
         )
 
     def use_recorded_preprocessing(self, recorded: Preprocessing) -> None:
@@ -212,14 +224,14 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._classes is not None:
             return
-        hp = self.hparams
+        hp = self._hp
         data = self.source.read()
         if hp.num_classes is not None and hp.num_classes != len(data.classes):
             raise UserError(
                 f"data.num_classes={hp.num_classes} but {hp.dataset} has {len(data.classes)} classes; "
                 "remove the override or fix it"
             )
-        splits = {"train": data.train}
+        splits: dict[str, ArraySplit | FileSplit | None] = {"train": data.train}
         if data.val is None:
             n = len(data.train.labels)
             val_size = self.source.default_val_size if hp.val_size is None else hp.val_size
@@ -238,24 +250,25 @@ class ImageDataModule(L.LightningDataModule):
         splits["test"] = data.test if data.test is not None else splits["val"]
         if splits["val"] is None:
             raise UserError(f"data.val_size=0 but {hp.dataset} has no test split to validate on; use data.val_size>0")
-        self._splits, self.skipped = splits, data.skipped
-        self.mean, self.std = self._normalization(splits["train"])
+        self._splits = {name: split for name, split in splits.items() if split is not None}
+        self.skipped = data.skipped
+        self.mean, self.std = self._normalization(self._splits["train"])
         self._classes = list(data.classes)
 
     def _normalization(self, train: ArraySplit | FileSplit) -> tuple[list[float], list[float]]:
-        if self.hparams.normalization == "imagenet":
+        if self._hp.normalization == "imagenet":
             return list(IMAGENET_MEAN), list(IMAGENET_STD)
         if isinstance(train, ArraySplit):
             pixels = train.images.reshape(-1, 3)
             return [float(v) for v in pixels.mean(0) / 255.0], [float(v) for v in pixels.std(0) / 255.0]
         # a seeded sample of the training split, at the evaluation geometry
-        size, crop_pct = self.input_size, float(self.hparams.crop_pct or DEFAULT_CROP_PCT)
+        size, crop_pct = self.input_size, float(self._hp.crop_pct or DEFAULT_CROP_PCT)
         geometry = Preprocessing(size=size, mean=(0.0,) * 3, std=(1.0,) * 3, crop_pct=crop_pct).geometry()
         index = np.random.default_rng(0).permutation(len(train.labels))[:NORMALIZATION_SAMPLE]
         dataset = FileDataset(train, geometry, skip_bad=True)
         images = [item[0] for item in (dataset[int(i)] for i in index) if item is not None]
-        pixels = torch.stack(images).to(torch.float64).div_(255.0).permute(1, 0, 2, 3).reshape(3, -1)
-        return [float(v) for v in pixels.mean(1)], [float(max(v, 1e-3)) for v in pixels.std(1)]
+        sample = torch.stack(images).to(torch.float64).div_(255.0).permute(1, 0, 2, 3).reshape(3, -1)
+        return [float(v) for v in sample.mean(1)], [float(max(v, 1e-3)) for v in sample.std(1)]
 
     def calibration_images(self, count: int, seed: int = 0) -> torch.Tensor:
         """``count`` training-split images, normalized like every batch but not augmented, drawn with ``seed``:
@@ -274,7 +287,7 @@ class ImageDataModule(L.LightningDataModule):
     def _transform(self, train: bool) -> v2.Transform:
         if not train:  # the one evaluation rule, recorded in the artifact
             return self.preprocessing.transform()
-        hp, steps = self.hparams, []
+        hp, steps = self._hp, list[v2.Transform]()
         if not hp.augment and not self.source.native_size:
             steps.append(self.preprocessing.geometry())
         elif hp.augment and self.source.native_size:
@@ -290,8 +303,8 @@ class ImageDataModule(L.LightningDataModule):
         if hp.augment and hp.hflip:
             steps.append(v2.RandomHorizontalFlip())
         steps.append(self.preprocessing.normalize())
-        if train and self.hparams.augment and self.hparams.erase_prob > 0:  # after normalizing: erased = the mean
-            steps.append(v2.RandomErasing(self.hparams.erase_prob, ERASE_SCALE, ERASE_RATIO, value=0))
+        if train and self._hp.augment and self._hp.erase_prob > 0:  # after normalizing: erased = the mean
+            steps.append(v2.RandomErasing(self._hp.erase_prob, ERASE_SCALE, ERASE_RATIO, value=0))
         return v2.Compose(steps)
 
     def _device(self) -> torch.device:
@@ -299,6 +312,7 @@ class ImageDataModule(L.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _current_epoch(self) -> int:
+        assert self.trainer is not None  # only the fast loader asks, and only while a trainer runs it
         return self.trainer.current_epoch
 
     def _check_a_training_batch_fits(self, images: int, batch_size: int) -> None:
@@ -314,9 +328,9 @@ class ImageDataModule(L.LightningDataModule):
                 "or add images"
             )
 
-    def _loader(self, split: str):
+    def _loader(self, split: str) -> DataLoader | TensorBatchLoader:
         self._require_setup()
-        hp = self.hparams
+        hp = self._hp
         data = self._splits[split]
         labels = data.labels
         train = split == "train"
@@ -324,6 +338,7 @@ class ImageDataModule(L.LightningDataModule):
         if train:
             self._check_a_training_batch_fits(len(labels), batch_size)
         if hp.pipeline == "fast":
+            assert isinstance(data, ArraySplit)  # __init__ refuses the fast pipeline for file datasets
             trainer = getattr(self, "trainer", None)
             device = self._device()
             return TensorBatchLoader(
@@ -352,6 +367,7 @@ class ImageDataModule(L.LightningDataModule):
         elif train:
             generator = torch.Generator()
             sampler = EpochSeededSampler(len(labels), torch.initial_seed() % 2**31, generator, hp.num_workers == 0)
+        dataset: Dataset
         if isinstance(data, ArraySplit):
             dataset, collate = ArrayDataset(data.images, labels, self._transform(train)), None
         else:
@@ -370,11 +386,11 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
         )
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> DataLoader | TensorBatchLoader:
         return self._loader("train")
 
-    def val_dataloader(self):
+    def val_dataloader(self) -> DataLoader | TensorBatchLoader:
         return self._loader("val")
 
-    def test_dataloader(self):
+    def test_dataloader(self) -> DataLoader | TensorBatchLoader:
         return self._loader("test")

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,13 +97,15 @@ class FileDataset(Dataset):
     """Image files and labels; each item is ``(transform(uint8 CHW tensor), label)``, or None for a file that
     cannot be decoded when ``skip_bad`` (the collate function leaves it out)."""
 
-    def __init__(self, split: FileSplit, transform, skip_bad: bool = False) -> None:
+    def __init__(
+        self, split: FileSplit, transform: Callable[[torch.Tensor], torch.Tensor], skip_bad: bool = False
+    ) -> None:
         self.split, self.transform, self.skip_bad = split, transform, skip_bad
 
     def __len__(self) -> int:
         return len(self.split.labels)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         path = self.split.paths[i]
         try:
             image = load_image(path)
@@ -113,7 +117,7 @@ class FileDataset(Dataset):
         return self.transform(image), int(self.split.labels[i])
 
 
-def skip_missing_collate(batch: list):
+def skip_missing_collate(batch: list[Any]) -> Any:
     """``default_collate`` over the items that could be read."""
     items = [item for item in batch if item is not None]
     if not items:
@@ -123,7 +127,7 @@ def skip_missing_collate(batch: list):
     return default_collate(items)
 
 
-def _visible(entries) -> list[os.DirEntry]:
+def _visible(entries: Iterable[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
     return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
@@ -181,7 +185,8 @@ class ImageFolderSource(DatasetSource):
     def read(self) -> SourceSplits:
         root, skip = self.root, bool(self.opts.get("skip_bad_images"))
         classes = self._checked_classes(self.class_folders())
-        splits, skipped = {}, []
+        splits: dict[str, FileSplit] = {}
+        skipped: list[str] = []
         for split in ("train", "val", "test"):
             if split != "train" and not (root / split).is_dir():
                 continue
@@ -206,7 +211,9 @@ class ImageFolderSource(DatasetSource):
         )
 
     def _scan(self, folder: Path, classes: list[str], skip: bool) -> tuple[FileSplit, list[str]]:
-        paths, labels, bad = [], [], []
+        paths: list[str] = []
+        labels: list[int] = []
+        bad: list[str] = []
         for label, name in enumerate(classes):
             count = 0
             for entry in _visible(os.scandir(folder / name)):
@@ -216,6 +223,7 @@ class ImageFolderSource(DatasetSource):
                         f"{path} is a folder inside class folder {folder / name}; a class folder holds "
                         "image files only (flatten it, or make it a class of its own)"
                     )
+                reason: str | None
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
                     reason = f"not an image file (extension '{path.suffix}'; reads {', '.join(IMAGE_EXTENSIONS)})"
                 else:

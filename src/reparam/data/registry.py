@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class DatasetSource:
     in_memory: ClassVar[bool] = True  # the fast pipeline holds the whole dataset on the device
     fixed_num_classes: ClassVar[int | None] = None  # the class count when the dataset fixes it (CIFAR-10: 10)
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         self.opts = options
 
     def prepare(self) -> None:

@@ -28,7 +28,7 @@ def write_cifar_like(
     def batch(n: int, label_key: bytes) -> dict:
         labels = rng.integers(0, num_classes, n)
         shifts = rng.integers(-3, 4, (n, 2))
-        pattern = np.stack([np.roll(templates[c], tuple(s), axis=(1, 2)) for c, s in zip(labels, shifts)])
+        pattern = np.stack([np.roll(templates[c], tuple(s), axis=(1, 2)) for c, s in zip(labels, shifts, strict=True)])
         pixels = 128 + 40 * pattern + rng.normal(0, 48, (n, 3, 32, 32))
         data = pixels.clip(0, 255).astype(np.uint8).reshape(n, 3072)
         return {
@@ -63,7 +63,11 @@ def write_cifar_like(
 
 
 def write_digits_folder(
-    root: str | Path, per_class: int | None = None, seed: int = 0, splits=("train", "val"), jpeg: bool = True
+    root: str | Path,
+    per_class: int | None = None,
+    seed: int = 0,
+    splits: tuple[str, ...] = ("train", "val"),
+    jpeg: bool = True,
 ) -> Path:
     """scikit-learn's 1,797 real 8x8 digits as an image folder: ``root/<split>/<digit>/<n>.png|jpg``.
 
@@ -91,7 +95,7 @@ def write_digits_folder(
         split = splits[k % 10 + 1] if k % 10 + 1 < len(splits) else splits[0]
         gray = Image.fromarray((digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8), mode="L")
         size = (int(rng.integers(40, 96)), int(rng.integers(40, 96)))
-        image = gray.resize(size, Image.BILINEAR)
+        image = gray.resize(size, Image.Resampling.BILINEAR)
         folder = root / split / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         if jpeg and n % 2:

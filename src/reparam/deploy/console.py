@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
-from ..report import console, pct
+from ..console import console, pct
 from .benchmark import ratios
 
 if TYPE_CHECKING:

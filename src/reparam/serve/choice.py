@@ -173,7 +173,7 @@ def choose_target(
     }
     if not timed:
         return _served(data, str(report_path), REFERENCE, f"{where} has no benchmark: the fused fp32 reference")
-    best = max(timed, key=timed.get)
+    best = max(timed, key=lambda name: timed[name])
     bs = _batch_size(candidates[best]["throughput"], max_batch_size)
     return _served(
         data,

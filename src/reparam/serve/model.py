@@ -25,8 +25,10 @@ __all__ = ["build_target", "recorded_preprocessing", "with_class_names", "Predic
 def build_target(served: ServedTarget, loaded: Loaded, device: torch.device | str, threads: int) -> Target:
     """The target ``served`` names, ready to predict; its gate is the report's concern, so it carries none."""
     cls = TARGETS[served.name]
-    if cls.needs_onnx:
-        return cls(served.artifact, threads, Reference(), {})
+    if cls.needs_onnx:  # the ONNX targets take (path, threads, gate, details); Target itself declares no constructor
+        return cls(served.artifact, threads, Reference(), {})  # type: ignore[call-arg]
+    if not issubclass(cls, TorchTarget):
+        raise TypeError(f"target {served.name} is neither an ONNX nor a PyTorch target")
     device = torch.device(device)
     cls.check_device(device)
     return TorchTarget(
@@ -84,7 +86,7 @@ class Prediction:
             "probability": self.probabilities[0],
             "top_k": [
                 {"class": c, "index": i, "probability": p}
-                for c, i, p in zip(self.classes, self.indices, self.probabilities)
+                for c, i, p in zip(self.classes, self.indices, self.probabilities, strict=True)
             ],
         }
 
@@ -113,7 +115,7 @@ class Classifier:
         values, indices = probabilities.topk(k, dim=1) if len(probabilities) else (probabilities, probabilities)
         return [
             Prediction([self.name_of(int(i)) for i in idx], [int(i) for i in idx], [float(v) for v in vals])
-            for vals, idx in zip(values.tolist(), indices.tolist())
+            for vals, idx in zip(values.tolist(), indices.tolist(), strict=True)
         ]
 
     def __call__(self, images: torch.Tensor) -> list[Prediction]:

@@ -60,7 +60,9 @@ def _rows(files: list[tuple[str, Prediction | str]], top_k: int) -> str:
         if isinstance(result, str):
             writer.writerow([name, "unreadable", *[""] * (2 * top_k), result])
             continue
-        cells = [c for pair in zip(result.classes, (f"{p:.6f}" for p in result.probabilities)) for c in pair]
+        cells = [
+            c for pair in zip(result.classes, (f"{p:.6f}" for p in result.probabilities), strict=True) for c in pair
+        ]
         writer.writerow([name, "ok", *cells, *[""] * (2 * top_k - len(cells)), ""])
     return out.getvalue()
 
@@ -101,7 +103,7 @@ def predict_files(cfg: DictConfig) -> PredictionRun:
         if inputs:
             import torch
 
-            results += list(zip(names, classifier(torch.stack(inputs))))
+            results += list(zip(names, classifier(torch.stack(inputs)), strict=True))
     order = {str(p): i for i, p in enumerate(files)}
     results.sort(key=lambda r: order[r[0]])
     csv_path = Path(cfg.paths.output_dir) / CSV_NAME

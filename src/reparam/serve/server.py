@@ -17,7 +17,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +32,9 @@ from .api import WorkerSpec
 from .choice import choose_target
 from .http_input import InputLimits
 from .model import recorded_preprocessing, with_class_names
+
+if TYPE_CHECKING:  # litserve comes with the serve extra; imported when a server is built
+    import litserve as ls
 
 __all__ = ["ServeSettings", "Prepared", "prepare", "serve", "PAGE"]
 
@@ -57,7 +60,7 @@ class ServeSettings:
 
     @classmethod
     def from_config(cls, node: DictConfig) -> ServeSettings:
-        s = OmegaConf.to_container(node, resolve=True)
+        s = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))  # a mapping node gives a dict
         checks = {
             "serve.max_batch_size": s["max_batch_size"] >= 1,
             "serve.workers_per_device": s["workers_per_device"] >= 1,
@@ -171,7 +174,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     return Prepared(worker, preprocessing, device, settings)
 
 
-def build_server(prepared: Prepared):
+def build_server(prepared: Prepared) -> ls.LitServer:
     """The LitServer: the API, the input gate in front of it, and the page at ``/``."""
     import litserve as ls
     from fastapi.responses import HTMLResponse
@@ -212,7 +215,8 @@ def _drain_on_sigterm() -> None:
             raise SystemExit(0)
         http = [p for p in multiprocessing.active_children() if p.name.startswith("LitServer-")]
         for process in http:
-            os.kill(process.pid, signal.SIGTERM)
+            if process.pid is not None:  # started: active_children() lists only started processes
+                os.kill(process.pid, signal.SIGTERM)
         for process in http:
             process.join(UVICORN_DRAIN_S + 5)
         raise KeyboardInterrupt

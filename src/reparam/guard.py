@@ -1,9 +1,9 @@
 """The one place user errors become one clear line and a non-zero exit, for both entry points.
 
-A single run exits at once (2 for a user error, 143 after SIGTERM, 130 after Ctrl-C). Inside a ``-m`` sweep the error instead ends only
-its own job: the line is printed, the job's ``summary.json`` says ``failed``, and :class:`JobFailed` tells Hydra the job
-failed, so the sweep (or search: a failed trial) goes on; the sweep summary ends
-the process non-zero once every job has run. Ctrl-C and SIGTERM end the whole sweep at once.
+A single run exits at once (2 for a user error, 143 after SIGTERM, 130 after Ctrl-C). Inside a ``-m`` sweep the error
+instead ends only its own job: the line is printed, the job's ``summary.json`` says ``failed``, and :class:`JobFailed`
+tells Hydra the job failed, so the sweep (or search: a failed trial) goes on; the sweep summary ends the process
+non-zero once every job has run. Ctrl-C and SIGTERM end the whole sweep at once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
@@ -28,9 +28,9 @@ USER_ERRORS = (UserError, FormMismatchError, EquivalenceError, MisconfigurationE
 T = TypeVar("T")
 
 
-def find_user_error(err: BaseException) -> BaseException | None:
+def find_user_error(err: BaseException | None) -> BaseException | None:
     """The user error behind ``err``, looking through wrappers such as Hydra's InstantiationException."""
-    seen = set()
+    seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, USER_ERRORS):
             return err
@@ -102,7 +102,7 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
     """
 
     @functools.wraps(main)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> T:
         quiet_known_noise()
         try:
             return main(*args, **kwargs)
@@ -110,7 +110,8 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             if os.environ.get("REPARAM_DEBUG"):
                 raise
             _say(
-                "stopped by Ctrl-C before it finished; run the same command again (results are written atomically: nothing half-written was left)"
+                "stopped by Ctrl-C before it finished; run the same command again (results are written atomically: "
+                "nothing half-written was left)"
             )
             sys.exit(EXIT_SIGINT)
         except Exception as err:  # noqa: BLE001
@@ -125,7 +126,7 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             from pathlib import Path
 
             from .artifact import atomic_write_json
-            from .summary import SUMMARY_FILE, TrainSummary
+            from .run_summary import SUMMARY_FILE, TrainSummary
 
             atomic_write_json(Path(job_dir) / SUMMARY_FILE, TrainSummary("failed", job_dir, error=line).to_dict())
             raise JobFailed(line) from None

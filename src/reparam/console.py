@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from .summary import TrainSummary
+from .run_summary import TrainSummary
 
 __all__ = ["print_train_summary", "console"]
 
@@ -57,10 +58,11 @@ def field(summary: TrainSummary, key: str | tuple[str, ...]) -> Any:
 
 def print_train_summary(summary: TrainSummary, deploy_command: str = "python deploy.py") -> None:
     """The end-of-training table: accuracies, fusion error, speed, artifact paths."""
-    table = Table(title="reparam: training summary", show_header=False, title_justify="left")
+    title = "reparam: training summary"
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
-    rows = [
+    rows: list[tuple[str, Callable[[Any], str], str | tuple[str, ...]]] = [
         ("run directory", text, "run_dir"),
         ("epochs trained", text, "epochs"),
         ("best val accuracy", pct, "best_val_acc"),
@@ -84,7 +86,7 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
     for name, fmt, key in rows:
         table.add_row(name, fmt(field(summary, key)))
     console.print(table)
-    log_to_file(table.title, [(name, fmt(field(summary, key))) for name, fmt, key in rows])
+    log_to_file(title, [(name, fmt(field(summary, key))) for name, fmt, key in rows])
     if summary.fused_dir:
         console.print(f"next: {deploy_command} ckpt={summary.fused_dir}", soft_wrap=True)  # one line to copy
 
