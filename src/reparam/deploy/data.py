@@ -75,7 +75,11 @@ def _recorded_input(loaded: Loaded) -> Preprocessing | None:
 def _other_classes(loaded: Loaded, recorded: Preprocessing, dm: ImageDataModule) -> str:
     ours, theirs = list(recorded.classes), dm.classes
     differ = next(
-        (f"class {i} is '{a}' here but '{b}' in the model" for i, (a, b) in enumerate(zip(theirs, ours)) if a != b),
+        (
+            f"class {i} is '{a}' here but '{b}' in the model"
+            for i, (a, b) in enumerate(zip(theirs, ours, strict=False))
+            if a != b
+        ),
         f"{len(theirs)} classes here, {len(ours)} in the model",
     )
     where = f" (data.data_dir={dm.hparams.data_dir})" if dm.hparams.get("data_dir") else ""

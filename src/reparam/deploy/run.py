@@ -13,7 +13,7 @@ from ..compare import Tolerance
 from ..data import ImageDataModule
 from ..device import resolve_device
 from ..errors import UserError, reraise_as_user_error
-from .benchmark import BenchmarkResult, benchmark_targets
+from .benchmark import benchmark_targets
 from .data import accuracy_warning, deploy_datamodule
 from .evaluate import COMPARISON_PRECISION, TargetEvaluation, evaluate_targets
 from .export import ExportResult, export_onnx, export_program
@@ -23,6 +23,7 @@ from .plot import plot_benchmark
 from .report import DeployReport, TargetReport, write_report
 from .report_index import record_report, weights_sha256
 from .targets import TARGETS, Selection, Target, TargetContext, build_targets, select_targets, shorthand_targets
+from .timing import BenchmarkResult
 
 __all__ = ["deploy"]
 
@@ -160,8 +161,9 @@ def _numbers(prefix: str, value: Any) -> dict[str, float]:
         return {prefix: float(value)}
     if isinstance(value, dict):
         return {k: v for key, item in value.items() for k, v in _numbers(f"{prefix}/{key}", item).items()}
-    if isinstance(value, list) and all(isinstance(r, dict) and "form" in r for r in value):
-        return {k: v for r in value for k, v in _numbers(f"{prefix}/{r['form']}/batch{r.get('batch_size')}", r).items()}
+    if isinstance(value, list) and all(isinstance(r, dict) and "target" in r for r in value):
+        rows = ((f"{prefix}/{r['target']}/batch{r.get('batch_size')}", r) for r in value)
+        return {k: v for row_prefix, r in rows for k, v in _numbers(row_prefix, r).items()}
     return {}
 
 

@@ -18,9 +18,9 @@ from torch import nn
 
 from ...compare import Tolerance
 from ...device import place
-from ..benchmark import count_flops
 from ..gates import Equivalence, Gate, MaxDrop, Reference
 from ..load import Loaded, plain_vgg_like
+from ..timing import count_flops
 from .base import Cost, Target, TargetContext, TargetUnavailable, register_target
 
 __all__ = ["TorchTarget"]
