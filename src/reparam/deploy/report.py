@@ -138,9 +138,11 @@ class DeployReport:
         failed = [t.gate for t in self.targets if not t.gate.passed]
         exports = [fmt for fmt, r in self.exports.items() if not r.ok]
         return (
-            [v.failure for v in failed if v.kind == Equivalence.kind]
+            [
+                v.failure or v.rule for v in failed if v.kind == Equivalence.kind
+            ]  # a failed verdict says why; else its rule
             + ([f"export parity failed for {', '.join(exports)}"] if exports else [])
-            + [v.failure for v in failed if v.kind == MaxDrop.kind]
+            + [v.failure or v.rule for v in failed if v.kind == MaxDrop.kind]
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def deploy(cfg: DictConfig) -> DeployReport:
     ckpt, device = _ckpt(cfg), _device(cfg)
     selection = select_targets(_requested_targets(cfg), device, onnx_export=bool(cfg.export.onnx))
     loaded = load_for_deploy(ckpt)
-    dm = deploy_datamodule(loaded, OmegaConf.to_container(cfg.data, resolve=True))
+    dm = deploy_datamodule(loaded, _plain_dict(cfg.data))
     out_dir = Path(cfg.paths.output_dir)
     with cpu_threads(cfg.benchmark.threads) as machine:
         exports = _export(loaded.fused, dm, cfg.export, out_dir, onnx=cfg.export.onnx or _needs_onnx(selection))
@@ -47,7 +47,7 @@ def deploy(cfg: DictConfig) -> DeployReport:
             dm.calibration_images,
             cfg.benchmark.get("compile_mode"),
         )
-        targets = build_targets(selection, context, OmegaConf.to_container(cfg.target_settings, resolve=True))
+        targets = build_targets(selection, context, _plain_dict(cfg.target_settings))
         evaluations = evaluate_targets(targets, dm.test_dataloader())
         benchmark = _benchmark(targets, cfg.benchmark, dm) if cfg.benchmark.enabled else []
         machine.review(benchmark)
@@ -57,6 +57,13 @@ def deploy(cfg: DictConfig) -> DeployReport:
     record_report(report.report_path, loaded.source, weights_sha256(loaded.fused), report.device)
     _fail_on_checks(report)
     return report
+
+
+def _plain_dict(node: DictConfig) -> dict[str, Any]:
+    """A config node as plain Python (interpolations resolved), with the string keys a Hydra config node has."""
+    container = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(container, dict), f"{node} is not a config mapping"
+    return {str(key): value for key, value in container.items()}
 
 
 def _ckpt(cfg: DictConfig) -> str:
@@ -117,7 +124,7 @@ def _report(
         checkpoint=str(loaded.source),
         source_kind=loaded.kind,
         weights_chosen_because=loaded.chosen_because,
-        dataset=dm.hparams.dataset,
+        dataset=dm.hparams["dataset"],
         num_test_images=reference.num_images,
         recorded_test_acc=loaded.recorded.get("test_acc"),
         model=loaded.spec,
