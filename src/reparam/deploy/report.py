@@ -137,10 +137,9 @@ class DeployReport:
         """Why this deploy must fail, most fundamental first: equivalence, export parity, accuracy drops."""
         failed = [t.gate for t in self.targets if not t.gate.passed]
         exports = [fmt for fmt, r in self.exports.items() if not r.ok]
+        # each failed verdict carries its line (gates.py); its rule stands in should one not
         return (
-            [
-                v.failure or v.rule for v in failed if v.kind == Equivalence.kind
-            ]  # a failed verdict says why; else its rule
+            [v.failure or v.rule for v in failed if v.kind == Equivalence.kind]
             + ([f"export parity failed for {', '.join(exports)}"] if exports else [])
             + [v.failure or v.rule for v in failed if v.kind == MaxDrop.kind]
         )
