@@ -115,7 +115,7 @@ def ratios(results: Sequence[BenchmarkResult], numerator: str, denominator: str)
         other = by.get((denominator, bs))
         if target != numerator or other is None:
             continue
-        pairs = [a / b for a, b in zip(r.throughput_rounds, other.throughput_rounds, strict=False)] or [
+        pairs = [a / b for a, b in zip(r.throughput_rounds, other.throughput_rounds, strict=True)] or [
             r.throughput_ips / other.throughput_ips
         ]
         out[bs] = Ratio(statistics.median(pairs), min(pairs), max(pairs))
