@@ -58,14 +58,14 @@ def main() -> None:
         for name, net in networks.items()
     ]
     results = benchmark_targets(targets, args.batch_sizes, min_run_time=args.min_run_time, rounds=args.rounds)
-    by = {(r.form, r.batch_size): r for r in results}
+    by = {(r.target, r.batch_size): r for r in results}
     r0 = results[0]
     print(
         f"# RepVGG-{args.variant}, {r0.device}, torch {torch.__version__}, {r0.threads} threads, {args.dtype}, "
         f"channels_last={args.channels_last}, compile={args.compile}"
     )
     print(
-        "| form | batch | latency median (ms) | IQR (ms) | throughput (img/s) | vs train form | vs plain VGG "
+        "| target | batch | latency median (ms) | IQR (ms) | throughput (img/s) | vs train form | vs plain VGG "
         "| params | GFLOPs/img |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
@@ -73,7 +73,7 @@ def main() -> None:
         base = by[("train_form", r.batch_size)].throughput_ips
         limit = by[("plain_vgg", r.batch_size)].throughput_ips
         print(
-            f"| {r.form} | {r.batch_size} | {r.latency_ms_median:.2f} | {r.latency_ms_iqr:.2f} "
+            f"| {r.target} | {r.batch_size} | {r.latency_ms_median:.2f} | {r.latency_ms_iqr:.2f} "
             f"| {r.throughput_ips:.0f} | {r.throughput_ips / base:.2f}x | {r.throughput_ips / limit:.1%} "
             f"| {r.params / 1e6:.2f}M | {r.flops_per_image / 1e9:.3f} |"
         )

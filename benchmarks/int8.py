@@ -107,7 +107,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for block, r in reports.items():
-        by = {(b["form"], b["batch_size"]): b["throughput_ips"] for b in r["benchmark"]}
+        by = {(b["target"], b["batch_size"]): b["throughput_ips"] for b in r["benchmark"]}
         for bs in args.batch_sizes:
             fused_ratio, ort_ratio = (
                 r["int8"]["speedup_vs_fp32"][str(bs)],

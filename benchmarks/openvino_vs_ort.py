@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reparam.deploy.benchmark import benchmark_targets, ratios
+from reparam.deploy.benchmark import benchmark_targets
 from reparam.deploy.data import deploy_datamodule
 from reparam.deploy.evaluate import evaluate_targets
 from reparam.deploy.gates import Reference
 from reparam.deploy.load import load_for_deploy
 from reparam.deploy.targets import OnnxRuntimeTarget, Target, TorchTarget
+from reparam.deploy.timing import ratios
 from reparam.device import place
 
 
@@ -99,7 +100,7 @@ def main() -> None:
         + " |"
     )
     print("|---|---|---|---|" + "---|" * len(args.batch_sizes))
-    by = {(r.form, r.batch_size): r.throughput_ips for r in results}
+    by = {(r.target, r.batch_size): r.throughput_ips for r in results}
     for target in targets:
         e = evaluations[target.name]
         differs, diff = (

@@ -16,8 +16,8 @@ import statistics
 
 import torch
 
-from reparam.deploy.benchmark import tbench
 from reparam.deploy.load import load_for_deploy
+from reparam.deploy.timing import tbench
 
 
 def main() -> None:

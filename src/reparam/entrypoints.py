@@ -49,8 +49,7 @@ def deploy_task(cfg: DictConfig) -> None:
 
         print_prediction_summary(predict_files(cfg))
         return
-    from .deploy import deploy
-    from .deploy.report import print_deploy_summary
+    from .deploy import deploy, print_deploy_summary
 
     print_deploy_summary(deploy(cfg))
 

@@ -12,7 +12,7 @@ from helpers import compose_config, run_entry
 
 from reparam.data import ImageDataModule
 from reparam.deploy import DeployReport, deploy, load_for_deploy
-from reparam.deploy.report import print_deploy_summary
+from reparam.deploy.console import print_deploy_summary
 from reparam.errors import UserError
 from reparam.guard import guarded
 from reparam.training import train
@@ -62,7 +62,7 @@ def run_deploy(ckpt, tmp_path: Path, *overrides: str) -> DeployReport:
 def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: Path, capsys) -> None:
     report = run_deploy(trained_run.last_checkpoint, tmp_path)
     on_disk = json.loads((tmp_path / "report.json").read_text())
-    assert REPORT_KEYS <= set(on_disk) and on_disk["schema_version"] == 2
+    assert REPORT_KEYS <= set(on_disk) and on_disk["schema_version"] == 3
     assert on_disk["num_test_images"] == 40 and on_disk["dataset"] == "cifar10"
     assert on_disk["accuracy"]["train_form"] == on_disk["accuracy"]["fused"]
     assert on_disk["correct"]["train_form"] == on_disk["correct"]["fused"]
@@ -82,17 +82,17 @@ def test_deploy_from_checkpoint_shows_identical_accuracy(trained_run, tmp_path: 
     assert set(targets["train_form"]["speedup_vs_reference"]) == {"1", "4"}
     machine = on_disk["machine"]
     assert machine["threads"] >= 1 and machine["threads_chosen_because"] and "load_before" in machine
-    forms = {(r["form"], r["batch_size"]) for r in on_disk["benchmark"]}
+    rows = {(r["target"], r["batch_size"]) for r in on_disk["benchmark"]}
     # every runtime on one table: torch eager forms and the exported file in ONNX Runtime
-    assert forms == {(f, b) for f in ("train_form", "fused", "plain_vgg", "onnxruntime_fp32") for b in (1, 4)}
+    assert rows == {(t, b) for t in ("train_form", "fused", "plain_vgg", "onnxruntime_fp32") for b in (1, 4)}
     assert all(r["threads"] == machine["threads"] for r in on_disk["benchmark"])
     assert set(on_disk["speedup"]) == {"1", "4"} and all(s > 0 for s in on_disk["speedup"].values())
     spread = on_disk["speedup_spread"]["4"]
     assert spread["min"] <= spread["median"] <= spread["max"] and isinstance(spread["measurable"], bool)
-    ort_row = next(r for r in on_disk["benchmark"] if r["form"] == "onnxruntime_fp32")
+    ort_row = next(r for r in on_disk["benchmark"] if r["target"] == "onnxruntime_fp32")
     assert ort_row["params"] is None and ort_row["throughput_ips"] > 0
-    fused_row = next(r for r in on_disk["benchmark"] if r["form"] == "fused")
-    train_row = next(r for r in on_disk["benchmark"] if r["form"] == "train_form")
+    fused_row = next(r for r in on_disk["benchmark"] if r["target"] == "fused")
+    train_row = next(r for r in on_disk["benchmark"] if r["target"] == "train_form")
     assert fused_row["params"] < train_row["params"] and fused_row["flops_per_image"] < train_row["flops_per_image"]
     assert (tmp_path / "plot.png").stat().st_size > 10_000
     assert report.exports["onnx"].max_abs_diff < 1e-4 and report.exports["torch_export"].max_abs_diff < 1e-5
@@ -130,12 +130,12 @@ def test_deploy_from_fused_folder_matches_recorded_accuracy(trained_run, tmp_pat
     # same number of correct images (the recorded value went through float32)
     n = report.num_test_images
     assert round(report.target("fused").accuracy * n) == round(report.recorded_test_acc * n)
-    assert {r.form for r in report.benchmark} == {"fused", "plain_vgg", "onnxruntime_fp32", "fused_bf16"}
+    assert {r.target for r in report.benchmark} == {"fused", "plain_vgg", "onnxruntime_fp32", "fused_bf16"}
     # benchmark.dtype=bfloat16 adds the bf16 target: measured for accuracy too, gated by its max_drop
     bf16 = report.target("fused_bf16")
     assert bf16.label == "fused torch bf16 cpu" and bf16.num_images == n and bf16.gate.limits == {"max_drop": 0.5}
     assert bf16.gate.passed == (bf16.accuracy_drop <= 0.5) and bf16.max_abs_logit_diff > 0
-    assert {r.dtype for r in report.benchmark if r.form == "fused_bf16"} == {"bfloat16"}
+    assert {r.dtype for r in report.benchmark if r.target == "fused_bf16"} == {"bfloat16"}
     print_deploy_summary(report)
     assert "fused torch bf16 cpu" in capsys.readouterr().out
 

@@ -9,7 +9,7 @@ import torch
 from helpers import compose_config
 
 from reparam.deploy import deploy
-from reparam.deploy.targets import base
+from reparam.deploy.targets import ort as ort_targets
 from reparam.deploy.targets.pytorch import Fused
 from reparam.errors import UserError
 from reparam.training import train
@@ -46,8 +46,8 @@ def test_qarepvgg_trains_fuses_exactly_and_quantizes_within_max_drop(
         Fused, "predict", lambda self, images: fused_passes.append(len(images)) or real_predict(self, images)
     )
     quantized = []  # INT8 targets share one calibration and one file
-    real_quantize = base.quantize_int8
-    monkeypatch.setattr(base, "quantize_int8", lambda *a, **k: quantized.append(a[1]) or real_quantize(*a, **k))
+    real_quantize = ort_targets.quantize_int8
+    monkeypatch.setattr(ort_targets, "quantize_int8", lambda *a, **k: quantized.append(a[1]) or real_quantize(*a, **k))
     chosen = f"targets=[{','.join(['auto', *OPENVINO])}]"
     deploy(compose_config("deploy", [f"ckpt={qarepvgg_demo.best_checkpoint}", *INT8, chosen], run_dir=tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
@@ -77,8 +77,8 @@ def test_qarepvgg_trains_fuses_exactly_and_quantizes_within_max_drop(
     assert int8["accuracy_drop"] == pytest.approx((int8["fp32_accuracy"] - int8["accuracy"]) * 100)
     assert int8["accuracy_drop"] <= 1.0 and int8["correct"] >= 0.9 * report["num_test_images"]
     assert set(int8["throughput"]) == {"1", "32"} and set(int8["speedup_vs_fp32"]) == {"1", "32"}
-    forms = {r["form"] for r in report["benchmark"]}
-    assert forms == {"train_form", "fused", "plain_vgg", "onnxruntime_fp32", "onnxruntime_int8", *OPENVINO}
+    benchmarked = {r["target"] for r in report["benchmark"]}
+    assert benchmarked == {"train_form", "fused", "plain_vgg", "onnxruntime_fp32", "onnxruntime_int8", *OPENVINO}
     assert all(len(r["throughput_rounds"]) == 2 for r in report["benchmark"])  # interleaved rounds
     spread = report["speedup_spread"]["32"]
     assert spread["min"] <= spread["median"] <= spread["max"]

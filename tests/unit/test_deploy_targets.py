@@ -11,7 +11,7 @@ import torch
 from helpers import TINY_SPEC, randomize_bn
 
 from reparam.compare import Tolerance
-from reparam.deploy.benchmark import BenchmarkResult, benchmark_targets, count_flops
+from reparam.deploy.benchmark import benchmark_targets
 from reparam.deploy.evaluate import evaluate_targets
 from reparam.deploy.gates import Equivalence, MaxDrop, Reference
 from reparam.deploy.load import Loaded
@@ -26,6 +26,7 @@ from reparam.deploy.targets import (
     select_targets,
     shorthand_targets,
 )
+from reparam.deploy.timing import BenchmarkResult, count_flops
 from reparam.errors import UserError
 from reparam.models import build_model, fuse_model
 
@@ -127,7 +128,7 @@ def test_every_torch_target_places_model_and_inputs_on_its_device(channels_last:
         "fused torch fp16 meta",
     }
     rows = benchmark_targets(targets, batch_sizes=[3], min_run_time=0.01, rounds=1)  # meta ops are slow: one cell
-    assert [(r.form, r.batch_size) for r in rows] == [(t.name, 3) for t in targets]
+    assert [(r.target, r.batch_size) for r in rows] == [(t.name, 3) for t in targets]
     assert all(r.channels_last == channels_last and r.flops_per_image > 0 for r in rows)
 
 
@@ -194,10 +195,10 @@ def test_one_pass_runs_the_reference_once_and_gates_each_target() -> None:
     assert "more than quantize.max_drop=1.0; train with model.block=qarepvgg" in drop.gate.failure
 
 
-def row(form: str, rounds: list[float]) -> BenchmarkResult:
+def row(target: str, rounds: list[float]) -> BenchmarkResult:
     return BenchmarkResult(
-        form,
-        f"{form} torch fp32 cpu",
+        target,
+        f"{target} torch fp32 cpu",
         "torch",
         "fp32",
         "cpu",

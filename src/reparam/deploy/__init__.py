@@ -1,12 +1,14 @@
 """Deployment: load either form safely, run every target over the test split, benchmark, export, report."""
 
-from .benchmark import BenchmarkResult, benchmark_targets, count_flops
+from .benchmark import benchmark_targets
+from .console import print_deploy_summary
 from .evaluate import TargetEvaluation, evaluate_targets
 from .export import ExportResult, export_onnx, export_program
 from .load import Loaded, load_for_deploy, plain_vgg_like
 from .report import DeployReport, TargetReport
 from .run import deploy
 from .targets import TARGETS, Target, register_target
+from .timing import BenchmarkResult, Ratio, count_flops, ratios
 
 __all__ = [
     "TARGETS",
@@ -25,5 +27,8 @@ __all__ = [
     "export_program",
     "load_for_deploy",
     "plain_vgg_like",
+    "print_deploy_summary",
+    "Ratio",
+    "ratios",
     "register_target",
 ]

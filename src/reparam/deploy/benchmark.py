@@ -1,84 +1,20 @@
-"""Inference speed, size and cost of every target, measured with torch.utils.benchmark and flop_counter."""
+"""The round-robin benchmark of every deploy target: latency, throughput, peak memory, with their spread.
+
+The instruments (``torch.utils.benchmark``, the FLOP counter) and the result types live in :mod:`.timing`.
+"""
 
 from __future__ import annotations
 
-import logging
-import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..compare import tf32_enabled
-from ..device import describe_device, device_of, place, synchronize
+from ..device import describe_device, synchronize
+from .targets import Target
+from .timing import DTYPE_NAMES, BenchmarkResult, tbench
 
-if TYPE_CHECKING:
-    from .targets import Target
-
-__all__ = ["BenchmarkResult", "Ratio", "benchmark_targets", "count_flops", "ratios", "DTYPE_NAMES"]
-
-DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
-
-
-def _import_torch_benchmark():
-    """``torch.utils.benchmark``, without the noise of its import.
-
-    It imports ``torch.utils.cpp_extension`` (for its Valgrind timer, which deploy never uses), whose import logs
-    "No CUDA runtime is found, using CUDA_HOME=..." on every CPU machine with a CUDA toolkit: a warning about compiling
-    extensions, which deploy never does. Only that logger, only below ERROR, only during this import.
-    """
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        import torch.utils.benchmark as tbench
-    finally:
-        logger.setLevel(level)
-    return tbench
-
-
-tbench = _import_torch_benchmark()
-
-
-@dataclass
-class BenchmarkResult:
-    form: str  # the target's name
-    label: str  # its runtime, precision and device in words: "fused torch bf16 cuda"
-    runtime: str
-    precision: str
-    device: str
-    batch_size: int
-    dtype: str
-    channels_last: bool
-    compiled: bool
-    threads: int
-    latency_ms_median: float
-    latency_ms_iqr: float
-    throughput_ips: float
-    runs: int
-    params: int | None  # None for a runtime other than torch (ONNX Runtime)
-    flops_per_image: int | None
-    peak_memory_mb: float | None
-    throughput_rounds: list[float] = field(default_factory=list)  # images/s in each round-robin round
-    tf32: bool | None = None  # CUDA float32 timings: whether TF32 was allowed (cuDNN's default on Ampere+)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def count_flops(model: nn.Module, example: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``example`` (a multiply-add counts as 2), by torch's flop counter.
-
-    The example is placed where the model lives, in its dtype, so a CUDA or half-precision model can be counted.
-    """
-    first = next(iter(model.parameters()), None)
-    example = place(example, device_of(model), first.dtype if first is not None and first.is_floating_point() else None)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(example)
-    return int(counter.get_total_flops())
+__all__ = ["benchmark_targets"]
 
 
 def _warm_up(target: Target, prepared: object) -> float | None:
@@ -136,7 +72,7 @@ def benchmark_targets(
             cost = costs[target.name]
             results.append(
                 BenchmarkResult(
-                    form=target.name,
+                    target=target.name,
                     label=target.label,
                     runtime=target.runtime,
                     precision=target.precision,
@@ -158,39 +94,3 @@ def benchmark_targets(
                 )
             )
     return results
-
-
-@dataclass(frozen=True)
-class Ratio:
-    """A throughput ratio over interleaved rounds: the median and the range of the per-round ratios."""
-
-    median: float
-    low: float
-    high: float
-
-    @property
-    def measurable(self) -> bool:
-        """False when the spread covers 1.0: the two targets are not measurably different on this machine."""
-        return not (self.low <= 1.0 <= self.high)
-
-    def describe(self) -> str:
-        spread = f"{self.low:.2f}..{self.high:.2f}"
-        return f"{self.median:.2f}x ({spread})" if self.measurable else f"no measurable difference ({spread})"
-
-    def to_dict(self) -> dict:
-        return {"median": self.median, "min": self.low, "max": self.high, "measurable": self.measurable}
-
-
-def ratios(results: Sequence[BenchmarkResult], numerator: str, denominator: str) -> dict[int, Ratio]:
-    """Per batch size, ``numerator / denominator`` throughput in each round (rounds pair up in time)."""
-    by = {(r.form, r.batch_size): r for r in results}
-    out = {}
-    for (form, bs), r in by.items():
-        other = by.get((denominator, bs))
-        if form != numerator or other is None:
-            continue
-        pairs = [a / b for a, b in zip(r.throughput_rounds, other.throughput_rounds)] or [
-            r.throughput_ips / other.throughput_ips
-        ]
-        out[bs] = Ratio(statistics.median(pairs), min(pairs), max(pairs))
-    return out

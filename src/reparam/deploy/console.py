@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.table import Table
 from rich.text import Text
 
 from ..console import console, pct
-from .benchmark import ratios
-
-if TYPE_CHECKING:
-    from .report import DeployReport, TargetReport
+from .report import DeployReport, TargetReport
+from .timing import ratios
 
 __all__ = ["print_deploy_summary"]
 

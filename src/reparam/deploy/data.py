@@ -38,7 +38,7 @@ def deploy_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataMod
     if given.get("dataset") not in (None, params.get("dataset")):
         params = {k: v for k, v in params.items() if k in PORTABLE}
     if "dataset" in params or "dataset" in given:  # a recorded option the dataset does not read (older runs): dropped
-        source = dataset_source(given.get("dataset", params.get("dataset")))
+        source = dataset_source(given["dataset"] if "dataset" in given else params["dataset"])
         params = {k: v for k, v in params.items() if k in COMMON_OPTIONS or k in source.options}
     params.update(given)
     params.pop("num_classes", None)  # compared with the model's below, with its own message
@@ -53,7 +53,7 @@ def deploy_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataMod
     with reraise_as_user_error("data", ValueError, TypeError):
         dm = ImageDataModule(**params)
     dm.setup("test")
-    _check_classes(loaded, dm.hparams.dataset, dm.num_classes)
+    _check_classes(loaded, dm.hparams["dataset"], dm.num_classes)
     if recorded is not None:
         if recorded.classes and tuple(dm.classes) != tuple(recorded.classes):
             raise UserError(_other_classes(loaded, recorded, dm))
@@ -75,10 +75,14 @@ def _recorded_input(loaded: Loaded) -> Preprocessing | None:
 def _other_classes(loaded: Loaded, recorded: Preprocessing, dm: ImageDataModule) -> str:
     ours, theirs = list(recorded.classes), dm.classes
     differ = next(
-        (f"class {i} is '{a}' here but '{b}' in the model" for i, (a, b) in enumerate(zip(theirs, ours)) if a != b),
+        (
+            f"class {i} is '{a}' here but '{b}' in the model"
+            for i, (a, b) in enumerate(zip(theirs, ours, strict=False))
+            if a != b
+        ),
         f"{len(theirs)} classes here, {len(ours)} in the model",
     )
-    where = f" (data.data_dir={dm.hparams.data_dir})" if dm.hparams.get("data_dir") else ""
+    where = f" (data.data_dir={dm.hparams['data_dir']})" if dm.hparams.get("data_dir") else ""
     return (
         f"the test data{where} has other class names than {loaded.source} was trained on ({differ}); "
         "point data.data_dir at a folder with the model's class folders, or deploy the model trained on this data"

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .benchmark import BenchmarkResult
+from .timing import BenchmarkResult
 
 __all__ = ["Machine", "choose_threads", "cpu_threads", "round_spread", "SPREAD_LIMIT"]
 

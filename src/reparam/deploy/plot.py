@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .benchmark import BenchmarkResult
+from .timing import BenchmarkResult
 
 __all__ = ["plot_benchmark"]
 

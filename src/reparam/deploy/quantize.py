@@ -17,11 +17,15 @@ import os
 import platform
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..device import place
+
+if TYPE_CHECKING:
+    from onnxruntime.quantization import CalibrationDataReader
 
 __all__ = ["OrtModel", "quantize_int8", "cpu_has_vnni", "METHODS"]
 
@@ -58,7 +62,7 @@ class OrtModel:
         return torch.from_numpy(self.run(place(x.detach(), "cpu", torch.float32).contiguous().numpy()))
 
 
-def _calibration_reader(images: torch.Tensor, input_name: str, batch_size: int = 32):
+def _calibration_reader(images: torch.Tensor, input_name: str, batch_size: int = 32) -> CalibrationDataReader:
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):

@@ -1,7 +1,8 @@
 """The deploy report: typed results for every target, and report.json made from them (schema in README.md).
 
 The console table (:mod:`.console`), the plot (:mod:`.plot`), report.json and the loggers are all written from one
-:class:`DeployReport`. ``schema_version`` 2 adds ``targets``, ``skipped_targets`` and ``machine``; the schema-1 keys
+:class:`DeployReport`. ``schema_version`` 2 added ``targets``, ``skipped_targets`` and ``machine``; 3 renames the
+benchmark rows' ``form`` to ``target`` (it always held the target's name; a form is train vs fused). The schema-1 keys
 (``accuracy``, ``correct``, ``disagreements``, ``speedup``, ``int8``, ...) stay, derived from the targets.
 """
 
@@ -14,16 +15,16 @@ from typing import Any
 
 from ..artifact import atomic_write_json
 from ..compare import ComparisonReport, Tolerance
-from .benchmark import BenchmarkResult, Ratio, ratios
 from .evaluate import TargetEvaluation
 from .export import ExportResult
 from .gates import Equivalence, MaxDrop, Outcome, Verdict
 from .machine import Machine
 from .targets import REFERENCE, Target
+from .timing import BenchmarkResult, Ratio, ratios
 
-__all__ = ["SCHEMA_VERSION", "DeployReport", "TargetReport", "write_report", "print_deploy_summary"]
+__all__ = ["SCHEMA_VERSION", "DeployReport", "TargetReport", "write_report"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _by_batch(values: dict[int, Any]) -> dict[str, Any]:
@@ -67,7 +68,7 @@ class TargetReport:
         outcome = Outcome(
             target.label, target.precision, evaluation.correct, reference.correct, evaluation.num_images, comparison
         )
-        rows = [r for r in benchmark if r.form == target.name]
+        rows = [r for r in benchmark if r.target == target.name]
         return cls(
             name=target.name,
             label=target.label,
@@ -136,10 +137,11 @@ class DeployReport:
         """Why this deploy must fail, most fundamental first: equivalence, export parity, accuracy drops."""
         failed = [t.gate for t in self.targets if not t.gate.passed]
         exports = [fmt for fmt, r in self.exports.items() if not r.ok]
+        # each failed verdict carries its line (gates.py); its rule stands in should one not
         return (
-            [v.failure for v in failed if v.kind == Equivalence.kind]
+            [v.failure or v.rule for v in failed if v.kind == Equivalence.kind]
             + ([f"export parity failed for {', '.join(exports)}"] if exports else [])
-            + [v.failure for v in failed if v.kind == MaxDrop.kind]
+            + [v.failure or v.rule for v in failed if v.kind == MaxDrop.kind]
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,10 +209,3 @@ class DeployReport:
 
 def write_report(report: DeployReport) -> Path:
     return atomic_write_json(report.report_path, report.to_dict())
-
-
-def print_deploy_summary(report: DeployReport) -> None:
-    """The console table (kept importable from here: ``reparam.entrypoints`` calls it by this name)."""
-    from .console import print_deploy_summary as show
-
-    show(report)

@@ -13,7 +13,7 @@ from ..compare import Tolerance
 from ..data import ImageDataModule
 from ..device import resolve_device
 from ..errors import UserError, reraise_as_user_error
-from .benchmark import BenchmarkResult, benchmark_targets
+from .benchmark import benchmark_targets
 from .data import accuracy_warning, deploy_datamodule
 from .evaluate import COMPARISON_PRECISION, TargetEvaluation, evaluate_targets
 from .export import ExportResult, export_onnx, export_program
@@ -23,6 +23,7 @@ from .plot import plot_benchmark
 from .report import DeployReport, TargetReport, write_report
 from .report_index import record_report, weights_sha256
 from .targets import TARGETS, Selection, Target, TargetContext, build_targets, select_targets, shorthand_targets
+from .timing import BenchmarkResult
 
 __all__ = ["deploy"]
 
@@ -32,7 +33,7 @@ def deploy(cfg: DictConfig) -> DeployReport:
     ckpt, device = _ckpt(cfg), _device(cfg)
     selection = select_targets(_requested_targets(cfg), device, onnx_export=bool(cfg.export.onnx))
     loaded = load_for_deploy(ckpt)
-    dm = deploy_datamodule(loaded, OmegaConf.to_container(cfg.data, resolve=True))
+    dm = deploy_datamodule(loaded, _plain_dict(cfg.data))
     out_dir = Path(cfg.paths.output_dir)
     with cpu_threads(cfg.benchmark.threads) as machine:
         exports = _export(loaded.fused, dm, cfg.export, out_dir, onnx=cfg.export.onnx or _needs_onnx(selection))
@@ -46,7 +47,7 @@ def deploy(cfg: DictConfig) -> DeployReport:
             dm.calibration_images,
             cfg.benchmark.get("compile_mode"),
         )
-        targets = build_targets(selection, context, OmegaConf.to_container(cfg.target_settings, resolve=True))
+        targets = build_targets(selection, context, _plain_dict(cfg.target_settings))
         evaluations = evaluate_targets(targets, dm.test_dataloader())
         benchmark = _benchmark(targets, cfg.benchmark, dm) if cfg.benchmark.enabled else []
         machine.review(benchmark)
@@ -56,6 +57,13 @@ def deploy(cfg: DictConfig) -> DeployReport:
     record_report(report.report_path, loaded.source, weights_sha256(loaded.fused), report.device)
     _fail_on_checks(report)
     return report
+
+
+def _plain_dict(node: DictConfig) -> dict[str, Any]:
+    """A config node as plain Python (interpolations resolved), with the string keys a Hydra config node has."""
+    container = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(container, dict), f"{node} is not a config mapping"
+    return {str(key): value for key, value in container.items()}
 
 
 def _ckpt(cfg: DictConfig) -> str:
@@ -116,7 +124,7 @@ def _report(
         checkpoint=str(loaded.source),
         source_kind=loaded.kind,
         weights_chosen_because=loaded.chosen_because,
-        dataset=dm.hparams.dataset,
+        dataset=dm.hparams["dataset"],
         num_test_images=reference.num_images,
         recorded_test_acc=loaded.recorded.get("test_acc"),
         model=loaded.spec,
@@ -160,8 +168,9 @@ def _numbers(prefix: str, value: Any) -> dict[str, float]:
         return {prefix: float(value)}
     if isinstance(value, dict):
         return {k: v for key, item in value.items() for k, v in _numbers(f"{prefix}/{key}", item).items()}
-    if isinstance(value, list) and all(isinstance(r, dict) and "form" in r for r in value):
-        return {k: v for r in value for k, v in _numbers(f"{prefix}/{r['form']}/batch{r.get('batch_size')}", r).items()}
+    if isinstance(value, list) and all(isinstance(r, dict) and "target" in r for r in value):
+        rows = ((f"{prefix}/{r['target']}/batch{r.get('batch_size')}", r) for r in value)
+        return {k: v for row_prefix, r in rows for k, v in _numbers(row_prefix, r).items()}
     return {}
 
 

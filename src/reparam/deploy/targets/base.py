@@ -18,11 +18,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...errors import UserError, reraise_as_user_error
+from ...errors import UserError
 from ..export import ExportResult
 from ..gates import Gate
 from ..load import Loaded
-from ..quantize import quantize_int8
 
 __all__ = ["Target", "TargetContext", "TargetUnavailable", "Cost", "TARGETS", "register_target"]
 
@@ -52,7 +51,9 @@ class TargetContext:
     onnx: ExportResult | None = None  # the checked fp32 ONNX export, where one was made
     calibration_images: Callable[[int], torch.Tensor] | None = None  # n training-split images, normalized
     compile_mode: str | None = None  # torch.compile mode of compiled targets (benchmark.compile_mode)
-    _int8: dict[tuple, tuple[Path, dict]] = field(default_factory=dict, repr=False)
+    # a file built once for every target that runs it (model.int8.onnx): its path and the settings it was built with,
+    # keyed by what it was built from
+    shared_files: dict[tuple[Any, ...], tuple[Path, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def fp32_onnx(self) -> str:
         """The fp32 export every ONNX-based target starts from, if it passed its parity check."""
@@ -61,18 +62,6 @@ class TargetContext:
         if not self.onnx.ok:
             raise TargetUnavailable(f"the fp32 ONNX export failed its parity check ({self.onnx.parity.describe()})")
         return self.onnx.path
-
-    def int8_onnx(self, settings: Mapping[str, Any]) -> tuple[Path, dict]:
-        """``model.int8.onnx`` (static INT8, QDQ) and its settings; quantized once, shared by every INT8 target."""
-        key = (int(settings["calibration_images"]), str(settings["method"]), str(settings["reduce_range"]))
-        if key not in self._int8:
-            path = self.out_dir / "model.int8.onnx"
-            with reraise_as_user_error("quantize", ValueError):
-                details = quantize_int8(
-                    self.fp32_onnx(), path, self.calibration_images(key[0]), key[1], settings["reduce_range"]
-                )
-            self._int8[key] = (path, details)
-        return self._int8[key]
 
 
 class Target:

@@ -1,4 +1,8 @@
-"""Targets that run the exported ONNX file in ONNX Runtime on the CPU: float32, and static INT8."""
+"""Targets that run the exported ONNX file in ONNX Runtime on the CPU: float32, and static INT8.
+
+The INT8 file is built here (:func:`int8_onnx`, by :mod:`reparam.deploy.quantize`), once per deploy run, and shared
+with the other runtimes that run it (OpenVINO).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import torch
 
 from ...compare import Tolerance
 from ...device import place
+from ...errors import reraise_as_user_error
 from ..gates import Equivalence, Gate, MaxDrop
-from ..quantize import OrtModel
-from .base import Target, TargetContext, register_target
+from ..quantize import OrtModel, quantize_int8
+from .base import Target, TargetContext, TargetUnavailable, register_target
 
-__all__ = ["OnnxRuntimeTarget", "int8_gate", "INT8_ADVICE"]
+__all__ = ["OnnxRuntimeTarget", "int8_gate", "int8_onnx", "INT8_ADVICE"]
 
 INT8_ADVICE = (
     "train with model.block=qarepvgg, whose fused weights quantize well, or try quantize.method=percentile "
@@ -26,6 +31,25 @@ INT8_ADVICE = (
 def int8_gate(settings: Mapping[str, Any]) -> MaxDrop:
     """Every INT8 target's check: ``quantize.max_drop``."""
     return MaxDrop(float(settings["max_drop"]), "quantize.max_drop", INT8_ADVICE)
+
+
+def int8_onnx(context: TargetContext, settings: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """``model.int8.onnx`` (static INT8, QDQ) of the fp32 export and its settings; quantized once per context, for
+    every INT8 target that runs it."""
+    images, method, reduce_range = (
+        int(settings["calibration_images"]),
+        str(settings["method"]),
+        settings["reduce_range"],
+    )
+    key = ("int8_onnx", images, method, str(reduce_range))
+    if key not in context.shared_files:
+        if context.calibration_images is None:
+            raise TargetUnavailable("no calibration images were given (INT8 calibrates on the training split)")
+        path = context.out_dir / "model.int8.onnx"
+        with reraise_as_user_error("quantize", ValueError):
+            details = quantize_int8(context.fp32_onnx(), path, context.calibration_images(images), method, reduce_range)
+        context.shared_files[key] = (path, details)
+    return context.shared_files[key]
 
 
 class OnnxRuntimeTarget(Target):
@@ -75,5 +99,5 @@ class OnnxRuntimeINT8(OnnxRuntimeTarget):
 
     @classmethod
     def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> OnnxRuntimeINT8:
-        path, details = context.int8_onnx(settings)
+        path, details = int8_onnx(context, settings)
         return cls(path, context.threads, int8_gate(settings), details, wrote=True)

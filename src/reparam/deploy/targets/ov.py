@@ -23,7 +23,7 @@ import torch
 from ...device import place
 from ..gates import Gate
 from .base import Target, TargetContext, TargetUnavailable, register_target
-from .ort import int8_gate
+from .ort import int8_gate, int8_onnx
 
 __all__ = ["OpenVinoINT8"]
 
@@ -54,7 +54,7 @@ class OpenVinoINT8(Target):
 
     @classmethod
     def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> OpenVinoINT8:
-        path, details = context.int8_onnx(settings)
+        path, details = int8_onnx(context, settings)
         return cls(path, context.threads, int8_gate(settings), details)
 
     def prepare(self, images: torch.Tensor) -> np.ndarray:

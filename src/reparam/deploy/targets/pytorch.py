@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -18,9 +18,9 @@ from torch import nn
 
 from ...compare import Tolerance
 from ...device import place
-from ..benchmark import count_flops
 from ..gates import Equivalence, Gate, MaxDrop, Reference
 from ..load import Loaded, plain_vgg_like
+from ..timing import count_flops
 from .base import Cost, Target, TargetContext, TargetUnavailable, register_target
 
 __all__ = ["TorchTarget"]
@@ -36,9 +36,9 @@ class TorchTarget(Target):
     may build any combination directly (``TorchTarget(train_form, device, Reference(), dtype=torch.bfloat16)``).
     """
 
-    dtype: ClassVar[torch.dtype] = torch.float32
-    compiled: ClassVar[bool] = False
-    auto_devices = ("cpu", "cuda")
+    dtype: torch.dtype = torch.float32  # what build() makes of a registered target; an instance may differ
+    compiled: bool = False
+    auto_devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     def __init__(
         self,
@@ -58,7 +58,7 @@ class TorchTarget(Target):
         self.precision, self.compiled = PRECISIONS[dtype], compiled
         self.runtime = "torch.compile" if compiled else "torch"
         self.eager = place(copy.deepcopy(network).eval(), device, dtype, channels_last)
-        self.module = self.eager
+        self.module: Callable[[torch.Tensor], torch.Tensor] = self.eager  # the timed callable, compiled or not
         self.details = {"channels_last": channels_last}
         if compiled:
             # "default" compiles in seconds; max-autotune took minutes on a shared GPU. No CUDA graphs by default:
