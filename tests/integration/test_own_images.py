@@ -13,7 +13,8 @@ from reparam.deploy import deploy
 from reparam.errors import UserError
 from reparam.training import train
 
-pytestmark = pytest.mark.slow
+# the trained runs (module fixtures) are shared: one xdist worker runs them all
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own_images")]
 
 TRAIN = [
     "experiment=demo",

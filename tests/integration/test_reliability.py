@@ -17,7 +17,8 @@ from reparam.callbacks import DivergenceError
 from reparam.errors import UserError
 from reparam.training import train
 
-pytestmark = pytest.mark.slow
+# the uninterrupted run (module fixture) is shared: one xdist worker runs them all
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
 # 3 epochs of 4 steps, deterministic kernels, standard DataLoader path in-process (num_workers=0)
 RUN = [

@@ -21,7 +21,8 @@ from helpers import ROOT
 from PIL import Image
 from serving import fastest_passing, split_pngs, start_server, train_and_deploy
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+# one trained-and-deployed run (module fixture) serves every test: one xdist worker runs them all
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.xdist_group("serve")]
 
 MAX_IMAGES, MAX_BYTES = 16, 200_000
 
@@ -69,7 +70,7 @@ async def served_correct(
             async with gate:
                 body = {"images": [base64.b64encode(images[i]).decode() for i in chunk]}
                 predicted = top1(await client.post(f"{url}/predict", json=body))
-            return sum(p == labels[i] for p, i in zip(predicted, chunk))
+            return sum(p == labels[i] for p, i in zip(predicted, chunk, strict=True))
 
         return sum(await asyncio.gather(*(one(c) for c in chunks)))
 
