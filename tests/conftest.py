@@ -33,3 +33,12 @@ def run_env() -> dict:
     env = dict(os.environ)
     env.update({"CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"})
     return env
+
+
+# the longest test file, first: under xdist (--dist loadfile, no reordering) its worker starts it at once while the
+# other workers share the rest, so the suite takes about as long as this file
+LONGEST_FIRST = "tests/integration/test_readme.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))  # stable: the rest keep their order

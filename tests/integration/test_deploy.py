@@ -17,8 +17,7 @@ from reparam.deploy.report import print_deploy_summary
 from reparam.errors import UserError
 from reparam.training import train
 
-# the trained run (module fixture) is shared: one xdist worker runs them all
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy")]
+pytestmark = pytest.mark.slow
 
 FAST_DEPLOY = ["benchmark.batch_sizes=[1,4]", "benchmark.min_run_time=0.02", "export.check_batch_size=8"]
 REPORT_KEYS = {

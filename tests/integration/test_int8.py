@@ -14,8 +14,7 @@ from reparam.deploy.targets.pytorch import Fused
 from reparam.errors import UserError
 from reparam.training import train
 
-# the trained run (module fixture) is shared: one xdist worker runs them all
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("int8")]
+pytestmark = pytest.mark.slow
 
 # the optional OpenVINO INT8 target, where OpenVINO is installed (the dev extras install it)
 OPENVINO = ["openvino_int8"] if importlib.util.find_spec("openvino") else []

@@ -13,8 +13,7 @@ from reparam.deploy import deploy
 from reparam.errors import UserError
 from reparam.training import train
 
-# the trained runs (module fixtures) are shared: one xdist worker runs them all
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own_images")]
+pytestmark = pytest.mark.slow
 
 TRAIN = [
     "experiment=demo",

@@ -29,9 +29,9 @@ from helpers import ROOT, write_fake_cifar
 
 from reparam.data.synthetic import write_digits_folder
 
-# the commands run once, in a module fixture: the per-test timeout covers all of them, and one xdist worker runs
-# every test of this file. Not marked slow: make test runs every README command (the README's promise)
-pytestmark = [pytest.mark.timeout(3600), pytest.mark.xdist_group("readme")]
+# the commands run once, in a module fixture (one xdist worker: --dist loadfile): the per-test timeout covers all of
+# them. Not marked slow: make test runs every README command, as the README promises
+pytestmark = pytest.mark.timeout(3600)
 
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent

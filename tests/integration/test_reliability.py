@@ -17,8 +17,7 @@ from reparam.callbacks import DivergenceError
 from reparam.errors import UserError
 from reparam.training import train
 
-# the uninterrupted run (module fixture) is shared: one xdist worker runs them all
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
+pytestmark = pytest.mark.slow
 
 # 3 epochs of 4 steps, deterministic kernels, standard DataLoader path in-process (num_workers=0)
 RUN = [

@@ -21,8 +21,7 @@ from helpers import ROOT
 from PIL import Image
 from serving import fastest_passing, split_pngs, start_server, train_and_deploy
 
-# one trained-and-deployed run (module fixture) serves every test: one xdist worker runs them all
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.xdist_group("serve")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 MAX_IMAGES, MAX_BYTES = 16, 200_000
 
