@@ -1,5 +1,6 @@
 # make demo: install, train on the embedded digits, fuse, deploy (no network needed beyond PyPI)
-# make test: install with dev extras, run the whole test suite
+# make test: install with dev extras, run the tests that are not marked slow (the README's commands included) on
+# every core; make test-slow: the slow ones; make test-all: both (CI runs both, .ci/run)
 # make test-min: the fast tests on the lowest versions pyproject.toml allows; make lock: refresh constraints.txt
 # make lint: ruff (lint + format check) and mypy, with the settings in pyproject.toml
 PYTHON ?= python3
@@ -11,7 +12,10 @@ CONSTRAINTS ?= constraints.txt
 PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 MIN_VENV ?= .venv-min
 
-.PHONY: install install-dev demo lint test test-fast test-min lock gpu-check clean
+# pytest-xdist workers (-n auto: one per core)
+TEST_WORKERS ?= auto
+
+.PHONY: install install-dev demo lint test test-fast test-slow test-all test-min lock gpu-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +38,17 @@ lint: install-dev
 	$(VENV)/bin/mypy
 
 test: install-dev
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
 
+# the unit tests that are not slow: the edit-and-check loop (no training run, no README commands)
 test-fast: install-dev
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow" tests/unit
+
+test-slow: install-dev
+	$(PY) -m pytest -n $(TEST_WORKERS) -m slow
+
+test-all: install-dev
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # the lowest versions the bounds in pyproject.toml allow for every direct dependency (uv's lowest-direct resolution),
 # in a venv of their own; a bound that is too low fails here
@@ -46,7 +57,7 @@ test-min:
 	$(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install --quiet uv
 	$(MIN_VENV)/bin/python -m uv pip install --quiet --python $(MIN_VENV)/bin/python --resolution lowest-direct -e '.[dev]'
-	$(MIN_VENV)/bin/python -m pytest -m "not slow"
+	$(MIN_VENV)/bin/python -m pytest -n $(TEST_WORKERS) -m "not slow" --ignore=tests/integration/test_readme.py
 
 # constraints.txt := pip freeze of $(VENV) (run make test first), marked for its Python version (other Pythons ignore
 # it). Newer versions: rm -rf $(VENV); make install-dev CONSTRAINTS=; make test; make lock

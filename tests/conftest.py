@@ -7,6 +7,12 @@ import pytest
 # tests import their helpers as a plain module
 sys.path.insert(0, str(Path(__file__).parent))
 
+# under pytest-xdist every worker would start one torch thread per core, and the workers and their subprocesses
+# (which inherit this) would fight over the cores: each gets its share, set before torch is first imported
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 from helpers import write_fake_cifar  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,3 +33,12 @@ def run_env() -> dict:
     env = dict(os.environ)
     env.update({"CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"})
     return env
+
+
+# the longest test file, first: under xdist (--dist loadfile, no reordering) its worker starts it at once while the
+# other workers share the rest, so the suite takes about as long as this file
+LONGEST_FIRST = "tests/integration/test_readme.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))  # stable: the rest keep their order

@@ -55,6 +55,8 @@ CONFIGS = ROOT / "configs"
 
 def compose_config(config_name: str, overrides: list[str], run_dir=None):
     """Compose a config the way the entry points do, with this run's paths pinned to ``run_dir``."""
+    import tempfile
+
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -65,7 +67,8 @@ def compose_config(config_name: str, overrides: list[str], run_dir=None):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.runtime.output_dir = str(run_dir if run_dir is not None else ROOT / "logs" / "compose-test")
+        # no run_dir: a fresh folder, not one in the checkout that test processes running side by side would share
+        cfg.hydra.runtime.output_dir = str(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="compose-"))
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg

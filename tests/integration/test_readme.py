@@ -4,7 +4,8 @@ Each ``bash`` block line of the README is run from a directory outside the check
 holds CIFAR-10 in ./data, generated in the official format), in README order, with only these changes: the script
 path (``python train.py`` -> ``python <checkout>/train.py``), placeholders (``<run>``, ``ckpt=...``, a data path),
 one epoch and a few batches. No ``hydra.run.dir`` / ``hydra.sweep.dir`` is added: runs land where a user's would.
-Lines whose comment starts with ``GPU`` run only where enough CUDA GPUs are visible (``make gpu-check`` runs them there).
+Lines whose comment starts with ``GPU`` run only where enough CUDA GPUs are visible (``make gpu-check`` runs them
+there).
 The ``python`` blocks are run as written, with ``<run>`` filled in.
 """
 
@@ -17,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,9 @@ from helpers import ROOT, write_fake_cifar
 
 from reparam.data.synthetic import write_digits_folder
 
-# the commands run once, in a module fixture: the per-test timeout covers all of them
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+# the commands run once, in a module fixture (one xdist worker: --dist loadfile): the per-test timeout covers all of
+# them. Not marked slow: make test runs every README command, as the README promises
+pytestmark = pytest.mark.timeout(3600)
 
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
@@ -127,14 +130,16 @@ class Outcome:
     returncode: int
     stdout: str
     stderr: str
+    seconds: float  # wall time, printed by the fixture: where this test's minutes go
 
     def explain(self) -> str:
         return f"{self.what}\n(ran: {shlex.join(self.argv)})\n{self.stderr[-4000:]}"
 
 
 def execute(what: str, argv: list[str], cwd: Path, env: dict) -> Outcome:
+    start = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-    return Outcome(what, argv, proc.returncode, proc.stdout, proc.stderr)
+    return Outcome(what, argv, proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
 
 
 def skip_reason(command: Command) -> str | None:
@@ -285,6 +290,9 @@ def outcomes(user_dir: Path, env: dict) -> dict[str, Outcome]:
             }
         for future, key in later.items():
             results[key] = future.result()
+    # shown with `pytest -rP` (captured setup output): the slowest commands first
+    for key, outcome in sorted(results.items(), key=lambda item: -item[1].seconds):
+        print(f"{outcome.seconds:7.1f}s  {key}")
     return results
 
 
