@@ -31,7 +31,7 @@ from reparam.data.synthetic import write_digits_folder
 
 # the commands run once, in a module fixture (one xdist worker: --dist loadfile): the per-test timeout covers all of
 # them. Not marked slow: make test runs every README command, as the README promises
-pytestmark = pytest.mark.timeout(3600)
+pytestmark = pytest.mark.timeout(4800)
 
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
