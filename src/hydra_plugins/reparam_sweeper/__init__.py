@@ -44,13 +44,10 @@ def job_batches(overrides: list[Override], max_batch_size: int | None) -> list[l
     return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
 
-class FailTolerantSweeper(Sweeper):
-    """A grid sweep like Hydra's basic sweeper without its re-raise of the first failed job: every job runs, the
-    sweep ends normally. Built on Hydra's public ``Sweeper`` plugin interface (its basic sweeper is internal)."""
+class _LaunchingSweeper(Sweeper):
+    """What both sweepers share: the launcher Hydra configured, built in ``setup``, and an overrides parser."""
 
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
-        self.max_batch_size = max_batch_size
-        self.params = params or {}
+    def __init__(self) -> None:
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
         self.hydra_context: HydraContext | None = None
@@ -63,24 +60,37 @@ class FailTolerantSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
+    def _set_up(self) -> tuple[DictConfig, Launcher, OverridesParser]:
+        """The config, the launcher and an overrides parser (``setup()`` ran: Hydra calls it before ``sweep``)."""
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        return self.config, self.launcher, OverridesParser.create(config_loader=self.hydra_context.config_loader)
+
+
+class FailTolerantSweeper(_LaunchingSweeper):
+    """A grid sweep like Hydra's basic sweeper without its re-raise of the first failed job: every job runs, the
+    sweep ends normally. Built on Hydra's public ``Sweeper`` plugin interface (its basic sweeper is internal)."""
+
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.max_batch_size = max_batch_size
+        self.params = params or {}
+
     def sweep(self, arguments: list[str]) -> Any:
         from reparam.sweep import SweepRecord, SweepRun, set_active_record
 
-        # setup() sets these (typed Optional on the class)
-        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        config, launcher, parser = self._set_up()
         configured = [f"{key}={value}" for key, value in self.params.items()]
         overrides = parser.parse_overrides([*configured, *arguments])
         swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        record = SweepRecord(str(sweep_dir), self.config.get("optimized_metric"))
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
+        record = SweepRecord(str(sweep_dir), config.get("optimized_metric"))
         set_active_record(record)
         returns, first = [], 0
         for batch in job_batches(overrides, self.max_batch_size):
             self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=first)
+            results = launcher.launch(batch, initial_job_idx=first)
             runs = [SweepRun.from_job(result) for result in results]
             for run in runs:
                 run.params = {k: v for o in run.overrides for k, _, v in [o.partition("=")] if k in swept}
@@ -90,32 +100,21 @@ class FailTolerantSweeper(Sweeper):
         return returns
 
 
-class OptunaSearchSweeper(Sweeper):
+class OptunaSearchSweeper(_LaunchingSweeper):
     """An Optuna (>= 4) search through any Hydra launcher: ask a batch of ``n_jobs`` trials, launch them, tell the
     study each result (value, failed or pruned). Settings: the ``hparams_search`` node (``reparam.search``)."""
 
     def __init__(self, params: DictConfig | None = None) -> None:
+        super().__init__()
         self.params: DictConfig | dict[str, Any] = params or {}
-        self.config: DictConfig | None = None
-        self.launcher: Launcher | None = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
-
-        self.config, self.hydra_context = config, hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
-        )
 
     def sweep(self, arguments: list[str]) -> Any:
         from reparam.search import SearchError, run_search
 
-        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        config, launcher, parser = self._set_up()
         configured = [f"{key!s}={value}" for key, value in self.params.items()]
         try:
-            return run_search(self.config, self.launcher, parser.parse_overrides([*configured, *arguments]))
+            return run_search(config, launcher, parser.parse_overrides([*configured, *arguments]))
         except SearchError as err:
             print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
             sys.exit(err.exit_code)
