@@ -3,7 +3,9 @@
 Each ``bash`` block line of the README is run from a directory outside the checkout (a user's project directory that
 holds CIFAR-10 in ./data, generated in the official format), in README order, with only these changes: the script
 path (``python train.py`` -> ``python <checkout>/train.py``), placeholders (``<run>``, ``ckpt=...``, a data path),
-one epoch and a few batches. No ``hydra.run.dir`` / ``hydra.sweep.dir`` is added: runs land where a user's would.
+one epoch and a few small batches (training, evaluation and the deploy benchmark; see ``BATCH_LIMITS`` and
+``DEPLOY_LIMITS``: never a setting the line types itself). No ``hydra.run.dir`` / ``hydra.sweep.dir`` is added: runs
+land where a user's would.
 Lines whose comment starts with ``GPU`` run only where enough CUDA GPUs are visible (``make gpu-check`` runs them
 there).
 The ``python`` blocks are run as written, with ``<run>`` filled in.
@@ -35,13 +37,30 @@ pytestmark = pytest.mark.timeout(4800)
 
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
-# the only additions: one epoch, a few batches (Lightning's limits), no sanity pass
+# the only additions: one epoch, a few small batches (Lightning's limits), no sanity pass
 LIMITS = [
     "++trainer.limit_train_batches=2",
     "++trainer.limit_val_batches=2",
     "++trainer.limit_test_batches=2",
     "trainer.num_sanity_val_steps=0",
 ]
+# small batches where the line sets none: RepVGG-A0 at CIFAR's 32x32 (stride plan [1,1,2,2,2]) costs about 1 GFLOP per
+# image, so the default evaluation batch of 512 made each A0 command evaluate 2 TFLOP on one thread (minutes)
+BATCH_LIMITS = {"data.batch_size": "32", "data.eval_batch_size": "32"}
+# deploy: the same limit on the benchmark (small batches, two short rounds: every target is still timed, with the
+# spread of its rounds); each other setting (targets, INT8 calibration, export) as typed
+DEPLOY_LIMITS = {"benchmark.batch_sizes": "[1,8]", "benchmark.rounds": "2", "benchmark.min_run_time": "0"}
+
+
+def limited(argv: list[str], limits: dict[str, str]) -> list[str]:
+    """``argv`` plus each limit the line does not set itself (a setting the user typed is run as typed)."""
+    typed = {a.lstrip("+").split("=", 1)[0] for a in argv if "=" in a}
+    swept = {key for key in limits if key in SEARCHED_KEYS and any(a.startswith("hparams_search=") for a in argv)}
+    return argv + [f"++{key}={value}" for key, value in limits.items() if key not in typed | swept]
+
+
+# what configs/hparams_search/*.yaml search over (a fixed value on the command line would take it out of the search)
+SEARCHED_KEYS = {"data.batch_size"}
 
 
 @dataclass(frozen=True)
@@ -179,7 +198,9 @@ def as_run(command: Command, user_dir: Path, run: Path | None) -> list[str]:
         argv = [re.sub(r"^trainer\.max_epochs=\d+$", "trainer.max_epochs=1", a) for a in argv]
         if not any(a.startswith("trainer.max_epochs=") for a in argv):
             argv.append("trainer.max_epochs=1")
-        argv += LIMITS
+        argv = limited(argv + LIMITS, BATCH_LIMITS)
+    if "deploy.py" in argv[1] or argv[0].endswith("reparam-deploy"):
+        argv = limited(argv, {} if any(a.startswith("predict=") for a in argv) else DEPLOY_LIMITS)
     return argv
 
 
@@ -205,7 +226,9 @@ def make_target(target: str, user_dir: Path, env: dict) -> Outcome:
         assert argv[0].endswith("bin/python"), f"make {target} runs something this test does not know: {line}"
         argv = [sys.executable, *argv[1:]]
         if argv[1] == "train.py":
-            argv += ["trainer.max_epochs=1", *LIMITS]
+            argv = limited([*argv, "trainer.max_epochs=1", *LIMITS], BATCH_LIMITS)
+        if argv[1] == "deploy.py":
+            argv = limited(argv, DEPLOY_LIMITS)
         outcome = execute(f"make {target}: {line}", argv, ROOT, env)
         if outcome.returncode != 0:
             return outcome

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reparam.preprocess import Preprocessing, decode_image_bytes
+from reparam.preprocess import NormalizeUint8, Preprocessing, decode_image_bytes
 
 
 def rule(**kw) -> Preprocessing:
@@ -75,3 +75,20 @@ def test_a_truncated_image_is_an_error() -> None:
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
     with pytest.raises(ValueError, match="unreadable"):
         decode_image_bytes(buf.getvalue()[:60])
+
+
+@pytest.mark.parametrize("mean,std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,), (0.01,))])
+def test_one_pass_normalization_is_the_rule_within_float32_rounding(mean, std) -> None:
+    """x * scale + shift against the rule as written, (x / 255 - mean) / std, over every uint8 value, in float64."""
+    channels = len(mean)
+    pixels = torch.arange(256, dtype=torch.uint8).repeat(channels, 4, 1)  # (C, 4, 256): every value per channel
+    out = NormalizeUint8(mean, std)(pixels)
+    m, s = torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1), torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
+    exact = (pixels.to(torch.float64) / 255.0 - m) / s
+    assert out.dtype == torch.float32 and out.shape == pixels.shape
+    # a few float32 ulps of the largest value (float32 holds 1/(255 std) and -mean/std to 6e-8 relative)
+    assert (out.double() - exact).abs().max().item() <= 4 * torch.finfo(torch.float32).eps * exact.abs().max().item()
+    batch = NormalizeUint8(mean, std)(pixels[None].repeat(2, 1, 1, 1))
+    assert torch.equal(batch[1], out)  # a batch is normalized image by image, bit for bit
+    with pytest.raises(TypeError, match="uint8"):
+        NormalizeUint8(mean, std)(pixels.float())
