@@ -39,14 +39,15 @@ README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 # the only additions: one epoch, a few small batches (Lightning's limits), no sanity pass
 LIMITS = [
-    "++trainer.limit_train_batches=2",
+    "++trainer.limit_train_batches=1",
     "++trainer.limit_val_batches=2",
     "++trainer.limit_test_batches=2",
     "trainer.num_sanity_val_steps=0",
 ]
 # small batches where the line sets none: RepVGG-A0 at CIFAR's 32x32 (stride plan [1,1,2,2,2]) costs about 1 GFLOP per
-# image, so the default evaluation batch of 512 made each A0 command evaluate 2 TFLOP on one thread (minutes)
-BATCH_LIMITS = {"data.batch_size": "32", "data.eval_batch_size": "32"}
+# image, so the default evaluation batch of 512 made each A0 command evaluate 2 TFLOP on one thread (minutes), and the
+# fusion check's 256 images in float64 (no oneDNN kernels) took a minute or more per run
+BATCH_LIMITS = {"data.batch_size": "32", "data.eval_batch_size": "32", "callbacks.reparameterize.verify_samples": "32"}
 # deploy: the same limit on the benchmark (small batches, two short rounds: every target is still timed, with the
 # spread of its rounds); each other setting (targets, INT8 calibration, export) as typed
 DEPLOY_LIMITS = {"benchmark.batch_sizes": "[1,8]", "benchmark.rounds": "2", "benchmark.min_run_time": "0"}
