@@ -84,8 +84,27 @@ class Server:
     url: str
     log: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+    def children(self) -> list[tuple[int, int, str]]:
+        """(start time, pid, command line) of each process the server started, oldest first (read from /proc)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                command = (entry / "cmdline").read_text().replace("\0", " ").strip()
+            except OSError:  # ended meanwhile
+                continue
+            if int(fields[1]) == self.process.pid:  # the parent pid; field 22 of stat is the start time
+                found.append((int(fields[19]), int(entry.name), command))
+        return sorted(found)
 
     def stop(self, timeout: float = 60) -> int:
         if self.process.poll() is None:
@@ -97,8 +116,16 @@ class Server:
             return self.process.wait(10)
 
 
-def start_server(ckpt: Path, out: Path, *overrides: str, env: dict | None = None, ready_s: float = 300) -> Server:
-    """``python serve.py ckpt=...`` on a free port; returns once GET /health answers 200."""
+def start_server(
+    ckpt: Path,
+    out: Path,
+    *overrides: str,
+    env: dict | None = None,
+    ready_s: float = 300,
+    ignore_sigint: bool = False,
+) -> Server:
+    """``python serve.py ckpt=...`` on a free port; returns once GET /health answers 200. ``ignore_sigint``: started
+    with SIGINT ignored, as a script's background job (``serve.py ... &``) is."""
     port = free_port()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "server.log"
@@ -118,6 +145,7 @@ def start_server(ckpt: Path, out: Path, *overrides: str, env: dict | None = None
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a process group of its own: a test can press "Ctrl-C" (SIGINT to the group)
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
         )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     headers = {"X-API-Key": environment["LIT_SERVER_API_KEY"]} if environment.get("LIT_SERVER_API_KEY") else {}

@@ -296,10 +296,18 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path: Path, capsys) 
 
 
 def test_cli_without_ckpt_and_with_missing_file(tmp_path: Path, run_env) -> None:
-    for args, fragment in (([], "ckpt is required"), (["ckpt=/no/such.ckpt"], "does not exist")):
-        proc = run_entry("deploy.py", [*args, f"hydra.run.dir={tmp_path}"], run_env)
+    forms = ("a run directory", "a .ckpt file", "a fused/ folder")  # what a missing ckpt= line names
+    for script, args, fragments in (
+        ("deploy.py", [], ["ckpt is required"]),
+        ("deploy.py", ["ckpt=/no/such.ckpt"], ["ckpt=/no/such.ckpt does not exist", *forms]),
+        ("serve.py", ["ckpt=nope"], ["ckpt=nope does not exist", *forms]),  # what a new user typed
+    ):
+        proc = run_entry(script, [*args, f"hydra.run.dir={tmp_path}"], run_env)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-        assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")][0].count(fragment) == 1
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1, proc.stderr[-2000:]
+        for fragment in fragments:
+            assert lines[0].count(fragment) == 1, (fragment, lines[0])
 
 
 def test_a_cifar100_checkpoint_on_digits_names_the_other_dataset(trained_run, tmp_path: Path, run_env) -> None:

@@ -170,6 +170,8 @@ def skip_reason(command: Command) -> str | None:
         return f"needs {needs} CUDA GPU(s); `make gpu-check` (pytest -m gpu) runs the GPU lines on a GPU machine"
     if command.argv[:2] == ["make", "test"]:
         return "make test runs this suite (CI runs it through .ci/run)"
+    if command.argv[0] == "curl":
+        return "asks a running server: tests/integration/test_serve.py sends real requests to one"
     return None
 
 
@@ -180,6 +182,8 @@ def needs_a_run(text: str) -> bool:
 def as_run(command: Command, user_dir: Path, run: Path | None) -> list[str]:
     """The argv to execute: the checkout's script or console command, placeholders filled, epochs and batches cut."""
     argv = command.argv
+    if argv[:2] == ["python", "-c"]:  # a one-liner: run as typed, with this environment's python
+        return [sys.executable, *argv[1:]]
     if argv[0] == "python":
         argv = [sys.executable, str(ROOT / argv[1]), *argv[2:]]
     elif argv[0].startswith("reparam-"):
@@ -368,5 +372,9 @@ def test_the_readme_shows_what_this_test_runs() -> None:
     assert any(line.startswith("python train.py -m ") for line in lines)
     assert any(line.startswith("python deploy.py ") for line in lines)
     assert any(needs_a_run(line) for line in lines) and len(readme_snippets()) >= 2
+    # the test digit for the curl example runs as typed; the curl line itself needs a server
+    digit = next(c for c in COMMANDS if c.line.startswith("python -c ") and "digit.png" in c.line)
+    assert as_run(digit, ROOT, None) == [sys.executable, "-c", digit.argv[2]] and skip_reason(digit) is None
+    assert [skip_reason(c) is not None for c in COMMANDS if c.argv[0] == "curl"] == [True]
     assert [c.gpus_needed() for c in COMMANDS if "trainer=ddp" in c.line] == [4, -1]
     assert [c.gpus_needed() for c in COMMANDS if "hydra/launcher=slurm" in c.line] == [-1]

@@ -164,8 +164,14 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
     assert [Path(e.report).name for e in find_reports(ckpt, "h", "cpu")] == ["new.json", "old.json"]
     chosen = choose_target(ckpt, "h", "cpu", max_batch_size=32)
     assert chosen.name == "fused" and chosen.report == str(new.resolve())  # never the train form, never a failed gate
+    # the count matches what the user can serve, and the report's train_form row is said to be left out
+    assert "fastest of the 2 servable targets that passed their check (train_form is not served), at batch 32" in (
+        chosen.chosen_because
+    )
     assert choose_target(ckpt, "h", "cpu", max_batch_size=8).name == "plain_vgg"  # batch 1 measured: 10 > 5
-    assert choose_target(ckpt, "h", "cpu", report=old, max_batch_size=32).name == "plain_vgg"
+    from_old = choose_target(ckpt, "h", "cpu", report=old, max_batch_size=32)
+    assert from_old.name == "plain_vgg"
+    assert "the 2 servable targets that passed their check, at batch" in from_old.chosen_because  # nothing left out
     assert choose_target(ckpt, "h", "cuda", max_batch_size=32).report == str((tmp_path / "gpu.json").resolve())
     for kwargs, fragment in [
         ({"target": "fused_bf16"}, "failed its check"),

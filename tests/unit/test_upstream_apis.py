@@ -198,3 +198,23 @@ def test_torch_module_load_from_state_dict_is_called_with_the_prefix() -> None:
         "reparam.blocks (old checkpoints' keys renamed on load)",
         f"is called differently (prefixes {prefixes}, parameters {params})",
     )
+
+
+# --- LitServe ----------------------------------------------------------------------------------------------------
+
+
+def test_litserve_run_starts_its_monitor_through_a_method_with_the_http_processes() -> None:
+    ls = pytest.importorskip("litserve")
+    run = inspect.getsource(ls.LitServer.run)
+    user = "reparam.serve.server._Watch (stops the server when its HTTP process or a worker dies)"
+    assert "self._start_worker_monitoring(manager, uvicorn_workers)" in run, changed(
+        "litserve.LitServer.run", user, "no longer starts its monitor through _start_worker_monitoring"
+    )
+    assert run.index("self._start_worker_monitoring(") < run.index("self._shutdown_event.wait()"), changed(
+        "litserve.LitServer.run", user, "no longer waits on _shutdown_event after starting its monitor"
+    )
+    assert "self.inference_workers" in run, changed("litserve.LitServer.run", user, "keeps no inference_workers")
+    shutdown = inspect.getsource(ls.LitServer._perform_graceful_shutdown)
+    assert "uvicorn_workers.items()" in shutdown, changed(
+        "litserve.LitServer._perform_graceful_shutdown", user, "no longer stops the HTTP processes it is given"
+    )

@@ -101,7 +101,10 @@ def load_for_deploy(path: str | Path) -> Loaded:
         raise UserError("ckpt is required: python deploy.py ckpt=<run>/checkpoints/last.ckpt (or ckpt=<run>/fused)")
     source = Path(str(path)).expanduser()
     if not source.exists():
-        raise UserError(f"ckpt={source} does not exist; pass a checkpoint file or a fused/ folder written by train.py")
+        raise UserError(
+            f"ckpt={source} does not exist; pass a run directory (logs/train/runs/<run>), a .ckpt file "
+            "(<run>/checkpoints/last.ckpt) or a fused/ folder (<run>/fused) written by train.py"
+        )
     chosen_because = "given on the command line"
     if source.is_dir() and not (source / WEIGHTS).exists():  # a run directory: the weights fused/ was built from
         found, chosen_because = _weights_in_run(source)

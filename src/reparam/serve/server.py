@@ -3,7 +3,8 @@
 Processes: this one (LitServe's manager: it waits), one HTTP process (uvicorn + :class:`InputGate`: checks, decodes
 and preprocesses) and ``workers_per_device`` inference workers per device (spawned: each rebuilds the target and
 runs batches). SIGTERM drains: the HTTP process stops accepting and answers what it holds (the workers still run),
-then everything stops and the process exits 0.
+then everything stops and the process exits 0. When the HTTP process or a worker dies on its own, everything stops and
+the process exits 1 with one line (:class:`_Watch`).
 """
 
 from __future__ import annotations
@@ -36,10 +37,16 @@ from .model import recorded_preprocessing, with_class_names
 if TYPE_CHECKING:  # litserve comes with the serve extra; imported when a server is built
     import litserve as ls
 
-__all__ = ["ServeSettings", "Prepared", "prepare", "serve", "PAGE"]
+__all__ = ["ServeSettings", "Prepared", "prepare", "serve", "PAGE", "ServerProcessDied"]
 
 PAGE = Path(__file__).with_name("page.html")
 UVICORN_DRAIN_S = 30  # what the HTTP process may take to answer the requests it holds after SIGTERM
+
+
+class ServerProcessDied(UserError):
+    """The HTTP process or an inference worker ended while nobody asked the server to stop."""
+
+    exit_code = 1  # not the user's input (2): the server failed
 
 
 @dataclass(frozen=True)
@@ -204,7 +211,7 @@ def build_server(prepared: Prepared) -> ls.LitServer:
     return server
 
 
-def _drain_on_sigterm() -> None:
+def _drain_on_sigterm(stopping: threading.Event) -> None:
     """SIGTERM: the HTTP processes stop accepting and finish what they hold, then LitServe shuts down as after
     Ctrl-C (workers stopped, queues closed) and ``run`` returns."""
 
@@ -213,6 +220,7 @@ def _drain_on_sigterm() -> None:
     def handler(signum: int, frame: Any) -> None:
         if os.getpid() != owner:  # an HTTP process inherited this handler: uvicorn re-raises SIGTERM once drained
             raise SystemExit(0)
+        stopping.set()
         http = [p for p in multiprocessing.active_children() if p.name.startswith("LitServer-")]
         for process in http:
             if process.pid is not None:  # started: active_children() lists only started processes
@@ -222,6 +230,66 @@ def _drain_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def _note_ctrl_c(stopping: threading.Event) -> None:
+    """Ctrl-C reaches every process of the group at once: mark the stop as asked for before the HTTP process ends,
+    so :class:`_Watch` does not report it. An ignored SIGINT (a background job of a script) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        stopping.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+class _Watch:
+    """Ends the server when its HTTP process or an inference worker dies while no stop was asked for.
+
+    LitServe's manager (this process) binds the port and then only waits: without this, a server whose HTTP process
+    died (e.g. a Ctrl-C that the manager ignored, started with SIGINT ignored) kept the port and answered nothing.
+    It takes the place of LitServe's own monitor thread, which watches only the workers and, after a normal stop,
+    asked the manager process it had just shut down whether to go on (a BrokenPipeError traceback after
+    "server stopped").
+    """
+
+    def __init__(self, server: ls.LitServer, poll_s: float = 0.5, grace_s: float = 1.0) -> None:
+        self.server = server
+        self.poll_s, self.grace_s = poll_s, grace_s
+        self.stopping = threading.Event()  # set on SIGTERM / Ctrl-C: processes ending then are expected
+        self.died: str | None = None  # what ended, for the error line
+        # LitServe calls this with the started HTTP processes once the workers are up, where it would start its own
+        server._start_worker_monitoring = self.start
+
+    def start(self, manager: Any, http: dict[int, Any]) -> None:
+        threading.Thread(target=self._watch, args=(http,), name="reparam-watch", daemon=True).start()
+
+    def _watch(self, http: dict[int, Any]) -> None:
+        processes: list[tuple[str, int | None, Any]] = [("HTTP process", k, p) for k, p in http.items()]
+        processes += [("inference worker", None, p) for p in self.server.inference_workers]
+        while not self.stopping.wait(self.poll_s):
+            dead = next(((what, k, p) for what, k, p in processes if not p.is_alive()), None)
+            if dead is None:
+                continue
+            if self.stopping.wait(self.grace_s):  # a Ctrl-C's KeyboardInterrupt may be a moment behind
+                return
+            what, key, process = dead
+            if key is not None:  # LitServe's shutdown would log "Already not alive" for it; the error line says it
+                http.pop(key, None)
+            code = getattr(process, "exitcode", None)
+            how = (
+                f"was killed by {signal.Signals(-code).name}"
+                if code is not None and code < 0
+                else f"exited with code {code}"
+            )
+            self.died = f"the server's {what} (pid {getattr(process, 'pid', '?')}) {how}"
+            try:
+                self.server._shutdown_event.set()  # run() stops everything else and returns
+            except (OSError, EOFError):  # the manager process is gone too: run()'s wait on it fails and stops it
+                pass
+            return
 
 
 def _say_when_ready(settings: ServeSettings, wait_s: float = 600.0) -> threading.Thread:
@@ -258,9 +326,16 @@ def serve(cfg: DictConfig) -> Prepared:
         return prepared
     server = build_server(prepared)
     server.uvicorn_graceful_timeout = UVICORN_DRAIN_S
-    _drain_on_sigterm()
+    watch = _Watch(server)
+    _drain_on_sigterm(watch.stopping)
+    _note_ctrl_c(watch.stopping)
     s = prepared.settings
     _say_when_ready(s)
-    server.run(host=s.host, port=s.port, log_level=s.log_level, generate_client_file=False)
+    try:
+        server.run(host=s.host, port=s.port, log_level=s.log_level, generate_client_file=False)
+    finally:
+        watch.stopping.set()
+    if watch.died:
+        raise ServerProcessDied(f"{watch.died}; the server stopped and freed port {s.port} (start it again)")
     print("server stopped", file=sys.stderr, flush=True)
     return prepared
