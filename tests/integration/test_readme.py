@@ -171,7 +171,7 @@ def skip_reason(command: Command) -> str | None:
     if command.argv[:2] == ["make", "test"]:
         return "make test runs this suite (CI runs it through .ci/run)"
     if command.argv[0] == "curl":
-        return "asks a running server: tests/integration/test_serve.py sends real requests to one"
+        return "asks a running server: tests/integration/test_serve.py runs this line against one (a real serve.py)"
     return None
 
 

@@ -10,7 +10,9 @@ import asyncio
 import base64
 import csv
 import io
+import json
 import os
+import shlex
 import signal
 import socket
 import struct
@@ -21,6 +23,7 @@ import zlib
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from helpers import ROOT
 from PIL import Image
@@ -194,6 +197,35 @@ def test_every_bad_input_is_a_4xx_line_and_good_requests_around_it_are_right(ser
     for i, response in good_results:
         assert top1(response) == [expected[i]]
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def readme_serving_lines() -> tuple[str, str]:
+    """The README's one-liner that writes digit.png and its curl line (as shown, comment cut)."""
+    lines = [raw.partition("  # ")[0].strip() for raw in (ROOT / "README.md").read_text().splitlines()]
+    write = next(line for line in lines if line.startswith("python -c ") and "digit.png" in line)
+    curl = next(line for line in lines if line.startswith("curl ") and "/predict" in line)
+    return write, curl
+
+
+def test_the_readme_curl_line_gets_the_servers_answer_for_the_readme_digit(server, test_split, tmp_path: Path) -> None:
+    """The README's two serving lines as a user types them (the port is the test server's): the one-liner writes
+    the first test digit, curl posts it, and the answer is the server's answer for that digit."""
+    write, curl = readme_serving_lines()
+    wrote = subprocess.run(
+        [sys.executable, *shlex.split(write)[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert wrote.returncode == 0, wrote.stderr
+    images, labels = test_split
+    assert wrote.stdout.split() == ["digit.png:", "a", str(labels[0])]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "digit.png")), np.asarray(Image.open(io.BytesIO(images[0]))))
+    argv = shlex.split(curl.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"))
+    assert argv[0] == "curl" and f":{server.port}/" in argv[-1]
+    answered = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert answered.returncode == 0, answered.stderr
+    by_curl = json.loads(answered.stdout)["predictions"]
+    assert [p["index"] for p in by_curl] == top1(
+        httpx.post(f"{server.url}/predict", json={"images": [base64.b64encode(images[0]).decode()]})
+    )
 
 
 def test_predict_writes_a_csv_with_the_served_target_and_lists_unreadable_files(
