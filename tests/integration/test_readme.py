@@ -54,14 +54,19 @@ DEPLOY_LIMITS = {"benchmark.batch_sizes": "[1,8]", "benchmark.rounds": "2", "ben
 
 
 def limited(argv: list[str], limits: dict[str, str]) -> list[str]:
-    """``argv`` plus each limit the line does not set itself (a setting the user typed is run as typed)."""
+    """``argv`` plus each limit the line does not set itself (a setting the user typed is run as typed) and its
+    ``hparams_search=`` config does not search over (a fixed value would take it out of the search)."""
     typed = {a.lstrip("+").split("=", 1)[0] for a in argv if "=" in a}
-    swept = {key for key in limits if key in SEARCHED_KEYS and any(a.startswith("hparams_search=") for a in argv)}
-    return argv + [f"++{key}={value}" for key, value in limits.items() if key not in typed | swept]
+    searched = {key for a in argv if a.startswith("hparams_search=") for key in searched_keys(a.split("=", 1)[1])}
+    return argv + [f"++{key}={value}" for key, value in limits.items() if key not in typed | searched]
 
 
-# what configs/hparams_search/*.yaml search over (a fixed value on the command line would take it out of the search)
-SEARCHED_KEYS = {"data.batch_size"}
+def searched_keys(search: str) -> set[str]:
+    """The settings ``configs/hparams_search/<search>.yaml`` searches over (its sweeper's params)."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(ROOT / "configs" / "hparams_search" / f"{search}.yaml").hydra.sweeper.params
+    return {str(key) for key in params}
 
 
 @dataclass(frozen=True)
@@ -376,5 +381,7 @@ def test_the_readme_shows_what_this_test_runs() -> None:
     digit = next(c for c in COMMANDS if c.line.startswith("python -c ") and "digit.png" in c.line)
     assert as_run(digit, ROOT, None) == [sys.executable, "-c", digit.argv[2]] and skip_reason(digit) is None
     assert [skip_reason(c) is not None for c in COMMANDS if c.argv[0] == "curl"] == [True]
+    assert "data.batch_size" in searched_keys("demo")  # a search's own settings get no limit
+    assert "++data.batch_size=32" not in limited(["hparams_search=demo"], BATCH_LIMITS)
     assert [c.gpus_needed() for c in COMMANDS if "trainer=ddp" in c.line] == [4, -1]
     assert [c.gpus_needed() for c in COMMANDS if "hydra/launcher=slurm" in c.line] == [-1]
