@@ -298,7 +298,13 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path: Path, capsys) 
 def test_cli_without_ckpt_and_with_missing_file(tmp_path: Path, run_env) -> None:
     forms = ("a run directory", "a .ckpt file", "a fused/ folder")  # what a missing ckpt= line names
     for script, args, fragments in (
-        ("deploy.py", [], ["ckpt is required"]),
+        # no ckpt at all: the line names the three forms too (the run directory first, as the README uses it)
+        (
+            "deploy.py",
+            [],
+            ["ckpt is required", "ckpt=logs/train/runs/<run> (a run directory", "last.ckpt", "<run>/fused"],
+        ),
+        ("serve.py", [], ["ckpt is required", "ckpt=<run>", "last.ckpt", "<run>/fused"]),
         ("deploy.py", ["ckpt=/no/such.ckpt"], ["ckpt=/no/such.ckpt does not exist", *forms]),
         ("serve.py", ["ckpt=nope"], ["ckpt=nope does not exist", *forms]),  # what a new user typed
     ):

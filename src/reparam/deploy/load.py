@@ -91,6 +91,13 @@ def _run_input(checkpoint: Path) -> dict:
     return dict(record) if isinstance(record, dict) else {}
 
 
+# the three forms deploy (and serve) take, named wherever no ckpt was given
+CKPT_REQUIRED = (
+    "ckpt is required: python deploy.py ckpt=logs/train/runs/<run> (a run directory; "
+    "or <run>/checkpoints/last.ckpt, or <run>/fused)"
+)
+
+
 def load_for_deploy(path: str | Path) -> Loaded:
     """Load a ``.ckpt`` (train form, fused here), a fused folder, or a run directory (its last.ckpt).
 
@@ -98,7 +105,7 @@ def load_for_deploy(path: str | Path) -> Loaded:
     the test data is checked in one place, ``deploy_datamodule``.
     """
     if path is None or str(path).strip() in ("", "None", "???"):
-        raise UserError("ckpt is required: python deploy.py ckpt=<run>/checkpoints/last.ckpt (or ckpt=<run>/fused)")
+        raise UserError(CKPT_REQUIRED)
     source = Path(str(path)).expanduser()
     if not source.exists():
         raise UserError(

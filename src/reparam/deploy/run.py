@@ -17,7 +17,7 @@ from .benchmark import benchmark_targets
 from .data import accuracy_warning, deploy_datamodule
 from .evaluate import COMPARISON_PRECISION, TargetEvaluation, evaluate_targets
 from .export import ExportResult, export_onnx, export_program
-from .load import Loaded, load_for_deploy
+from .load import CKPT_REQUIRED, Loaded, load_for_deploy
 from .machine import Machine, cpu_threads
 from .plot import plot_benchmark
 from .report import DeployReport, TargetReport, write_report
@@ -68,7 +68,7 @@ def _plain_dict(node: DictConfig) -> dict[str, Any]:
 
 def _ckpt(cfg: DictConfig) -> str:
     if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt in (None, ""):
-        raise UserError("ckpt is required: python deploy.py ckpt=<run>/checkpoints/last.ckpt (or ckpt=<run>/fused)")
+        raise UserError(CKPT_REQUIRED)
     return str(cfg.ckpt)
 
 
