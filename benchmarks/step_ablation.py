@@ -4,15 +4,24 @@ measures well).
 
     python benchmarks/step_ablation.py --model tiny --batch-size 8 --steps 150 --warmup 20 --repeats 5 --workers 1
 
-Variants: ``template`` (as the configs set it); ``progress bar every step`` (Lightning's default refresh rate);
-``metrics and logging every step`` (the module before: torchmetrics ``MulticlassAccuracy`` updated and three
-``self.log`` calls per step, Lightning accumulating the epoch loss); ``before`` (both undone). Same arguments as
-train_throughput.py (one block kind, ``--blocks``).
+Variants (``--variants a,b,...``, default all): ``template`` (as the configs set it); ``progress bar every step``
+(Lightning's default refresh rate); ``metrics and logging every step`` (the module before: torchmetrics
+``MulticlassAccuracy`` updated and three ``self.log`` calls per step, Lightning accumulating the epoch loss);
+``before`` (both undone); ``manual optimization`` (Lightning's manual optimization instead of the closure);
+``Lightning's loop alone`` (no callback, logger, progress bar or checkpointing: the floor the template's own parts
+sit on), with and without manual optimization. Same arguments as train_throughput.py (one block kind, ``--blocks``);
+``--model micro`` makes the step mostly Python, so what is left is the loop's own cost.
+
+    OMP_NUM_THREADS=1 python benchmarks/step_ablation.py --model micro --batch-size 8 --steps 300 --warmup 20 \
+        --repeats 7 --workers 1 --blocks repvgg --presets fast \
+        --variants "template,manual optimization,Lightning's loop alone,Lightning's loop alone + manual optimization"
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,16 +61,51 @@ class PerStepLogging(ClassifierModule):
         pass
 
 
-VARIANTS = {  # name: (module class, progress bar refresh rate or None for the configured one)
-    "template": (ClassifierModule, None),
-    "progress bar every step": (ClassifierModule, 1),
-    "metrics and logging every step": (PerStepLogging, None),
-    "before (both)": (PerStepLogging, 1),
+class ManualOptimization(ClassifierModule):
+    """The same step with Lightning's manual optimization: no closure around forward and backward (what the fast
+    presets would gain from it; gradient clipping, accumulation and the like would then be the module's to do)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        loss = super().training_step(batch, batch_idx)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        scheduler.step()
+        return loss
+
+
+@dataclass(frozen=True)
+class Variant:
+    module_class: type[ClassifierModule] = ClassifierModule
+    progress_refresh: int | None = None  # None: the configured refresh rate
+    template_parts: bool = True  # False: Lightning's loop alone (no callbacks, logger, bar, checkpointing)
+
+
+VARIANTS = {
+    "template": Variant(),
+    "progress bar every step": Variant(progress_refresh=1),
+    "metrics and logging every step": Variant(PerStepLogging),
+    "before (both)": Variant(PerStepLogging, 1),
+    "manual optimization": Variant(ManualOptimization),
+    "Lightning's loop alone": Variant(template_parts=False),
+    "Lightning's loop alone + manual optimization": Variant(ManualOptimization, template_parts=False),
 }
 
 
 def main() -> None:
-    args = parse_args()
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--variants", default="all")
+    mine, rest = own.parse_known_args()
+    args = parse_args(rest)
+    args.variants = list(VARIANTS) if mine.variants == "all" else mine.variants.split(",")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: --variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)} or all")
     block = args.blocks[0]
     print(
         f"# {args.model} ({block}), batch {args.batch_size}, {args.precision}, {torch.get_num_threads()} threads, "
@@ -75,20 +119,25 @@ def main() -> None:
         for _ in range(args.repeats):
             torch.manual_seed(0)
             plain.append(plain_throughput(spec, datamodule(args, preset), args, preset))
-            for variant, (module_class, refresh) in VARIANTS.items():
+            for name_, variant in VARIANTS.items():
+                if name_ not in args.variants:
+                    continue
                 torch.manual_seed(0)
-                rates[variant].append(
+                rates[name_].append(
                     template_throughput(
                         spec,
                         datamodule(args, preset),
                         args,
                         preset,
-                        module_class=module_class,
-                        progress_refresh=refresh,
+                        module_class=variant.module_class,
+                        progress_refresh=variant.progress_refresh,
+                        template_parts=variant.template_parts,
                     )
                 )
         print(f"| {name} | plain loop | {np.median(plain):.0f} ({min(plain):.0f}..{max(plain):.0f}) | 1 | 0 |")
         for variant, values in rates.items():
+            if not values:
+                continue
             ratios = [t / p for t, p in zip(values, plain, strict=True)]
             ms = [1000 * args.batch_size * (1 / t - 1 / p) for t, p in zip(values, plain, strict=True)]
             print(

@@ -42,6 +42,9 @@ from reparam.module import ClassifierModule, parameter_groups
 from reparam.schedules import warmup_cosine
 
 TINY = {"variant": None, "widths": [16, 16, 32, 64, 128], "depths": [1, 2, 2, 2, 1]}
+# a network so small that a step is mostly Python: what is left beyond the plain loop is the loop's own cost
+MICRO = {"variant": None, "widths": [8, 8, 8, 8, 8], "depths": [1, 1, 1, 1, 1]}
+SMALL_NETWORKS = {"tiny": TINY, "micro": MICRO}
 
 
 class SyntheticCIFAR(ImageDataModule):
@@ -118,9 +121,11 @@ def template_throughput(
     progress_refresh: int | None = None,
     profiler=None,
     extra_callbacks=(),
+    template_parts: bool = True,
 ) -> float:
     """Images/s of the template's training steps; the keyword arguments let benchmarks/step_ablation.py and
-    benchmarks/step_profile.py vary or observe it."""
+    benchmarks/step_profile.py vary or observe it. ``template_parts=False``: Lightning's loop alone (the module, no
+    callback but the step timer, no logger, no progress bar, no checkpointing)."""
     from reparam.loggers import CSVLogger
 
     refresh = args.progress_refresh if progress_refresh is None else progress_refresh
@@ -144,8 +149,10 @@ def template_throughput(
             LearningRateMonitor(logging_interval="epoch"),
             *extra_callbacks,
         ]
-        if refresh:
+        if refresh and template_parts:
             callbacks.append(TQDMProgressBar(refresh_rate=refresh))
+        if not template_parts:
+            callbacks = [timer, *extra_callbacks]
         trainer = L.Trainer(
             accelerator=args.accelerator,
             devices=1,
@@ -153,9 +160,10 @@ def template_throughput(
             max_steps=args.warmup + args.steps,
             max_epochs=-1,
             limit_val_batches=0,
-            logger=CSVLogger(out, name="csv", version=""),
+            logger=CSVLogger(out, name="csv", version="") if template_parts else False,
             log_every_n_steps=LOG_EVERY,
-            enable_progress_bar=refresh > 0,
+            enable_progress_bar=refresh > 0 and template_parts,
+            enable_checkpointing=template_parts,
             enable_model_summary=False,
             callbacks=callbacks,
             num_sanity_val_steps=0,
@@ -249,7 +257,7 @@ HEADER = (
 
 
 def network_spec(args, block: str) -> dict:
-    spec = dict(TINY) if args.model == "tiny" else {"variant": args.model}
+    spec = dict(SMALL_NETWORKS[args.model]) if args.model in SMALL_NETWORKS else {"variant": args.model}
     spec.update(num_classes=10, block=block)
     return spec
 
@@ -281,7 +289,9 @@ def measure(block: str, preset_name: str, args) -> Row:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny", help="tiny or a variant (A0, B0, ...)")
+    p.add_argument(
+        "--model", default="tiny", help="tiny, micro (a step that is mostly Python) or a variant (A0, B0, ...)"
+    )
     p.add_argument("--presets", default="standard,fast", help=f"comma-separated, of {', '.join(PRESETS)}")
     p.add_argument("--blocks", default="all", help=f"comma-separated model.block kinds, or all ({', '.join(BLOCKS)})")
     p.add_argument("--batch-size", type=int, default=128)

@@ -56,3 +56,44 @@ def test_every_block_kind_and_preset_gets_a_row(capsys) -> None:
     assert all(r.plain[0] > 0 and r.template[0] > 0 for r in rows)
     table = capsys.readouterr().out
     assert table.count("\n| ") == 2 * len(train_throughput.BLOCKS) + 1  # header + one row each, no progress bar text
+
+
+def test_lightnings_loop_alone_has_no_callback_logger_or_checkpointing_of_the_template() -> None:
+    """The floor step_ablation.py measures the template against: the module in Lightning's loop, nothing else."""
+    import lightning as L
+
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer, module) -> None:
+            seen["callbacks"] = [type(c).__name__ for c in trainer.callbacks]
+            seen["logger"], seen["bar"] = trainer.logger, trainer.progress_bar_callback
+            seen["checkpoint"] = trainer.checkpoint_callback
+
+    args = train_throughput.parse_args(
+        ["--model", "micro", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--workers", "0"]
+    )
+    preset = train_throughput.PRESETS["fast"]
+    rate = train_throughput.template_throughput(
+        train_throughput.network_spec(args, "repvgg"),
+        train_throughput.datamodule(args, preset),
+        args,
+        preset,
+        extra_callbacks=[Probe()],
+        template_parts=False,
+    )
+    assert rate > 0
+    assert seen == {"callbacks": ["StepTimer", "Probe"], "logger": None, "bar": None, "checkpoint": None}
+
+
+@pytest.mark.slow
+def test_step_ablation_measures_every_variant(monkeypatch, capsys) -> None:
+    import step_ablation
+
+    argv = ["step_ablation.py", "--model", "micro", "--batch-size", "4", "--steps", "2", "--warmup", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--repeats", "1", "--workers", "0", "--blocks", "repvgg"])
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--presets", "fast", "--progress-refresh", "0"])
+    step_ablation.main()
+    table = capsys.readouterr().out
+    for variant in ["plain loop", *step_ablation.VARIANTS]:
+        assert f"| fast | {variant} | " in table, table
