@@ -172,7 +172,10 @@ def test_every_bad_input_is_a_4xx_line_and_good_requests_around_it_are_right(ser
     repeats = int(os.environ.get("REPARAM_BAD_INPUT_REPEATS", "5"))
 
     async def main() -> tuple[list, list]:
-        async with httpx.AsyncClient(timeout=120) as client:
+        # 32 requests in flight (the load goal's concurrency); the rest wait for a connection without a deadline, so
+        # a long run (100 repeats: thousands of requests) times only the server's answers, not the client's queue
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(120, pool=None), limits=limits) as client:
 
             async def good_one(i: int):
                 r = await client.post(f"{server.url}/predict", content=good[i], headers={"Content-Type": "image/png"})
