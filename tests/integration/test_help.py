@@ -27,6 +27,8 @@ def groups_of(config: str) -> set[str]:
     return {n for n in names if n not in ("_self_", "paths", "hydra")}
 
 
+# slow: each runs an entry point in a subprocess (imports and Hydra: 15 s on 2 cores); make test-slow and CI run them
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "deploy.py"])
 def test_help_lists_this_entry_points_groups_and_their_real_options(script: str, tmp_path) -> None:
     proc = subprocess.run(
