@@ -119,11 +119,11 @@ def main() -> None:
         for _ in range(args.repeats):
             torch.manual_seed(0)
             plain.append(plain_throughput(spec, datamodule(args, preset), args, preset))
-            for name_, variant in VARIANTS.items():
-                if name_ not in args.variants:
+            for label, variant in VARIANTS.items():
+                if label not in args.variants:
                     continue
                 torch.manual_seed(0)
-                rates[name_].append(
+                rates[label].append(
                     template_throughput(
                         spec,
                         datamodule(args, preset),
