@@ -75,9 +75,16 @@ class Machine:
                 f"throughput varied {self.max_round_spread:.1f}x between rounds ({self.max_round_spread_at})"
             )
         if reasons:
-            fix = "Run on a quiet machine" + (
-                ", or with benchmark.threads=1" if self.threads > 1 else " (this run already used 1 thread)"
+            competed = self.others_before is not None and self.others_before >= BUSY_LIMIT
+            # no process here was busy: "run on a quiet machine" would be no help (a VM's host, CPU clocks)
+            fix = (
+                "Run on a quiet machine"
+                if competed
+                else "No other process was busy here when deploy started, so the variation came from outside what "
+                "this machine shows (a virtual machine's host, CPU clock changes): more rounds (benchmark.rounds=6) "
+                "steady the medians"
             )
+            fix += ", or with benchmark.threads=1" if self.threads > 1 else " (this run already used 1 thread)"
             self.warnings.append(f"timings are unreliable: {'; '.join(reasons)}. {fix}")
 
 
