@@ -153,7 +153,8 @@ def train(cfg: DictConfig) -> TrainSummary:
         best = summary.best_checkpoint
         stopped = f"the fused model is in {summary.fused_dir}; its test accuracy was not measured"
         with _stops_cleanly(trainer, run_dir, "the test phase", stopped, summary):
-            results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
+            # by its path: ckpt_path="best" warns that the run has two ModelCheckpoint callbacks (best, last)
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         summary.test_acc = float(results[0]["test/acc"]) if results else None
         summary.tested_weights = best or FINAL_WEIGHTS  # fast_dev_run saves no checkpoint: the final weights
         if trainer.is_global_zero and summary.fused_dir and summary.fused_weights == summary.tested_weights:

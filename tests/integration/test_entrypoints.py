@@ -105,6 +105,8 @@ def test_multirun_sweep_ends_with_a_summary_of_every_run(cifar_root: Path, tmp_p
     scores = [run["summary"]["best_val_acc"] for run in report["runs"]]
     assert all(isinstance(v, float) for v in scores) and scores == sorted(scores, reverse=True)
     assert "sweep of 2 runs" in proc.stdout and str(sweep / "sweep_summary.json") in proc.stdout
+    # the test phase names the best checkpoint by its path: no warning about the run's two ModelCheckpoint callbacks
+    assert "multiple `ModelCheckpoint`" not in proc.stderr + proc.stdout
 
 
 def test_sweep_survives_a_diverging_job(cifar_root: Path, tmp_path: Path, run_env) -> None:

@@ -58,6 +58,7 @@ SUGGESTED = {
     "quantize.method": [("deploy", "quantize=int8 quantize.method=percentile")],
     "quantize.max_drop": [("deploy", "quantize=int8 quantize.max_drop=2.0")],
     "benchmark.threads": [("deploy", "benchmark.threads=1")],
+    "benchmark.rounds": [("deploy", "benchmark.rounds=6")],
     "targets": [("deploy", "targets=[auto,onnxruntime_int8]")],
 }
 CONFIG_KEYS = {
