@@ -75,11 +75,11 @@ class Machine:
                 f"throughput varied {self.max_round_spread:.1f}x between rounds ({self.max_round_spread_at})"
             )
         if reasons:
-            competed = self.others_before is not None and self.others_before >= BUSY_LIMIT
+            idle = self.others_before is not None and self.others_before < BUSY_LIMIT
             # no process here was busy: "run on a quiet machine" would be no help (a VM's host, CPU clocks)
             fix = (
                 "Run on a quiet machine"
-                if competed
+                if not idle
                 else "No other process was busy here when deploy started, so the variation came from outside what "
                 "this machine shows (a virtual machine's host, CPU clock changes): more rounds (benchmark.rounds=6) "
                 "steady the medians"
