@@ -141,18 +141,15 @@ def template_throughput(
     )
     timer = StepTimer(args.warmup)
     with tempfile.TemporaryDirectory() as out:
-        callbacks = [
-            timer,
+        template_callbacks = [
             FiniteLossGuard(FINITE_LOSS_EVERY[preset["fast"]]),
             SpeedMonitor(SPEED_EVERY),
             ModelCheckpoint(dirpath=out, monitor="val/acc", mode="max", save_last=True),
             LearningRateMonitor(logging_interval="epoch"),
-            *extra_callbacks,
         ]
-        if refresh and template_parts:
-            callbacks.append(TQDMProgressBar(refresh_rate=refresh))
-        if not template_parts:
-            callbacks = [timer, *extra_callbacks]
+        if refresh:
+            template_callbacks.append(TQDMProgressBar(refresh_rate=refresh))
+        callbacks = [timer, *(template_callbacks if template_parts else []), *extra_callbacks]
         trainer = L.Trainer(
             accelerator=args.accelerator,
             devices=1,

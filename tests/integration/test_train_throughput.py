@@ -90,9 +90,8 @@ def test_lightnings_loop_alone_has_no_callback_logger_or_checkpointing_of_the_te
 def test_step_ablation_measures_every_variant(monkeypatch, capsys) -> None:
     import step_ablation
 
-    argv = ["step_ablation.py", "--model", "micro", "--batch-size", "4", "--steps", "2", "--warmup", "1"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--repeats", "1", "--workers", "0", "--blocks", "repvgg"])
-    monkeypatch.setattr(sys, "argv", [*sys.argv, "--presets", "fast", "--progress-refresh", "0"])
+    argv = "step_ablation.py --model micro --batch-size 4 --steps 2 --warmup 1 --repeats 1 --workers 0 --blocks repvgg"
+    monkeypatch.setattr(sys, "argv", [*argv.split(), "--presets", "fast", "--progress-refresh", "0"])
     step_ablation.main()
     table = capsys.readouterr().out
     for variant in ["plain loop", *step_ablation.VARIANTS]:
