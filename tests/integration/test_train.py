@@ -37,6 +37,8 @@ def test_tiny_run_writes_a_fused_model_that_matches_the_trained_one(cifar_root: 
     assert config["source_checkpoint"] == summary.best_checkpoint
     verification = json.loads((fused_dir / "verification.json").read_text())
     assert verification["float32"]["passed"] and verification["float64"]["max_abs_diff"] <= 1e-10
+    # float32 on every validation image (40, under verify_samples=256), float64 on the first float64_samples (16)
+    assert (verification["float32"]["num_samples"], verification["float64"]["num_samples"]) == (40, 16)
 
     artifact = read_fused_artifact(fused_dir)
     assert artifact.model.is_fused
