@@ -196,6 +196,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     p.add_argument("--out", type=Path, default=Path("serve_load.json"))
     args = p.parse_args()
+    args.ckpt = str(Path(args.ckpt).resolve())  # the servers start in a folder of their own
 
     import torch
     from PIL import Image
@@ -284,9 +285,10 @@ def main() -> None:
         f"{args.threads} model thread(s), {os.cpu_count()} CPUs shared with the load generator"
     )
     offline = [before["offline_images_per_s"], after["offline_images_per_s"]]
+    recorded = f"{deploy_offline:.0f} in the deploy report" if deploy_offline else "none in the deploy report"
     print(
         f"offline at batch {args.max_batch_size}: {min(offline):.0f}-{max(offline):.0f} images/s here (before/after), "
-        f"{deploy_offline} in the deploy report"
+        f"{recorded}"
     )
     print(
         f"per image: decode (+ resize if needed) {before['decode_ms']:.3f} ms, model at batch 1 "
