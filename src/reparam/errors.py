@@ -15,11 +15,13 @@ __all__ = [
     "EXIT_USER_ERROR",
     "EXIT_SIGTERM",
     "EXIT_SIGINT",
+    "EXIT_SIGPIPE",
 ]
 
 EXIT_USER_ERROR = 2
 EXIT_SIGTERM = 143  # 128 + SIGTERM: what schedulers (SLURM) and Lightning expect from a terminated job
 EXIT_SIGINT = 130  # 128 + SIGINT: what shells expect after Ctrl-C
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports when a process's output pipe was closed by its reader
 
 
 class UserError(Exception):

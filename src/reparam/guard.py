@@ -3,7 +3,9 @@
 A single run exits at once (2 for a user error, 143 after SIGTERM, 130 after Ctrl-C). Inside a ``-m`` sweep the error
 instead ends only its own job: the line is printed, the job's ``summary.json`` says ``failed``, and :class:`JobFailed`
 tells Hydra the job failed, so the sweep (or search: a failed trial) goes on; the sweep summary ends the process
-non-zero once every job has run. Ctrl-C and SIGTERM end the whole sweep at once.
+non-zero once every job has run. Ctrl-C and SIGTERM end the whole sweep at once, and so does a console that went
+away (the reader of a pipe the output went to exited: exit 141, as SIGPIPE would; the run's log file keeps the rest),
+instead of failing every remaining job on its first write.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from .blocks import FormMismatchError
 from .convert import EquivalenceError
-from .errors import EXIT_SIGINT, EXIT_USER_ERROR, Stopped, UserError
+from .errors import EXIT_SIGINT, EXIT_SIGPIPE, EXIT_USER_ERROR, Stopped, UserError
 
 __all__ = ["guarded", "find_user_error", "JobFailed", "EXIT_USER_ERROR"]
 
@@ -37,6 +39,29 @@ def find_user_error(err: BaseException | None) -> BaseException | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def _console_lost(err: BaseException | None) -> bool:
+    """``err`` is, or came from, a write to a pipe whose reader exited (``| head``, a killed ``tee`` or parent)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, BrokenPipeError):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _detach_console() -> None:
+    """Point stdout and stderr at /dev/null, so nothing more (not even the interpreter's last flush) writes to the
+    closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):  # no file descriptor (replaced by a wrapper): nothing of ours to redirect
+            pass
+    os.close(devnull)
 
 
 def _one_line(err: BaseException) -> str:
@@ -75,8 +100,30 @@ class _DropPrefixes(logging.Filter):
 
 def _say(line: str) -> None:
     """The one ``error:`` line, on stderr and in the run's log file (``train.log`` / ``deploy.log``)."""
-    print(f"error: {line}", file=sys.stderr, flush=True)
     logging.getLogger("reparam.file").error(f"error: {line}")
+    try:
+        print(f"error: {line}", file=sys.stderr, flush=True)
+    except OSError:  # the console went away: the log file has the line, and what follows (an exit) must still happen
+        _detach_console()
+
+
+def _end_without_console() -> None:
+    """The output pipe's reader exited: stop the run (in a sweep, the whole sweep) as SIGPIPE would, saying why in the
+    log file and, in a sweep, in the job's ``summary.json`` (``interrupted``: checkpoints allow resuming)."""
+    line = (
+        "stopped: the console this run wrote to was closed (the reader of its output pipe exited); the log file "
+        "beside the run has everything until then"
+    )
+    logging.getLogger("reparam.file").error(f"error: {line}")
+    job_dir = _multirun_output_dir()
+    if job_dir is not None:
+        from pathlib import Path
+
+        from .artifact import atomic_write_json
+        from .run_summary import SUMMARY_FILE, TrainSummary
+
+        atomic_write_json(Path(job_dir) / SUMMARY_FILE, TrainSummary("interrupted", job_dir, error=line).to_dict())
+    sys.exit(EXIT_SIGPIPE)
 
 
 class JobFailed(Exception):
@@ -115,6 +162,9 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             )
             sys.exit(EXIT_SIGINT)
         except Exception as err:  # noqa: BLE001
+            if _console_lost(err) and not os.environ.get("REPARAM_DEBUG"):
+                _detach_console()
+                _end_without_console()
             user_error = find_user_error(err)
             if user_error is None or os.environ.get("REPARAM_DEBUG"):
                 raise

@@ -28,8 +28,8 @@ SUMMARY_METRICS = {
 class TrainSummary:
     """One run, as the end-of-run table and ``summary.json`` show it.
 
-    ``status`` is ``completed``, ``interrupted`` (Ctrl-C or SIGTERM; see ``error``), ``failed`` (a user error) or
-    ``pruned`` (a search trial its pruner stopped early; not tested).
+    ``status`` is ``completed``, ``interrupted`` (Ctrl-C, SIGTERM or a closed console; see ``error``), ``failed``
+    (a user error) or ``pruned`` (a search trial its pruner stopped early; not tested).
     Times are wall-clock seconds; ``train_images_per_s`` counts training images over the time spent in training
     steps (validation excluded), ``time_to_best_s`` is the wall time from the start of fit to the end of the epoch
     whose checkpoint scored best.

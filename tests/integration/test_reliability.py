@@ -250,3 +250,57 @@ def test_a_resumed_ema_run_ends_with_the_same_averaged_weights(cifar_root, tmp_p
     assert_same_weights(whole["current_model_state"], resumed["current_model_state"])  # the raw weights
     assert whole["weight_averaging"] == resumed["weight_averaging"]
     assert whole["global_step"] == resumed["global_step"] == 8  # last.ckpt is the last step, not the best epoch
+
+
+@pytest.mark.parametrize("then", ["nothing", "SIGTERM"])
+def test_a_sweep_whose_console_went_away_stops_instead_of_failing_job_after_job(then, tmp_path, run_env) -> None:
+    """``train.py -m ... | tee log`` with ``tee`` killed, or a parent that captured the output and died: before, the
+    job's first write raised BrokenPipeError, the job counted as failed, the sweep started the next one, and a SIGTERM
+    then was lost with its error line (the print raised). Now the sweep ends as SIGPIPE would (141), or with 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    args = [
+        "experiment=demo",
+        "trainer.max_epochs=50",
+        "logger=none",
+        "optimizer.lr=0.05,0.1",
+        "callbacks.reparameterize.verify_samples=8",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    # one pipe for stdout and stderr, drained as the console would be until its reader goes away
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", *args],
+        cwd=tmp_path,
+        env=run_env,
+        stdout=write_end,
+        stderr=write_end,
+    )
+    os.close(write_end)
+    os.set_blocking(read_end, False)
+    deadline = time.monotonic() + 300
+    while not (sweep / "0" / "checkpoints" / "last.ckpt").exists():  # inside the first job, 49 epochs to go
+        assert proc.poll() is None and time.monotonic() < deadline, "the first job never finished an epoch"
+        try:
+            while os.read(read_end, 1 << 16):
+                pass
+        except BlockingIOError:
+            time.sleep(0.05)
+    os.close(read_end)  # the reader goes away
+    if then == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    returncode = proc.wait(timeout=120)
+    # with a SIGTERM too, whichever comes first ends it: the signal (143) or the next write (141)
+    assert returncode in ({141} if then == "nothing" else {141, 143})
+    assert not (sweep / "1").exists(), "the sweep went on to the next job"
+    log = (sweep / "0" / "train.log").read_text()
+    if returncode == 141:
+        assert "error: stopped: the console this run wrote to was closed" in log
+        summary = json.loads((sweep / "0" / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and "console this run wrote to was closed" in summary["error"]
+    else:  # the SIGTERM's own line, in the log though not on the console
+        assert "error: training stopped by SIGTERM at epoch" in log
