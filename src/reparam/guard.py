@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -30,26 +30,23 @@ USER_ERRORS = (UserError, FormMismatchError, EquivalenceError, MisconfigurationE
 T = TypeVar("T")
 
 
-def find_user_error(err: BaseException | None) -> BaseException | None:
-    """The user error behind ``err``, looking through wrappers such as Hydra's InstantiationException."""
+def _chain(err: BaseException | None) -> Iterator[BaseException]:
+    """``err``, then the exceptions it was raised from or while handling (``__cause__``, else ``__context__``)."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, USER_ERRORS):
-            return err
+        yield err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
-    return None
+
+
+def find_user_error(err: BaseException | None) -> BaseException | None:
+    """The user error behind ``err``, looking through wrappers such as Hydra's InstantiationException."""
+    return next((e for e in _chain(err) if isinstance(e, USER_ERRORS)), None)
 
 
 def _console_lost(err: BaseException | None) -> bool:
     """``err`` is, or came from, a write to a pipe whose reader exited (``| head``, a killed ``tee`` or parent)."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, BrokenPipeError):
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
+    return any(isinstance(e, BrokenPipeError) for e in _chain(err))
 
 
 def _detach_console() -> None:
