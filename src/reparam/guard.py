@@ -114,13 +114,18 @@ def _end_without_console() -> None:
     logging.getLogger("reparam.file").error(f"error: {line}")
     job_dir = _multirun_output_dir()
     if job_dir is not None:
-        from pathlib import Path
-
-        from .artifact import atomic_write_json
-        from .run_summary import SUMMARY_FILE, TrainSummary
-
-        atomic_write_json(Path(job_dir) / SUMMARY_FILE, TrainSummary("interrupted", job_dir, error=line).to_dict())
+        _write_job_summary(job_dir, "interrupted", line)
     sys.exit(EXIT_SIGPIPE)
+
+
+def _write_job_summary(job_dir: str, status: str, error: str) -> None:
+    """A sweep job's ``summary.json`` for a run that ended before training could write one."""
+    from pathlib import Path
+
+    from .artifact import atomic_write_json
+    from .run_summary import SUMMARY_FILE, TrainSummary
+
+    atomic_write_json(Path(job_dir) / SUMMARY_FILE, TrainSummary(status, job_dir, error=error).to_dict())
 
 
 class JobFailed(Exception):
@@ -170,12 +175,7 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             job_dir = _multirun_output_dir()
             if job_dir is None or isinstance(user_error, Stopped):  # Ctrl-C / SIGTERM end a whole sweep
                 sys.exit(getattr(user_error, "exit_code", EXIT_USER_ERROR))
-            from pathlib import Path
-
-            from .artifact import atomic_write_json
-            from .run_summary import SUMMARY_FILE, TrainSummary
-
-            atomic_write_json(Path(job_dir) / SUMMARY_FILE, TrainSummary("failed", job_dir, error=line).to_dict())
+            _write_job_summary(job_dir, "failed", line)
             raise JobFailed(line) from None
 
     return wrapper
