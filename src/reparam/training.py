@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,13 +24,15 @@ from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback, SpeedMonitor
 from .checkpoint import net_state, read_checkpoint
 from .ema import EMAWeights
 from .errors import Interrupted, Preempted, UserError, reraise_as_user_error
-from .launching import use_cores_given
+from .launching import is_submitit_requeue, slurm_job, slurm_restarts, use_cores_given
 from .loggers import ResumePoint
 from .models import complete_spec, load_pretrained
 from .module import ClassifierModule
 from .run_summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
 __all__ = ["train", "build_components", "instantiate_group", "optimized_metric", "SUMMARY_FILE", "SUMMARY_METRICS"]
+
+log = logging.getLogger(__name__)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -86,13 +89,24 @@ def _spec_for_data(model_spec: dict[str, Any], datamodule: Any) -> dict[str, Any
 
 def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str | None, ResumePoint | None]:
     """The checkpoint to resume from (``ckpt_path``, or the run's ``last.ckpt`` with ``auto_resume``), checked to be
-    readable, safe and of this run's network before Lightning touches it; and where it resumes."""
+    readable, safe and of this run's network before Lightning touches it; and where it resumes.
+
+    ``auto_resume=null`` (the default) resumes only a job that SLURM restarted (requeued after preemption or its time
+    limit: the same command in the same run directory, so its ``last.ckpt`` is this run's own); ``false`` never does.
+    """
     path = cfg.get("ckpt_path")
-    if path is None and cfg.get("auto_resume"):
+    auto_resume = cfg.get("auto_resume")
+    restarts = slurm_restarts()
+    if path is None and (auto_resume or (auto_resume is None and restarts)):
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         path = str(last) if last.is_file() else None
         if path is None:
             return None, None
+        if not auto_resume:
+            log.warning(
+                f"SLURM restarted this job (restart {restarts}): resuming from {path} "
+                "(auto_resume=null resumes a requeued job; auto_resume=false would start it over)"
+            )
     elif path is None:
         return None, None
     elif not Path(path).is_file():
@@ -141,7 +155,8 @@ def train(cfg: DictConfig) -> TrainSummary:
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
     run_dir = Path(cfg.paths.output_dir)
-    with _stops_cleanly(trainer, run_dir, "training", "no fused model was written"):
+    resumes = cfg.get("auto_resume") is not False  # on a SLURM restart (see _resume_checkpoint)
+    with _stops_cleanly(trainer, run_dir, "training", "no fused model was written", resumes_when_restarted=resumes):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
 
     summary = _fit_summary(trainer, run_dir)
@@ -232,12 +247,18 @@ def _write_summary(trainer: L.Trainer, run_dir: Path, summary: TrainSummary) -> 
 
 @contextmanager
 def _stops_cleanly(
-    trainer: L.Trainer, run_dir: Path, phase: str, consequence: str, summary: TrainSummary | None = None
+    trainer: L.Trainer,
+    run_dir: Path,
+    phase: str,
+    consequence: str,
+    summary: TrainSummary | None = None,
+    resumes_when_restarted: bool = True,
 ) -> Iterator[None]:
     """Turn Ctrl-C and SIGTERM during ``phase`` into one clear error that says how to resume.
 
     Lightning answers Ctrl-C with ``sys.exit(1)`` after its own shutdown, and SIGTERM with a ``SystemExit`` of code 0
-    that a scheduler would take for success; both become exit codes a shell or SLURM understands (130, 143).
+    that a scheduler would take for success; both become exit codes a shell or SLURM understands (130, 143). submitit's
+    ``sys.exit(-1)`` after requeueing a SLURM job (its SIGUSR2 handler) is said as such, not as Ctrl-C (exit 143).
     """
     try:
         yield
@@ -248,7 +269,10 @@ def _stops_cleanly(
     except SystemExit as err:
         if trainer.state.status != TrainerStatus.INTERRUPTED:
             raise
-        cause, how, error = Interrupted, "Ctrl-C", err
+        if is_submitit_requeue(err):  # not Ctrl-C: the job is already back in SLURM's queue
+            cause, how, error = Preempted, "submitit's requeue of this SLURM job (preempted or at its time limit)", err
+        else:
+            cause, how, error = Interrupted, "Ctrl-C", err
     except KeyboardInterrupt as err:  # outside Lightning's own handling (e.g. while fusing)
         cause, how, error = Interrupted, "Ctrl-C", err
     else:
@@ -261,12 +285,20 @@ def _stops_cleanly(
         summary.status, summary.error = "interrupted", message
         _write_summary(trainer, run_dir, summary)
         resume = f" Measure it with: python deploy.py ckpt={summary.fused_dir}" if summary.fused_dir else ""
+    elif isinstance(error, SystemExit) and is_submitit_requeue(error):
+        resume = (
+            f" The requeued job resumes from {last}."
+            if last.is_file() and resumes_when_restarted
+            else " The requeued job starts over (auto_resume=false or no checkpoint yet)."
+        )
     else:
         resume = (
             f" Resume with ckpt_path={last} or auto_resume=true hydra.run.dir={run_dir}"
             if last.is_file()
             else " No checkpoint was saved yet: run the command again to start over."
         )
+        if cause is Preempted and slurm_job() and last.is_file() and resumes_when_restarted:
+            resume += " (if SLURM requeues this job, it resumes from there by itself)"
     raise cause(message + resume) from error
 
 

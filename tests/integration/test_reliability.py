@@ -61,8 +61,22 @@ def uninterrupted(cifar_root, tmp_path_factory) -> Path:
 EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}  # 128 + the signal: what SLURM and shells expect (not 1, 2 or 0)
 
 
-@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM", "SIGINT"])
-def test_killed_run_resumes_to_the_same_fused_model(signal_name, uninterrupted, cifar_root, tmp_path, run_env) -> None:
+# how the run is resumed: the user's auto_resume=true, or SLURM restarting the requeued job (auto_resume left null)
+SLURM_RESTART = {"SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": "1"}
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "resume_by"),
+    [
+        ("SIGKILL", "auto_resume=true"),
+        ("SIGTERM", "auto_resume=true"),
+        ("SIGINT", "auto_resume=true"),
+        ("SIGTERM", "a SLURM restart"),
+    ],
+)
+def test_killed_run_resumes_to_the_same_fused_model(
+    signal_name, resume_by, uninterrupted, cifar_root, tmp_path, run_env
+) -> None:
     run_env = {**run_env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), run_env.get("PYTHONPATH", "")])}
     args = [*RUN, f"paths.data_dir={cifar_root}", f"hydra.run.dir={tmp_path}", "data.num_workers=0"]
     # killed in the middle of epoch 1 (global step 6 of 12); last.ckpt holds the end of epoch 0
@@ -87,7 +101,11 @@ def test_killed_run_resumes_to_the_same_fused_model(signal_name, uninterrupted, 
         assert "error: " + errors[0][7:] in (tmp_path / "train.log").read_text()  # the log says it too
     assert not (tmp_path / "fused").exists()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
-    resumed = run_entry("train.py", [*args, "auto_resume=true"], run_env)
+    if resume_by == "a SLURM restart":
+        resumed = run_entry("train.py", args, {**run_env, **SLURM_RESTART})
+        assert f"SLURM restarted this job (restart 1): resuming from {tmp_path / 'checkpoints'}" in resumed.stderr
+    else:
+        resumed = run_entry("train.py", [*args, "auto_resume=true"], run_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
     assert_same_weights(fused_weights(uninterrupted), fused_weights(tmp_path))

@@ -230,6 +230,17 @@ def slurm_partition() -> str | None:
     return chosen[0].rstrip("*") if chosen else None
 
 
+def on_slurm() -> list[str]:
+    """The SLURM launcher on this machine's cluster: its default partition, one core and no GPU per job."""
+    return [
+        "hydra/launcher=slurm",
+        f"hydra.launcher.partition={slurm_partition()}",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=null",
+    ]
+
+
 @pytest.mark.skipif(slurm_partition() is None, reason="no SLURM cluster here (sinfo/sbatch missing or not answering)")
 def test_slurm_sweep_runs_each_job_as_a_slurm_job_and_collects_both(tmp_path: Path, run_env) -> None:
     sweep = tmp_path / "sweep"
@@ -239,11 +250,7 @@ def test_slurm_sweep_runs_each_job_as_a_slurm_job_and_collects_both(tmp_path: Pa
             "-m",
             *TINY,
             "optimizer.lr=0.05,0.1",
-            "hydra/launcher=slurm",
-            f"hydra.launcher.partition={slurm_partition()}",
-            "hydra.launcher.gpus_per_node=null",
-            "hydra.launcher.cpus_per_task=1",
-            "hydra.launcher.mem_gb=null",
+            *on_slurm(),
             f"hydra.sweep.dir={sweep}",
         ],
         run_env,
@@ -257,3 +264,72 @@ def test_slurm_sweep_runs_each_job_as_a_slurm_job_and_collects_both(tmp_path: Pa
     assert len(tasks) == 2  # one sbatch job array, one SLURM task per run
     (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
     assert "#SBATCH --array=0-1" in script.read_text() and "#SBATCH --cpus-per-task=1" in script.read_text()
+
+
+def _slurm_job_state(job: str) -> dict[str, str]:
+    """``scontrol show job``'s fields of one job (JobState, Restarts, ...)."""
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+    return dict(field.split("=", 1) for field in shown.split() if "=" in field)
+
+
+def _requeued_and_released(job: str, restarts: int, deadline: float) -> None:
+    """Wait until SLURM has put ``job`` back in the queue for the ``restarts``-th time, then let it start at once
+    (SLURM holds a requeued job for a while: BeginTime)."""
+    while not (
+        _slurm_job_state(job).get("Restarts") == str(restarts) and _slurm_job_state(job).get("JobState") == "PENDING"
+    ):
+        assert time.monotonic() < deadline, f"job {job} was not requeued: {_slurm_job_state(job)}"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+
+
+@pytest.mark.skipif(slurm_partition() is None, reason="no SLURM cluster here (sinfo/sbatch missing or not answering)")
+def test_a_requeued_slurm_job_resumes_from_its_own_last_checkpoint(tmp_path: Path, run_env) -> None:
+    """Preempted twice, as a cluster does it: submitit's SIGUSR2 (sent before the time limit, or on preemption), which
+    requeues the job through submitit, then SLURM's own requeue (SIGTERM). Each restart continues from the run's
+    last.ckpt with the default auto_resume (null) and the sweep ends with the run complete and collected."""
+    sweep, epochs = tmp_path / "sweep", 400
+    log = sweep / "0" / "train.log"
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *TINY,
+        "optimizer.lr=0.05",
+        f"trainer.max_epochs={epochs}",
+        *on_slurm(),
+        f"hydra.sweep.dir={sweep}",
+    ]
+    sweep_proc = subprocess.Popen(command, cwd=tmp_path, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    try:
+        while not (sweep / "0" / "checkpoints" / "last.ckpt").exists():  # training is under way
+            assert sweep_proc.poll() is None and time.monotonic() < deadline, "the job never saved a checkpoint"
+            time.sleep(0.1)
+        (job,) = {p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)}
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+        _requeued_and_released(job, 1, deadline)
+        while "Restored all states" not in (log.read_text() if log.exists() else ""):  # the restart is training
+            assert sweep_proc.poll() is None and time.monotonic() < deadline, "the requeued job did not resume"
+            time.sleep(0.1)
+        subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+        _requeued_and_released(job, 2, deadline)
+        stdout, stderr = sweep_proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if sweep_proc.poll() is None:
+            sweep_proc.kill()
+            subprocess.run(["scancel", "--name=train"], timeout=30)
+    assert sweep_proc.returncode == 0, stderr.decode()[-4000:]
+    (run,) = report(sweep)["runs"]
+    assert run["status"] == "ok" and run["summary"]["epochs"] == epochs and run["summary"]["status"] == "completed"
+    lines = log.read_text()
+    assert "training stopped by submitit's requeue of this SLURM job" in lines  # not "by Ctrl-C"
+    assert "training stopped by SIGTERM" in lines
+    assert (
+        lines.count("The requeued job resumes from") == 1
+        and "if SLURM requeues this job, it resumes from there by itself" in lines
+    )
+    for restart in (1, 2):
+        assert f"SLURM restarted this job (restart {restart}): resuming from {sweep / '0' / 'checkpoints'}" in lines
+    assert lines.count(f"Restored all states from the checkpoint at {sweep / '0' / 'checkpoints' / 'last.ckpt'}") == 2
+    assert (sweep / "0" / "fused" / "model.safetensors").is_file()

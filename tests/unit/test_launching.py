@@ -1,11 +1,12 @@
-"""The cores a job was given: SLURM's count first, then the submitit launcher's cpus_per_task, else none."""
+"""The cores a job was given: SLURM's count first, then the submitit launcher's cpus_per_task, else none; and how
+a restarted (requeued) SLURM job and submitit's requeue exit are recognized."""
 
 import pytest
 import torch
 from helpers import compose_config
 from hydra.core.hydra_config import HydraConfig
 
-from reparam.launching import cores_given, use_cores_given
+from reparam.launching import cores_given, is_submitit_requeue, slurm_job, slurm_restarts, use_cores_given
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +33,18 @@ def test_submitit_cpus_per_task_else_nothing(monkeypatch, tmp_path) -> None:
         assert cores_given() == 1 and use_cores_given() == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_slurm_restarts_and_submitit_requeue(monkeypatch) -> None:
+    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(name, raising=False)
+    assert not slurm_job() and slurm_restarts() == 0 and not is_submitit_requeue(SystemExit(-1))
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert slurm_job() and slurm_restarts() == 2
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert is_submitit_requeue(SystemExit(-1))  # submitit's exit after `scontrol requeue`
+    assert not is_submitit_requeue(SystemExit(1))  # Lightning's exit after Ctrl-C
+    assert not is_submitit_requeue(SystemExit())  # Lightning's SIGTERMException
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    assert not is_submitit_requeue(SystemExit(-1))
