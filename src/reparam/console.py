@@ -83,6 +83,8 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
     ]
     if summary.skipped_images:  # only when data.skip_bad_images=true left files out: they are named in the log
         rows.insert(2, ("unreadable images skipped", text, "skipped_images"))
+    if summary.resumed_from:  # the times below count from there
+        rows.insert(2, ("resumed from", text, "resumed_from"))
     for name, fmt, key in rows:
         table.add_row(name, fmt(field(summary, key)))
     console.print(table)

@@ -32,7 +32,8 @@ class TrainSummary:
     (a user error) or ``pruned`` (a search trial its pruner stopped early; not tested).
     Times are wall-clock seconds; ``train_images_per_s`` counts training images over the time spent in training
     steps (validation excluded), ``time_to_best_s`` is the wall time from the start of fit to the end of the epoch
-    whose checkpoint scored best.
+    whose checkpoint scored best. A resumed run (``ckpt_path``, ``auto_resume``, a restarted SLURM job) names the
+    checkpoint it continued from in ``resumed_from``; its times count from that resume.
     """
 
     status: str
@@ -63,6 +64,7 @@ class TrainSummary:
     total_time_s: float | None = None
     cpu_threads: int | None = None  # torch's intra-op threads (one per core the launcher gave the job)
     skipped_images: int | None = None  # unreadable files left out (data.skip_bad_images=true); None: none skipped
+    resumed_from: str | None = None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -162,6 +162,7 @@ def train(cfg: DictConfig) -> TrainSummary:
     summary = _fit_summary(trainer, run_dir)
     _record_averaging(trainer, summary)
     summary.cpu_threads = threads
+    summary.resumed_from = resume_path
     summary.total_time_s = time.perf_counter() - started
     _write_summary(trainer, run_dir, summary)
     if cfg.get("test") and summary.status != "pruned":  # a pruned trial is not worth its test pass

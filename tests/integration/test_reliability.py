@@ -108,6 +108,9 @@ def test_killed_run_resumes_to_the_same_fused_model(
         resumed = run_entry("train.py", [*args, "auto_resume=true"], run_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"] == str(
+        tmp_path / "checkpoints" / "last.ckpt"
+    )
     assert_same_weights(fused_weights(uninterrupted), fused_weights(tmp_path))
     # the resumed run continued its metrics: every epoch once, as in the run that was never stopped
     assert learned_metrics(tmp_path) == learned_metrics(uninterrupted)

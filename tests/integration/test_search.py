@@ -322,6 +322,7 @@ def test_a_requeued_slurm_job_resumes_from_its_own_last_checkpoint(tmp_path: Pat
     assert sweep_proc.returncode == 0, stderr.decode()[-4000:]
     (run,) = report(sweep)["runs"]
     assert run["status"] == "ok" and run["summary"]["epochs"] == epochs and run["summary"]["status"] == "completed"
+    assert run["summary"]["resumed_from"] == str(sweep / "0" / "checkpoints" / "last.ckpt")
     lines = log.read_text()
     assert "training stopped by submitit's requeue of this SLURM job" in lines  # not "by Ctrl-C"
     assert "training stopped by SIGTERM" in lines
