@@ -101,6 +101,11 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         path = str(last) if last.is_file() else None
         if path is None:
+            if restarts:  # e.g. a timestamped run directory: the restarted job got a new one
+                log.warning(
+                    f"SLURM restarted this job (restart {restarts}) but {last} does not exist: training starts over. "
+                    "Give the job a fixed hydra.run.dir=... so that a requeued job finds its checkpoints"
+                )
             return None, None
         if not auto_resume:
             log.warning(

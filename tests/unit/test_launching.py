@@ -48,3 +48,23 @@ def test_slurm_restarts_and_submitit_requeue(monkeypatch) -> None:
     assert not is_submitit_requeue(SystemExit())  # Lightning's SIGTERMException
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     assert not is_submitit_requeue(SystemExit(-1))
+
+
+@pytest.mark.parametrize(
+    ("auto_resume", "warned"), [(None, True), (True, True), (False, False)], ids=["null", "true", "false"]
+)
+def test_a_restarted_slurm_job_without_a_checkpoint_says_it_starts_over(
+    auto_resume, warned, monkeypatch, tmp_path, caplog
+) -> None:
+    """A restarted job whose run directory has no last.ckpt (a timestamped hydra.run.dir gives it a new one) starts
+    over, and says why unless the user asked never to resume."""
+    from reparam.training import _resume_checkpoint
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    cfg = compose_config("train", [f"auto_resume={'null' if auto_resume is None else auto_resume}"], run_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="reparam.training"):
+        assert _resume_checkpoint(cfg, module=None) == (None, None)  # no module needed: nothing to load
+    said = [r.getMessage() for r in caplog.records if "SLURM restarted this job (restart 1)" in r.getMessage()]
+    assert bool(said) == warned
+    if warned:
+        assert "training starts over" in said[0] and "hydra.run.dir" in said[0]
