@@ -18,7 +18,7 @@ def cores_given() -> int | None:
     if not HydraConfig.initialized():
         return None
     launcher = HydraConfig.get().launcher
-    if "submitit" not in str(launcher.get("_target_", "")):
+    if "submitit_folder" not in launcher:  # every submitit launcher's config has one (reparam's local one included)
         return None
     cpus = launcher.get("cpus_per_task")
     return int(cpus) if cpus else None

@@ -75,6 +75,30 @@ def test_submitit_local_sweep_runs_two_jobs_at_a_time_and_the_table_collects_all
     assert "sweep of 4 runs" in proc.stdout and "to reproduce it: python train.py" in proc.stdout
 
 
+def test_local_launcher_gives_each_job_running_at_once_a_gpu_of_its_own(tmp_path: Path, run_env) -> None:
+    """submitit_local alone gives every job the first GPUs; hydra/launcher=local slices the machine's (here the ids
+    CUDA_VISIBLE_DEVICES names: the jobs train on the CPU, the ids are what each job was given)."""
+    sweep = tmp_path / "sweep"
+    args = [*TINY, "trainer=cpu", "hydra/launcher=local", "hydra.sweeper.max_batch_size=2"]
+    args += ["hydra.launcher.gpus_per_node=1", f"hydra.sweep.dir={sweep}"]
+    proc = run_entry("train.py", ["-m", *args, "optimizer.lr=0.05,0.1"], {**run_env, "CUDA_VISIBLE_DEVICES": "2,3"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert {r["status"] for r in report(sweep)["runs"]} == {"ok"} and len(report(sweep)["runs"]) == 2
+    given = [line for log in (sweep / ".submitit").glob("*/*_log.err") for line in log.read_text().splitlines()]
+    assert sorted(line for line in given if line.startswith("reparam: job")) == [
+        "reparam: job 0 uses CUDA_VISIBLE_DEVICES=2 of the GPUs [2, 3]",
+        "reparam: job 1 uses CUDA_VISIBLE_DEVICES=3 of the GPUs [2, 3]",
+    ]
+    spans = [span(sweep / str(job)) for job in range(2)]
+    assert max(spans[0][0], spans[1][0]) < min(spans[0][1], spans[1][1])  # at the same time, on different GPUs
+
+    # no GPU to give: one line, before any job starts
+    none = run_entry("train.py", ["-m", *args, "optimizer.lr=0.05,0.1"], {**run_env, "CUDA_VISIBLE_DEVICES": ""})
+    errors = [line for line in none.stderr.splitlines() if line.startswith("error: ")]
+    assert none.returncode == 2 and "Traceback" not in none.stderr, none.stderr[-3000:]
+    assert len(errors) == 1 and "hydra.launcher.gpus_per_node=1 but this machine shows 0 GPUs" in errors[0]
+
+
 def test_optuna_search_through_submitit_local_records_every_trial(tmp_path: Path, run_env) -> None:
     sweep = tmp_path / "search"
     proc = run_entry(

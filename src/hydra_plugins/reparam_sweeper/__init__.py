@@ -60,6 +60,20 @@ class _LaunchingSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
+    def sweep(self, arguments: list[str]) -> Any:
+        """The sweep (``_sweep``); a user error of the sweep itself (the study, the launcher's settings) ends it with
+        one ``error:`` line and exit 2, as a job's does (jobs' own errors stay inside their jobs)."""
+        from reparam.errors import UserError
+
+        try:
+            return self._sweep(arguments)
+        except UserError as err:
+            print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+            sys.exit(err.exit_code)
+
+    def _sweep(self, arguments: list[str]) -> Any:
+        raise NotImplementedError
+
     def _set_up(self) -> tuple[DictConfig, Launcher, OverridesParser]:
         """The config, the launcher and an overrides parser (``setup()`` ran: Hydra calls it before ``sweep``)."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
@@ -75,7 +89,7 @@ class FailTolerantSweeper(_LaunchingSweeper):
         self.max_batch_size = max_batch_size
         self.params = params or {}
 
-    def sweep(self, arguments: list[str]) -> Any:
+    def _sweep(self, arguments: list[str]) -> Any:
         from reparam.sweep import SweepRecord, SweepRun, set_active_record
 
         config, launcher, parser = self._set_up()
@@ -108,13 +122,9 @@ class OptunaSearchSweeper(_LaunchingSweeper):
         super().__init__()
         self.params: DictConfig | dict[str, Any] = params or {}
 
-    def sweep(self, arguments: list[str]) -> Any:
-        from reparam.search import SearchError, run_search
+    def _sweep(self, arguments: list[str]) -> Any:
+        from reparam.search import run_search
 
         config, launcher, parser = self._set_up()
         configured = [f"{key!s}={value}" for key, value in self.params.items()]
-        try:
-            return run_search(config, launcher, parser.parse_overrides([*configured, *arguments]))
-        except SearchError as err:
-            print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
-            sys.exit(err.exit_code)
+        return run_search(config, launcher, parser.parse_overrides([*configured, *arguments]))
