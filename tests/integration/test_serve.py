@@ -371,5 +371,6 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(server, test_split) -> N
     statuses = asyncio.run(main())
     assert statuses == [200] * 48
     assert server.process.wait(90) == 0
+    assert "Already not alive" not in server.output()  # the drained HTTP process is not reported as lost
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)

@@ -211,7 +211,7 @@ def build_server(prepared: Prepared) -> ls.LitServer:
     return server
 
 
-def _drain_on_sigterm(stopping: threading.Event) -> None:
+def _drain_on_sigterm(watch: _Watch) -> None:
     """SIGTERM: the HTTP processes stop accepting and finish what they hold, then LitServe shuts down as after
     Ctrl-C (workers stopped, queues closed) and ``run`` returns."""
 
@@ -220,13 +220,14 @@ def _drain_on_sigterm(stopping: threading.Event) -> None:
     def handler(signum: int, frame: Any) -> None:
         if os.getpid() != owner:  # an HTTP process inherited this handler: uvicorn re-raises SIGTERM once drained
             raise SystemExit(0)
-        stopping.set()
+        watch.stopping.set()
         http = [p for p in multiprocessing.active_children() if p.name.startswith("LitServer-")]
         for process in http:
             if process.pid is not None:  # started: active_children() lists only started processes
                 os.kill(process.pid, signal.SIGTERM)
         for process in http:
             process.join(UVICORN_DRAIN_S + 5)
+        watch.forget_ended_http()  # drained as asked: LitServe's shutdown would warn "Already not alive" for each
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
@@ -260,11 +261,18 @@ class _Watch:
         self.poll_s, self.grace_s = poll_s, grace_s
         self.stopping = threading.Event()  # set on SIGTERM / Ctrl-C: processes ending then are expected
         self.died: str | None = None  # what ended, for the error line
+        self.http: dict[int, Any] = {}  # LitServe's own record of its HTTP processes, which its shutdown walks
         # LitServe calls this with the started HTTP processes once the workers are up, where it would start its own
         server._start_worker_monitoring = self.start
 
     def start(self, manager: Any, http: dict[int, Any]) -> None:
+        self.http = http
         threading.Thread(target=self._watch, args=(http,), name="reparam-watch", daemon=True).start()
+
+    def forget_ended_http(self) -> None:
+        """Take HTTP processes that have ended out of LitServe's record (its shutdown warns about each)."""
+        for key in [k for k, p in self.http.items() if not p.is_alive()]:
+            self.http.pop(key, None)
 
     def _watch(self, http: dict[int, Any]) -> None:
         processes: list[tuple[str, int | None, Any]] = [("HTTP process", k, p) for k, p in http.items()]
@@ -327,7 +335,7 @@ def serve(cfg: DictConfig) -> Prepared:
     server = build_server(prepared)
     server.uvicorn_graceful_timeout = UVICORN_DRAIN_S
     watch = _Watch(server)
-    _drain_on_sigterm(watch.stopping)
+    _drain_on_sigterm(watch)
     _note_ctrl_c(watch.stopping)
     s = prepared.settings
     _say_when_ready(s)
