@@ -86,8 +86,8 @@ def test_local_launcher_gives_each_job_running_at_once_a_gpu_of_its_own(tmp_path
     assert {r["status"] for r in report(sweep)["runs"]} == {"ok"} and len(report(sweep)["runs"]) == 2
     given = [line for log in (sweep / ".submitit").glob("*/*_log.err") for line in log.read_text().splitlines()]
     assert sorted(line for line in given if line.startswith("reparam: job")) == [
-        "reparam: job 0 uses CUDA_VISIBLE_DEVICES=2 of the GPUs [2, 3]",
-        "reparam: job 1 uses CUDA_VISIBLE_DEVICES=3 of the GPUs [2, 3]",
+        "reparam: job 0 uses CUDA_VISIBLE_DEVICES=2 of the GPUs 2,3",
+        "reparam: job 1 uses CUDA_VISIBLE_DEVICES=3 of the GPUs 2,3",
     ]
     spans = [span(sweep / str(job)) for job in range(2)]
     assert max(spans[0][0], spans[1][0]) < min(spans[0][1], spans[1][1])  # at the same time, on different GPUs

@@ -26,20 +26,18 @@ except ImportError:  # pragma: no cover - Hydra imports every plugin module; wit
 __all__ = ["GpuSlicingLocalLauncher", "machine_gpus", "gpu_slice"]
 
 
-def machine_gpus() -> list[int]:
-    """The GPUs this process may hand out, by the ids ``CUDA_VISIBLE_DEVICES`` uses: its own list when it holds
-    plain ids, else every GPU the driver reports (counted without initializing CUDA here)."""
+def machine_gpus() -> list[str]:
+    """The GPUs this process may hand out, as ``CUDA_VISIBLE_DEVICES`` entries: its own list when it is set (indices,
+    or GPU / MIG UUIDs), else the index of every GPU the driver reports (counted without initializing CUDA here)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        ids = [part.strip() for part in visible.split(",") if part.strip()]
-        if all(part.isdigit() for part in ids):
-            return [int(part) for part in ids]
+        return [part.strip() for part in visible.split(",") if part.strip()]
     import torch
 
-    return list(range(torch.cuda.device_count()))
+    return [str(index) for index in range(torch.cuda.device_count())]
 
 
-def gpu_slice(pool: Sequence[int], per_job: int, job_num: int) -> list[int]:
+def gpu_slice(pool: Sequence[str], per_job: int, job_num: int) -> list[str]:
     """The ``per_job`` GPUs of ``pool`` that job ``job_num`` uses: consecutive jobs take consecutive slices, wrapping
     around when the pool holds fewer slices than jobs."""
     slices = len(pool) // per_job
@@ -58,7 +56,7 @@ if LocalLauncher is not None:
         def __init__(self, **params: Any) -> None:
             super().__init__(**params)
             self.gpus_per_job = int(self.params.get("gpus_per_node") or 0)
-            self.gpu_pool: list[int] = []
+            self.gpu_pool: list[str] = []
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
             if self.gpus_per_job and not self.gpu_pool:
@@ -68,7 +66,7 @@ if LocalLauncher is not None:
 
                     raise UserError(
                         f"hydra.launcher.gpus_per_node={self.gpus_per_job} but this machine shows {len(pool)} GPUs "
-                        f"{pool} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}); lower "
+                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}); lower "
                         "hydra.launcher.gpus_per_node, or set CUDA_VISIBLE_DEVICES to the GPUs to use"
                     )
                 if len(pool) >= 2 * self.gpus_per_job:  # room for two jobs or more: the executor hands out all
@@ -81,11 +79,11 @@ if LocalLauncher is not None:
         ) -> JobReturn:
             if self.gpu_pool:  # in the job's own process, before anything touches CUDA
                 mine = gpu_slice(self.gpu_pool, self.gpus_per_job, job_num)
-                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in mine)
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
                 # to the job's submitit log (<sweep dir>/.submitit/<id>/<id>_0_log.err): Hydra's logging is not set yet
                 print(
                     f"reparam: job {job_num} uses CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} "
-                    f"of the GPUs {self.gpu_pool}",
+                    f"of the GPUs {','.join(self.gpu_pool)}",
                     file=sys.stderr,
                     flush=True,
                 )
