@@ -142,8 +142,20 @@ class SweepRecord:
         return [run for run in self.runs if run.status == "failed"]
 
     def reproduce_command(self, script: str = "python train.py") -> str | None:
+        """The best run's command: its overrides without the sweep's own, and the CPU thread count it ran with when
+        that differs from this process's (a launcher's ``cpus_per_task``): float sums are ordered by thread, so on a
+        CPU another count trains to other weights."""
         best = self.best()
-        return None if best is None else " ".join([script, *map(shlex.quote, reproducing_overrides(best.overrides))])
+        if best is None:
+            return None
+        command = " ".join([script, *map(shlex.quote, reproducing_overrides(best.overrides))])
+        threads = best.summary.get("cpu_threads")
+        if threads is not None:
+            import torch
+
+            if int(threads) != torch.get_num_threads():
+                command = f"OMP_NUM_THREADS={int(threads)} {command}"
+        return command
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best()

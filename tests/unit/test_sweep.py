@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import torch
+
 from reparam.sweep import SweepRecord, SweepRun, rank_runs, reproducing_overrides
 
 
@@ -90,6 +92,22 @@ def test_best_run_is_reproduced_without_the_sweep_settings(tmp_path: Path) -> No
         "python train.py experiment=demo optimizer.lr=0.0123 model.block=dbb "
         "+trainer.limit_train_batches=2 'note='\"'\"'a b'\"'\"''"
     )
+
+
+def test_the_command_reproducing_a_run_keeps_its_cpu_thread_count(tmp_path: Path) -> None:
+    """A job given one core (hydra/launcher=local) trains with one thread; rerun with this process's count, its float
+    sums would be ordered otherwise and the weights differ on a CPU."""
+    run = sweep_run(0, "ok", 0.9, ["experiment=demo", "optimizer.lr=0.1"])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run.summary["cpu_threads"] = 1
+        record = SweepRecord(str(tmp_path), "best_val_acc", [run])
+        assert record.reproduce_command() == "OMP_NUM_THREADS=1 python train.py experiment=demo optimizer.lr=0.1"
+        run.summary["cpu_threads"] = 2  # as this process: nothing to add
+        assert record.reproduce_command() == "python train.py experiment=demo optimizer.lr=0.1"
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_job_ended_mid_batch_is_on_disk_until_its_batch_returns(tmp_path: Path) -> None:
