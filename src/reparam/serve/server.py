@@ -287,11 +287,15 @@ class _Watch:
             if key is not None:  # LitServe's shutdown would log "Already not alive" for it; the error line says it
                 http.pop(key, None)
             code = getattr(process, "exitcode", None)
-            how = (
-                f"was killed by {signal.Signals(-code).name}"
-                if code is not None and code < 0
-                else f"exited with code {code}"
-            )
+            if code is not None and code < 0:
+                how = f"was killed by {signal.Signals(-code).name}"
+            elif code == 0 and what == "HTTP process":  # uvicorn ends cleanly on a SIGINT of its own
+                how = (
+                    "ended on its own (exit code 0), as after a Ctrl-C that serve.py ignored (a script's background "
+                    "job ignores SIGINT: stop the server with SIGTERM, kill <pid>)"
+                )
+            else:
+                how = f"exited with code {code}"
             self.died = f"the server's {what} (pid {getattr(process, 'pid', '?')}) {how}"
             try:
                 self.server._shutdown_event.set()  # run() stops everything else and returns
