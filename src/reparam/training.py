@@ -92,29 +92,32 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
     readable, safe and of this run's network before Lightning touches it; and where it resumes.
 
     ``auto_resume=null`` (the default) resumes only a job that SLURM restarted (requeued after preemption or its time
-    limit: the same command in the same run directory, so its ``last.ckpt`` is this run's own); ``false`` never does.
+    limit: the same command in the same run directory, so its ``last.ckpt`` is this run's own), from that
+    ``last.ckpt`` even when the job began from a ``ckpt_path``; ``false`` never resumes by itself.
     """
-    path = cfg.get("ckpt_path")
+    given = cfg.get("ckpt_path")
     auto_resume = cfg.get("auto_resume")
     restarts = slurm_restarts()
-    if path is None and (auto_resume or (auto_resume is None and restarts)):
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        path = str(last) if last.is_file() else None
-        if path is None:
-            if restarts:  # e.g. a timestamped run directory: the restarted job got a new one
-                log.warning(
-                    f"SLURM restarted this job (restart {restarts}) but {last} does not exist: training starts over. "
-                    "Give the job a fixed hydra.run.dir=... so that a requeued job finds its checkpoints"
-                )
-            return None, None
-        if not auto_resume:
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    path = given
+    if restarts and auto_resume is not False:  # a requeued job continues where it stopped
+        if last.is_file():
+            path = str(last)
+            began = f"; it began from ckpt_path={given}" if given is not None else ""
             log.warning(
-                f"SLURM restarted this job (restart {restarts}): resuming from {path} "
-                "(auto_resume=null resumes a requeued job; auto_resume=false would start it over)"
+                f"SLURM restarted this job (restart {restarts}): resuming from {last}{began} "
+                "(auto_resume=false would start it over)"
             )
-    elif path is None:
+        elif given is None:  # e.g. a timestamped run directory: the restarted job got a new one
+            log.warning(
+                f"SLURM restarted this job (restart {restarts}) but {last} does not exist: training starts over. "
+                "Give the job a fixed hydra.run.dir=... so that a requeued job finds its checkpoints"
+            )
+    elif given is None and auto_resume and last.is_file():
+        path = str(last)
+    if path is None:
         return None, None
-    elif not Path(path).is_file():
+    if not Path(path).is_file():
         raise UserError(
             f"ckpt_path={path} does not exist; point it at a checkpoint such as <run>/checkpoints/last.ckpt"
         )

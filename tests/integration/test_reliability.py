@@ -101,9 +101,12 @@ def test_killed_run_resumes_to_the_same_fused_model(
         assert "error: " + errors[0][7:] in (tmp_path / "train.log").read_text()  # the log says it too
     assert not (tmp_path / "fused").exists()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
-    if resume_by == "a SLURM restart":
-        resumed = run_entry("train.py", args, {**run_env, **SLURM_RESTART})
-        assert f"SLURM restarted this job (restart 1): resuming from {tmp_path / 'checkpoints'}" in resumed.stderr
+    if resume_by == "a SLURM restart":  # from the run's own last.ckpt, even with the ckpt_path the job began from
+        (began,) = (tmp_path / "checkpoints").glob("epoch000*.ckpt")
+        resumed = run_entry("train.py", [*args, f"ckpt_path={began}"], {**run_env, **SLURM_RESTART})
+        last = tmp_path / "checkpoints" / "last.ckpt"
+        said = f"SLURM restarted this job (restart 1): resuming from {last}; it began from ckpt_path={began}"
+        assert said in resumed.stderr, resumed.stderr[-3000:]
     else:
         resumed = run_entry("train.py", [*args, "auto_resume=true"], run_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
