@@ -98,9 +98,9 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
     given = cfg.get("ckpt_path")
     auto_resume = cfg.get("auto_resume")
     restarts = slurm_restarts()
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     path = given
     if restarts and auto_resume is not False:  # a requeued job continues where it stopped
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         if last.is_file():
             path = str(last)
             began = f"; it began from ckpt_path={given}" if given is not None else ""
@@ -113,8 +113,9 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
                 f"SLURM restarted this job (restart {restarts}) but {last} does not exist: training starts over. "
                 "Give the job a fixed hydra.run.dir=... so that a requeued job finds its checkpoints"
             )
-    elif given is None and auto_resume and last.is_file():
-        path = str(last)
+    elif given is None and auto_resume:
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        path = str(last) if last.is_file() else None
     if path is None:
         return None, None
     if not Path(path).is_file():
