@@ -87,6 +87,11 @@ def _spec_for_data(model_spec: dict[str, Any], datamodule: Any) -> dict[str, Any
     return spec
 
 
+def _last_checkpoint(run_dir: Path) -> Path:
+    """Where a run's ModelCheckpoint keeps ``last.ckpt`` (configs/callbacks/model_checkpoint.yaml)."""
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
 def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str | None, ResumePoint | None]:
     """The checkpoint to resume from (``ckpt_path``, or the run's ``last.ckpt`` with ``auto_resume``), checked to be
     readable, safe and of this run's network before Lightning touches it; and where it resumes.
@@ -100,7 +105,7 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
     restarts = slurm_restarts()
     path = given
     if restarts and auto_resume is not False:  # a requeued job continues where it stopped
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        last = _last_checkpoint(Path(cfg.paths.output_dir))
         if last.is_file():
             path = str(last)
             began = f"; it began from ckpt_path={given}" if given is not None else ""
@@ -114,7 +119,7 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
                 "Give the job a fixed hydra.run.dir=... so that a requeued job finds its checkpoints"
             )
     elif given is None and auto_resume:
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        last = _last_checkpoint(Path(cfg.paths.output_dir))
         path = str(last) if last.is_file() else None
     if path is None:
         return None, None
@@ -270,6 +275,7 @@ def _stops_cleanly(
     that a scheduler would take for success; both become exit codes a shell or SLURM understands (130, 143). submitit's
     ``sys.exit(-1)`` after requeueing a SLURM job (its SIGUSR2 handler) is said as such, not as Ctrl-C (exit 143).
     """
+    requeued = False  # submitit's exit after requeueing the job
     try:
         yield
     except SIGTERMException as err:
@@ -279,7 +285,8 @@ def _stops_cleanly(
     except SystemExit as err:
         if trainer.state.status != TrainerStatus.INTERRUPTED:
             raise
-        if is_submitit_requeue(err):  # not Ctrl-C: the job is already back in SLURM's queue
+        requeued = is_submitit_requeue(err)
+        if requeued:  # not Ctrl-C: the job is already back in SLURM's queue
             cause, how, error = Preempted, "submitit's requeue of this SLURM job (preempted or at its time limit)", err
         else:
             cause, how, error = Interrupted, "Ctrl-C", err
@@ -287,7 +294,7 @@ def _stops_cleanly(
         cause, how, error = Interrupted, "Ctrl-C", err
     else:
         return
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = _last_checkpoint(run_dir)
     message = (
         f"{phase} stopped by {how} at epoch {trainer.current_epoch}, global step {trainer.global_step}; {consequence}."
     )
@@ -295,7 +302,7 @@ def _stops_cleanly(
         summary.status, summary.error = "interrupted", message
         _write_summary(trainer, run_dir, summary)
         resume = f" Measure it with: python deploy.py ckpt={summary.fused_dir}" if summary.fused_dir else ""
-    elif isinstance(error, SystemExit) and is_submitit_requeue(error):
+    elif requeued:
         resume = (
             f" The requeued job resumes from {last}."
             if last.is_file() and resumes_when_restarted

@@ -285,7 +285,7 @@ class _Watch:
                 return
             what, key, process = dead
             if key is not None:  # LitServe's shutdown would log "Already not alive" for it; the error line says it
-                http.pop(key, None)
+                self.forget_ended_http()
             code = getattr(process, "exitcode", None)
             if code is not None and code < 0:
                 how = f"was killed by {signal.Signals(-code).name}"
