@@ -5,10 +5,13 @@ python train.py experiment=demo                  # offline demo on embedded digi
 python train.py model=repvgg_b0 trainer.max_epochs=100 data.batch_size=256
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 from reparam.entrypoints import train_task
+from reparam.overrides import override_hints
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -17,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with override_hints(Path(__file__).parent / "configs", "train"):
+        main()

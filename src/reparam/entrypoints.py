@@ -79,7 +79,11 @@ def config_dir() -> Path:
 def _run(task, config_name: str) -> None:  # noqa: ANN001
     import hydra
 
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)()
+    from .overrides import override_hints
+
+    configs = config_dir()
+    with override_hints(configs, config_name):
+        hydra.main(version_base="1.3", config_path=str(configs), config_name=config_name)(task)()
 
 
 def train_main() -> None:

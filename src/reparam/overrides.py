@@ -1,0 +1,139 @@
+"""A hint after Hydra refuses a command line: which override names a setting the config does not have, and the
+setting it most likely meant.
+
+Hydra answers a misspelled key (``trainer.max_epoch`` for ``trainer.max_epochs``) with "Could not override ...
+To append to your config use +...", which would add a setting nothing reads (or make the Trainer fail later). The
+entry points wrap Hydra's ``main`` in :func:`override_hints`: when Hydra exits with its error (code 1), the overrides
+are checked against the config composed with the command line's own config group choices, and each unknown key gets
+one line naming the closest setting (``difflib``, over the node's keys and its ``_target_``'s arguments), or the
+settings that node has.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["override_hints", "unknown_key_hints"]
+
+# Hydra's own flags that name another config: the hints would check the wrong one
+_OTHER_CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
+_ABSENT = object()
+
+
+def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -> list[str]:
+    """One line per override (of ``args``, a command line after the script) whose key the config lacks."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a.split("=", 1)[0] in _OTHER_CONFIG_FLAGS for a in args):
+        return []
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except OverrideParseException:  # a syntax error: Hydra's own message says where
+        return []
+    groups, values, added = [], [], []
+    for o in overrides:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.package is not None:
+            continue
+        if "." not in key and (config_dir / key).is_dir():
+            choice = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else line(o).split("=", 1)[1]
+            groups.append(f"{line(o).split('=', 1)[0]}={choice}")
+        elif o.type == OverrideType.CHANGE:
+            values.append(o)
+        else:
+            added.append(key)
+    if not values:
+        return []
+    GlobalHydra.instance().clear()  # the failed hydra.main may have left its instance
+    try:
+        with initialize_config_dir(str(config_dir.resolve()), version_base="1.3", job_name="override_hints"):
+            cfg = compose(config_name, overrides=groups)
+    except (HydraException, OmegaConfBaseException):  # e.g. a group choice that does not exist: Hydra lists them
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    hints = []
+    for o in values:
+        key = o.key_or_group
+        if any(key == a or key.startswith(a + ".") for a in added):
+            continue
+        if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+            continue
+        parts = key.split(".")
+        parent, depth = cfg, 0
+        while depth < len(parts) - 1:
+            child = parent.get(parts[depth]) if isinstance(parent, DictConfig) else None
+            if not isinstance(child, DictConfig):
+                break
+            parent, depth = child, depth + 1
+        if not isinstance(parent, DictConfig):
+            continue
+        where = ".".join(parts[:depth]) or "the config"
+        missing, value = parts[depth], line(o).split("=", 1)[1]
+        names = [str(k) for k in parent.keys() if not str(k).startswith("_")]
+        arguments = _target_arguments(parent)
+        added_path = ".".join([*parts[:depth], "{}", *parts[depth + 1 :]])
+        if missing in arguments:  # an argument of the node's _target_ the config does not set: Hydra's "+" is right
+            hints.append(
+                f"hint: {where} does not set '{missing}', an argument of {parent['_target_']}: add it with "
+                f"+{added_path.format(missing)}={value}"
+            )
+            continue
+        close = difflib.get_close_matches(missing, names + [a for a in arguments if a not in names], n=1, cutoff=0.6)
+        if close:
+            plus = "" if close[0] in names else "+"
+            hints.append(
+                f"hint: {where} has no setting '{missing}': did you mean {plus}{added_path.format(close[0])}={value} ?"
+            )
+        else:
+            shown = ", ".join(names[:15]) + (", ..." if len(names) > 15 else "")
+            more = f"; other arguments of {parent['_target_']} are added with +{where}.<name>=..." if arguments else ""
+            hints.append(f"hint: {where} has no setting '{missing}' (its settings: {shown}{more})")
+    return hints
+
+
+def line(override) -> str:  # noqa: ANN001
+    return override.input_line or ""
+
+
+def _target_arguments(node) -> list[str]:  # noqa: ANN001
+    """The keyword arguments the node's ``_target_`` accepts (none when it has no target or it cannot be imported)."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        return []
+    try:
+        parameters = inspect.signature(get_method(target)).parameters.values()
+    except (ImportError, ValueError, TypeError):
+        return []
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in keyword and p.name != "self"]
+
+
+@contextmanager
+def override_hints(config_dir: Path, config_name: str) -> Iterator[None]:
+    """Around a Hydra ``main()``: after Hydra's own error (exit code 1), print a hint for each unknown key."""
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code == 1:
+            try:
+                hints = unknown_key_hints(config_dir, config_name, sys.argv[1:])
+            except Exception:  # noqa: BLE001 - a hint must never hide Hydra's message or change the exit code
+                hints = []
+            if hints:
+                print("\n".join(hints), file=sys.stderr)
+        raise
