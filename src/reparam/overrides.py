@@ -46,7 +46,10 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
         if key.startswith("hydra") or o.package is not None:
             continue
         if "." not in key and (config_dir / key).is_dir():
-            choice = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else line(o).split("=", 1)[1]
+            try:
+                choice = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else line(o).split("=", 1)[1]
+            except HydraException:  # a glob(...) of options: only Hydra's config loader can expand it
+                return []
             groups.append(f"{line(o).split('=', 1)[0]}={choice}")
         elif o.type == OverrideType.CHANGE:
             values.append(o)
@@ -67,7 +70,7 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
         key = o.key_or_group
         if any(key == a or key.startswith(a + ".") for a in added):
             continue
-        if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+        if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False) is not _ABSENT:
             continue
         parts = key.split(".")
         parent, depth = cfg, 0
@@ -81,6 +84,8 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
         where = ".".join(parts[:depth]) or "the config"
         missing, value = parts[depth], line(o).split("=", 1)[1]
         names = [str(k) for k in parent.keys() if not str(k).startswith("_")]
+        if missing in parent:  # the key exists, what is under it does not (a list index): Hydra's message says
+            continue
         arguments = _target_arguments(parent)
         added_path = ".".join([*parts[:depth], "{}", *parts[depth + 1 :]])
         if missing in arguments:  # an argument of the node's _target_ the config does not set: Hydra's "+" is right

@@ -70,6 +70,11 @@ def test_a_misspelled_key_gets_the_setting_it_meant(config: str, args: list[str]
     assert (OmegaConf.to_container(landed) if OmegaConf.is_config(landed) else landed) == yaml.safe_load(value)
 
 
+def test_a_value_that_needs_hydras_runtime_does_not_stop_the_hint() -> None:
+    (hint,) = unknown_key_hints(CONFIGS, "train", ["paths.output_dir=/x", "trainer.max_epoch=1"])
+    assert hint.endswith("did you mean trainer.max_epochs=1 ?")
+
+
 def test_a_key_nothing_is_close_to_lists_the_settings_there() -> None:
     (hint,) = unknown_key_hints(CONFIGS, "train", ["nonsense=1"])
     assert hint.startswith("hint: the config has no setting 'nonsense' (its settings: ")
@@ -84,6 +89,8 @@ def test_a_key_nothing_is_close_to_lists_the_settings_there() -> None:
         ["experiment=dmo", "trainer.max_epoch=3"],  # a group choice that does not exist: Hydra lists the choices
         ["trainer.max_epoch=(("],  # a syntax error: Hydra says where
         ["--config-name", "other", "trainer.max_epoch=3"],  # another config than the one these hints would check
+        ["experiment=glob(*)", "trainer.max_epoch=3"],  # options only Hydra's config loader can expand
+        ["experiment=demo", "model.widths.9=1"],  # the key exists, the list index does not: Hydra's message says
     ],
 )
 def test_no_hint_where_there_is_nothing_to_add(args: list[str]) -> None:
