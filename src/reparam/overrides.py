@@ -47,10 +47,10 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
             continue
         if "." not in key and (config_dir / key).is_dir():
             try:
-                choice = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else line(o).split("=", 1)[1]
+                choice = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else _line(o).split("=", 1)[1]
             except HydraException:  # a glob(...) of options: only Hydra's config loader can expand it
                 return []
-            groups.append(f"{line(o).split('=', 1)[0]}={choice}")
+            groups.append(f"{_line(o).split('=', 1)[0]}={choice}")
         elif o.type == OverrideType.CHANGE:
             values.append(o)
         else:
@@ -82,9 +82,10 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
         if not isinstance(parent, DictConfig):
             continue
         where = ".".join(parts[:depth]) or "the config"
-        missing, value = parts[depth], line(o).split("=", 1)[1]
+        missing, value = parts[depth], _line(o).split("=", 1)[1]
         names = [str(k) for k in parent.keys() if not str(k).startswith("_")]
-        if missing in parent:  # the key exists, what is under it does not (a list index): Hydra's message says
+        # the key exists (a value still ??? included), what is under it does not (a list index): Hydra's message says
+        if missing in [str(k) for k in parent.keys()]:
             continue
         arguments = _target_arguments(parent)
         added_path = ".".join([*parts[:depth], "{}", *parts[depth + 1 :]])
@@ -107,7 +108,7 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
     return hints
 
 
-def line(override) -> str:  # noqa: ANN001
+def _line(override) -> str:  # noqa: ANN001
     return override.input_line or ""
 
 

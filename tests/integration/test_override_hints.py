@@ -97,6 +97,12 @@ def test_no_hint_where_there_is_nothing_to_add(args: list[str]) -> None:
     assert unknown_key_hints(CONFIGS, "train", args) == []
 
 
+def test_a_required_value_given_on_the_command_line_is_known() -> None:
+    # ckpt is ??? in deploy.yaml and serve.yaml: a key that exists, waiting for its value
+    assert unknown_key_hints(CONFIGS, "deploy", ["ckpt=x", "benchmark.batch_sizes=[1]"]) == []
+    assert unknown_key_hints(CONFIGS, "serve", ["ckpt=x", "serve.port=9"]) == []
+
+
 @pytest.mark.parametrize(
     ("script", "args", "hint"),
     [
@@ -112,6 +118,7 @@ def test_each_entry_point_ends_hydras_refusal_with_the_hint(
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Could not override" in proc.stderr  # Hydra's own message stays
     assert proc.stderr.rstrip().splitlines()[-1].endswith(hint), proc.stderr[-2000:]
+    assert sum(line.startswith("hint: ") for line in proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing ran: no outputs directory
 
