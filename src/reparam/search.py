@@ -130,13 +130,23 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
         ) from err
 
 
+def sampler_seed(seed: int | None, trials_held: int) -> int | None:
+    """The sampler's seed for a study that already holds ``trials_held`` trials: ``seed + trials_held``.
+
+    A sampler seeded alike on every start draws the same random parameters again: a resumed search would rerun its
+    first trials. Moving the seed on by the trials already held keeps a new search as seeded and a resumed one
+    reproducible from the study's state."""
+    return None if seed is None else seed + trials_held
+
+
 def open_study(
     settings: SearchSettings, storage: optuna.storages.BaseStorage, url: str, metric: str | None
 ) -> optuna.Study:
     """Create the study, or load it with ``resume=true``; an existing study is never continued silently."""
     import optuna
 
-    exists = settings.study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    held = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    exists = settings.study_name in held
     if exists and not settings.resume:
         raise SearchError(
             f"study '{settings.study_name}' already exists in {url}; continue it with "
@@ -148,7 +158,9 @@ def open_study(
             "drop resume to start it (same hparams_search.study_name and storage / sweep dir to resume)"
         )
     sampler = optuna.samplers.TPESampler(
-        seed=settings.seed, n_startup_trials=settings.n_startup_trials, constant_liar=settings.n_jobs > 1
+        seed=sampler_seed(settings.seed, held.get(settings.study_name, 0)),
+        n_startup_trials=settings.n_startup_trials,
+        constant_liar=settings.n_jobs > 1,
     )
     study = optuna.create_study(
         storage=storage,
@@ -347,6 +359,7 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(url)
     study = open_study(settings, storage, url, metric)
+    seed = sampler_seed(settings.seed, len(study.trials))
     _retry_interrupted(study, storage)
     record = SweepRecord(
         str(sweep_dir),
@@ -355,7 +368,7 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
             "study_name": settings.study_name,
             "storage": url,
             "direction": study.direction.name.lower(),
-            "sampler": f"TPESampler(seed={settings.seed}, n_startup_trials={settings.n_startup_trials})",
+            "sampler": f"TPESampler(seed={seed}, n_startup_trials={settings.n_startup_trials})",
             "pruner": settings.pruner,
             "n_trials": settings.n_trials,
             "space": {k: repr(v) for k, v in space.items()},

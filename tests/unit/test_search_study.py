@@ -112,3 +112,22 @@ def test_a_trial_killed_with_the_search_is_run_again_and_counted_once(tmp_path: 
     assert retry.params == killed.params and retry.user_attrs["retry_of"] == killed.number
     resumed.tell(retry, 0.6)
     assert _counted(resumed) == 2
+
+
+def test_a_resumed_search_does_not_draw_its_first_trials_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    storage = _storage(url)
+    space = {"lr": FloatDistribution(0.01, 0.5), "block": CategoricalDistribution(["repvgg", "acnet", "dbb"])}
+    study = open_study(settings(n_startup_trials=10), storage, url, "best_val_acc")
+    first = []
+    for value in (0.5, 0.6, 0.7):
+        trial = study.ask(space)
+        study.tell(trial, value)
+        first.append(trial.params)
+    resumed = open_study(settings(n_startup_trials=10, resume=True), storage, url, "best_val_acc")
+    later = []
+    for value in (0.5, 0.6, 0.7):  # still random draws (startup): the sampler's seed alone decides them
+        trial = resumed.ask(space)
+        resumed.tell(trial, value)
+        later.append(trial.params)
+    assert all(params not in first for params in later), (first, later)
