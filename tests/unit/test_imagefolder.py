@@ -87,8 +87,13 @@ def test_imagenet_normalization_is_recorded(folder) -> None:
 
 
 def test_missing_train_folder_says_where_the_classes_go(folder, tmp_path) -> None:
+    # data_dir named the train/ split itself: the fix is its parent, not a train/train/ folder
     message = _error(folder / "train")
-    assert "has no train/ folder" in message and "move them into" in message
+    assert "has no train/ folder" in message and message.endswith(f"use data.data_dir={folder}"), message
+    classes = tmp_path / "my_images"  # class folders with no train/ above them
+    shutil.copytree(folder / "train", classes)
+    message = _error(classes)
+    assert "has no train/ folder" in message and f"move them into {classes}/train/" in message
 
 
 def test_single_class_and_empty_class_and_differing_splits(folder) -> None:

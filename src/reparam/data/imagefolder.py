@@ -153,11 +153,12 @@ class ImageFolderSource(DatasetSource):
             )
         if not (root / "train").is_dir():
             has_classes = any(e.is_dir() for e in _visible(os.scandir(root)))
-            hint = (
-                f"; it holds class folders directly: move them into {root}/train/ (val/ and test/ are optional)"
-                if has_classes
-                else ""
-            )
+            if has_classes and root.name in ("train", "val", "test"):  # the split folder itself was named
+                hint = f"; it is the {root.name}/ split itself: use data.data_dir={root.parent}"
+            elif has_classes:
+                hint = f"; it holds class folders directly: move them into {root}/train/ (val/ and test/ are optional)"
+            else:
+                hint = ""
             raise DataNotFoundError(f"{root} has no train/ folder: expected {root}/train/<class>/<image>{hint}")
         return root
 
