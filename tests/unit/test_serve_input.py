@@ -147,6 +147,8 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
     ckpt.write_bytes(b"x")
     assert run_dir_of(ckpt) == run
     assert choose_target(ckpt, "h", "cpu").name == "fused"  # no report: the reference
+    with pytest.raises(UserError, match="cannot run here"):  # with no report either
+        choose_target(ckpt, "h", "cpu", target="fused_fp16")
     old = _report(
         tmp_path / "old.json", ckpt, plain_vgg=(True, {"1": 10.0, "32": 999.0}), fused=(True, {"1": 5.0, "32": 50.0})
     )
@@ -178,6 +180,8 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
         ({"target": "train_form"}, "multi-branch"),
         ({"target": "compiled"}, "was not checked"),
         ({"target": "nope"}, "unknown target"),
+        # not advice to deploy it on a CPU, where deploy would refuse it
+        ({"target": "fused_fp16"}, "serve.target=fused_fp16 cannot run here: fused_fp16 runs on GPUs only"),
     ]:
         with pytest.raises(UserError, match=fragment):
             choose_target(ckpt, "h", "cpu", **kwargs)

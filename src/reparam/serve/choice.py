@@ -144,6 +144,8 @@ def choose_target(
             f"serve.target={target} is the multi-branch network fusion replaces; serve a fused target "
             f"(e.g. serve.target={REFERENCE})"
         )
+    if target is not None:
+        _check_runs_here(target, device_type)
     if report is not None:
         report_path = Path(report).expanduser()
         data = _named_report(report_path, checkpoint, weights, device_type)
@@ -185,6 +187,18 @@ def choose_target(
         f"fastest of the {len(candidates)} servable targets that passed their check{why}, at batch {bs} "
         f"({timed[best]:.0f} images/s), in {where}",
     )
+
+
+def _check_runs_here(target: str, device_type: str) -> None:
+    """A target that cannot run on this device is said as such, before any advice to deploy it here."""
+    import torch
+
+    from ..deploy.targets import TargetUnavailable
+
+    try:
+        TARGETS[target].check_device(torch.device(device_type))
+    except TargetUnavailable as err:
+        raise UserError(f"serve.target={target} cannot run here: {err}") from err
 
 
 def _without_report(
