@@ -149,6 +149,8 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
     assert choose_target(ckpt, "h", "cpu").name == "fused"  # no report: the reference
     with pytest.raises(UserError, match="cannot run here"):  # with no report either
         choose_target(ckpt, "h", "cpu", target="fused_fp16")
+    with pytest.raises(UserError, match=r"^prediction\.target=fused_fp16 cannot run here"):  # the option named
+        choose_target(ckpt, "h", "cpu", target="fused_fp16", options="prediction")
     old = _report(
         tmp_path / "old.json", ckpt, plain_vgg=(True, {"1": 10.0, "32": 999.0}), fused=(True, {"1": 5.0, "32": 50.0})
     )

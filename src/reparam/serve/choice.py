@@ -45,38 +45,38 @@ class ServedTarget:
         return asdict(self)
 
 
-def _load_report(path: Path) -> dict:
+def _load_report(path: Path, options: str = "serve") -> dict:
     try:
         report = json.loads(path.read_text())
     except OSError as err:
         raise UserError(
-            f"serve.report={path} cannot be read ({err.strerror}); pass the report.json a deploy run "
+            f"{options}.report={path} cannot be read ({err.strerror}); pass the report.json a deploy run "
             "wrote (logs/deploy/runs/<time>/report.json)"
         ) from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"serve.report={path} is not JSON ({err}); pass a deploy report.json") from err
+        raise UserError(f"{options}.report={path} is not JSON ({err}); pass a deploy report.json") from err
     if not isinstance(report, dict) or not isinstance(report.get("targets"), dict):
         raise UserError(
-            f"serve.report={path} is not a deploy report with targets (schema_version 2); run deploy.py "
+            f"{options}.report={path} is not a deploy report with targets (schema_version 2); run deploy.py "
             "again with this version"
         )
     return report
 
 
-def _named_report(path: Path, checkpoint: Path, weights: str, device_type: str) -> dict:
+def _named_report(path: Path, checkpoint: Path, weights: str, device_type: str, options: str) -> dict:
     """A report the user named: it must come from these weights and this kind of device."""
-    report = _load_report(path)
+    report = _load_report(path, options)
     recorded = {e.report for e in find_reports(checkpoint, weights, device_type)}
     same_file = Path(str(report.get("checkpoint", ""))).resolve() == checkpoint.resolve()
     if not same_file and str(path.resolve()) not in recorded:
         raise UserError(
-            f"serve.report={path} was made from {report.get('checkpoint')}, not from {checkpoint}; pass "
+            f"{options}.report={path} was made from {report.get('checkpoint')}, not from {checkpoint}; pass "
             "that checkpoint, or a report of a deploy run on this one"
         )
     report_device = str(report.get("device", "")).split(":")[0]
     if report_device != device_type:
         raise UserError(
-            f"serve.report={path} measured targets on {report_device}, but this server runs on "
+            f"{options}.report={path} measured targets on {report_device}, but this runs on "
             f"{device_type}; pass device={report_device} or a report made on {device_type}"
         )
     return report
@@ -132,8 +132,10 @@ def choose_target(
     report: str | Path | None = None,
     max_batch_size: int = 1,
     recorded_accuracy: float | None = None,
+    options: str = "serve",
 ) -> ServedTarget:
-    """The target to serve for these weights (``weights``: :func:`~reparam.deploy.report_index.weights_sha256`)."""
+    """The target to serve for these weights (``weights``: :func:`~reparam.deploy.report_index.weights_sha256`);
+    ``options``: the config node the user names ``target`` and ``report`` in (``serve``, ``prediction``)."""
     checkpoint = Path(checkpoint)
     if target is not None and target not in TARGETS:
         raise UserError(
@@ -141,32 +143,32 @@ def choose_target(
         )
     if target in NOT_SERVED:
         raise UserError(
-            f"serve.target={target} is the multi-branch network fusion replaces; serve a fused target "
-            f"(e.g. serve.target={REFERENCE})"
+            f"{options}.target={target} is the multi-branch network fusion replaces; serve a fused target "
+            f"(e.g. {options}.target={REFERENCE})"
         )
     if target is not None:
-        _check_runs_here(target, device_type)
+        _check_runs_here(target, device_type, options)
     if report is not None:
         report_path = Path(report).expanduser()
-        data = _named_report(report_path, checkpoint, weights, device_type)
-        where = f"{report_path} (serve.report)"
+        data = _named_report(report_path, checkpoint, weights, device_type, options)
+        where = f"{report_path} ({options}.report)"
     else:
         found = find_reports(checkpoint, weights, device_type)
         if not found:
-            return _without_report(checkpoint, device_type, target, recorded_accuracy)
-        report_path, data = Path(found[0].report), _load_report(Path(found[0].report))
+            return _without_report(checkpoint, device_type, target, recorded_accuracy, options)
+        report_path, data = Path(found[0].report), _load_report(Path(found[0].report), options)
         where = f"the newest deploy report of these weights on {device_type}, {report_path}"
     targets = data["targets"]
     if target is not None:
         if target not in targets:
             raise UserError(
-                f"serve.target={target} was not checked in {report_path}; run python deploy.py "
+                f"{options}.target={target} was not checked in {report_path}; run python deploy.py "
                 f"ckpt={checkpoint} targets=[auto,{target}] first"
             )
         if not _passed(targets[target]):
             failure = (targets[target].get("gate") or {}).get("failure")
-            raise UserError(f"serve.target={target} failed its check in {report_path}: {failure}")
-        return _served(data, str(report_path), target, f"serve.target, checked in {where}")
+            raise UserError(f"{options}.target={target} failed its check in {report_path}: {failure}")
+        return _served(data, str(report_path), target, f"{options}.target, checked in {where}")
     candidates = {n: e for n, e in targets.items() if n in TARGETS and n not in NOT_SERVED and _passed(e)}
     timed = {
         n: e["throughput"][bs]
@@ -189,7 +191,7 @@ def choose_target(
     )
 
 
-def _check_runs_here(target: str, device_type: str) -> None:
+def _check_runs_here(target: str, device_type: str, options: str) -> None:
     """A target that cannot run on this device is said as such, before any advice to deploy it here."""
     import torch
 
@@ -198,18 +200,18 @@ def _check_runs_here(target: str, device_type: str) -> None:
     try:
         TARGETS[target].check_device(torch.device(device_type))
     except TargetUnavailable as err:
-        raise UserError(f"serve.target={target} cannot run here: {err}") from err
+        raise UserError(f"{options}.target={target} cannot run here: {err}") from err
 
 
 def _without_report(
-    checkpoint: Path, device_type: str, target: str | None, recorded_accuracy: float | None
+    checkpoint: Path, device_type: str, target: str | None, recorded_accuracy: float | None, options: str
 ) -> ServedTarget:
     index = run_dir_of(checkpoint) / INDEX_FILE
     if target not in (None, REFERENCE):
         raise UserError(
-            f"serve.target={target} needs a deploy report that checked it, and none for these weights on "
+            f"{options}.target={target} needs a deploy report that checked it, and none for these weights on "
             f"{device_type} is recorded in {index}; run python deploy.py ckpt={checkpoint} "
-            f"targets=[auto,{target}] first, or pass serve.report=<report.json>"
+            f"targets=[auto,{target}] first, or pass {options}.report=<report.json>"
         )
     return ServedTarget(
         name=REFERENCE,

@@ -86,6 +86,7 @@ def predict_files(cfg: DictConfig) -> PredictionRun:
         report=options.report,
         max_batch_size=int(options.batch_size),
         recorded_accuracy=loaded.recorded.get("test_acc"),
+        options="prediction",
     )
     classifier = Classifier(build_target(served, loaded, device, usable_cores()), preprocessing, int(options.top_k))
     geometry = preprocessing.geometry()
