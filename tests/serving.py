@@ -123,9 +123,11 @@ def start_server(
     env: dict | None = None,
     ready_s: float = 300,
     ignore_sigint: bool = False,
+    wrapper: tuple[str, ...] = (),
 ) -> Server:
     """``python serve.py ckpt=...`` on a free port; returns once GET /health answers 200. ``ignore_sigint``: started
-    with SIGINT ignored, as a script's background job (``serve.py ... &``) is."""
+    with SIGINT ignored, as a script's background job (``serve.py ... &``) is; ``wrapper``: a command it runs under
+    (``("timeout", "600")``)."""
     port = free_port()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "server.log"
@@ -133,6 +135,7 @@ def start_server(
     with open(log, "w") as sink:
         process = subprocess.Popen(
             [
+                *wrapper,
                 sys.executable,
                 str(ROOT / "serve.py"),
                 f"ckpt={ckpt}",

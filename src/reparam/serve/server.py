@@ -27,7 +27,7 @@ from ..deploy.load import load_for_deploy
 from ..deploy.machine import usable_cores
 from ..deploy.report_index import weights_sha256
 from ..device import resolve_device
-from ..errors import UserError, reraise_as_user_error
+from ..errors import EXIT_SIGINT, UserError, reraise_as_user_error
 from ..preprocess import Preprocessing
 from .api import WorkerSpec
 from .choice import choose_target
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # litserve comes with the serve extra; imported when a server
 __all__ = ["ServeSettings", "Prepared", "prepare", "serve", "PAGE", "ServerProcessDied"]
 
 PAGE = Path(__file__).with_name("page.html")
+SAME_CTRL_C_S = 1.0  # SIGINTs closer than this are one Ctrl-C (see _note_ctrl_c)
 UVICORN_DRAIN_S = 30  # what the HTTP process may take to answer the requests it holds after SIGTERM
 
 
@@ -218,8 +219,12 @@ def _drain_on_sigterm(watch: _Watch) -> None:
     owner = os.getpid()
 
     def handler(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:  # an HTTP process inherited this handler: uvicorn re-raises SIGTERM once drained
-            raise SystemExit(0)
+        if os.getpid() != owner:  # an HTTP process inherited this handler: uvicorn re-raises SIGTERM once drained,
+            # or LitServe's shutdown terminates it while it ends after a Ctrl-C: either way it has served; a
+            # SystemExit raised there would unwind asyncio's teardown with a logged traceback
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         watch.stopping.set()
         http = [p for p in multiprocessing.active_children() if p.name.startswith("LitServer-")]
         for process in http:
@@ -235,13 +240,38 @@ def _drain_on_sigterm(watch: _Watch) -> None:
 
 def _note_ctrl_c(stopping: threading.Event) -> None:
     """Ctrl-C reaches every process of the group at once: mark the stop as asked for before the HTTP process ends,
-    so :class:`_Watch` does not report it. An ignored SIGINT (a background job of a script) stays ignored."""
+    so :class:`_Watch` does not report it. An ignored SIGINT (a background job of a script) stays ignored.
+
+    A SIGINT within ``SAME_CTRL_C_S`` of the first is the same Ctrl-C delivered twice (the terminal sends it to the
+    group, and a wrapper such as ``timeout`` forwards its own copy): ignored, where raising again would break off
+    LitServe's shutdown and leave its processes to die with tracebacks. A later one, while the shutdown still runs,
+    stops everything at once."""
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return
+    owner = os.getpid()
+    first: list[float] = []
 
     def handler(signum: int, frame: Any) -> None:
-        stopping.set()
-        raise KeyboardInterrupt
+        if os.getpid() != owner:  # a process LitServe forked inherited this handler: the Ctrl-C ends it quietly
+            # (uvicorn re-raises the SIGINT it captured once it has stopped; a KeyboardInterrupt would end the
+            # process with a traceback); the manager stops the rest
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        if not first:
+            first.append(time.monotonic())
+            stopping.set()
+            raise KeyboardInterrupt
+        if time.monotonic() - first[0] < SAME_CTRL_C_S:
+            return
+        for process in multiprocessing.active_children():
+            process.kill()
+        print(
+            "server stopped at once by a second Ctrl-C: its processes were killed, requests in flight got no answer",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_SIGINT)  # nothing to save; unwinding LitServe's half-done shutdown would only add tracebacks
 
     signal.signal(signal.SIGINT, handler)
 
