@@ -249,6 +249,8 @@ def test_a_batch_larger_than_the_training_split_is_one_clear_line(tmp_path) -> N
     folder = write_digits_folder(tmp_path / "images", per_class=2, splits=("train", "val"))
     dm = ImageDataModule("imagefolder", str(folder), batch_size=64, num_workers=0, image_size=32)
     dm.setup()
-    with pytest.raises(UserError, match=r"data.batch_size=64 is larger than the \d+ training images"):
+    with pytest.raises(UserError, match=r"data.batch_size=64 is larger than the \d+ training images") as raised:
         dm.train_dataloader()
+    images = int(str(raised.value).split("larger than the ")[1].split()[0])
+    assert f"data.batch_size={images // 2} or smaller (two steps an epoch; {images} is the most" in str(raised.value)
     dm.val_dataloader()  # evaluation keeps its last, smaller batch

@@ -324,8 +324,8 @@ class ImageDataModule(L.LightningDataModule):
             per = f" per process ({world} processes)" if world > 1 else ""
             raise UserError(
                 f"data.batch_size={batch_size} is larger than the {images // world} training images{per}: no training "
-                f"step would run; pass data.batch_size={max(1, min(images // world, batch_size) // 2)} or smaller, "
-                "or add images"
+                f"step would run; pass data.batch_size={max(1, min(images // world, batch_size) // 2)} or smaller "
+                f"(two steps an epoch; {images // world} is the most that runs one), or add images"
             )
 
     def _loader(self, split: str) -> DataLoader | TensorBatchLoader:
