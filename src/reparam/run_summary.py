@@ -57,6 +57,7 @@ class TrainSummary:
     fusion_fp32_max_rel_diff: float | None = None
     fusion_fp64_max_rel_diff: float | None = None
     test_acc: float | None = None
+    test_split: str | None = None  # set when the test images also validated (chose the best checkpoint)
     tested_weights: str | None = None
     train_images_per_s: float | None = None
     time_to_best_s: float | None = None

@@ -217,6 +217,7 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
     )
     datamodule = getattr(trainer, "datamodule", None)  # Lightning sets it without declaring it
     summary.skipped_images = len(getattr(datamodule, "skipped", ())) or None
+    summary.test_split = getattr(datamodule, "test_split_note", None)
     speed = next((c for c in trainer_callbacks(trainer) if isinstance(c, SpeedMonitor)), None)
     if speed is not None:
         summary.train_images_per_s, summary.train_time_s = speed.train_images_per_s, speed.train_time_s

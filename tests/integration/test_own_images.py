@@ -68,6 +68,7 @@ def test_folder_trains_fuses_exactly_and_records_its_preprocessing(trained, fold
     run, summary = trained
     assert summary.fusion_fp64_max_abs_diff <= 1e-10 and summary.fusion_argmax_agreement == 1.0
     assert summary.test_acc > 0.3  # learned from the files (chance: 0.1)
+    assert summary.test_split is None  # test/ given: its own images, not the validation split
     assert summary.fusion_fp32_max_rel_diff is not None and summary.fusion_fp32_max_rel_diff < 1e-5
     assert summary.skipped_images == 1  # the corrupt file, counted where the run's record is read first
     assert json.loads((run / "summary.json").read_text())["skipped_images"] == 1

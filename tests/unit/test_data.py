@@ -254,3 +254,32 @@ def test_a_batch_larger_than_the_training_split_is_one_clear_line(tmp_path) -> N
     images = int(str(raised.value).split("larger than the ")[1].split()[0])
     assert f"data.batch_size={images // 2} or smaller (two steps an epoch; {images} is the most" in str(raised.value)
     dm.val_dataloader()  # evaluation keeps its last, smaller batch
+
+
+@pytest.mark.parametrize(
+    ("splits", "val_size", "note"),
+    [
+        (("train", "val", "test"), 0.1, None),
+        (("train", "val"), 0.1, "the validation split: imagefolder has no test split (no test/ folder)"),
+        (("train",), 0.1, "the validation split: imagefolder has no test split (no test/ folder)"),
+        (("train", "test"), 0, "also the validation split (data.val_size=0)"),
+    ],
+)
+def test_a_test_split_that_also_validated_is_said(splits, val_size, note, tmp_path, capsys) -> None:
+    """Without test/, the test accuracy is measured on the images that chose the best checkpoint: the training
+    summary says so beside it (a new user read it as an independent figure)."""
+    from reparam.console import print_train_summary
+    from reparam.data.synthetic import write_digits_folder
+    from reparam.run_summary import TrainSummary
+
+    folder = write_digits_folder(tmp_path / "images", per_class=4, splits=splits)
+    dm = ImageDataModule("imagefolder", str(folder), batch_size=4, num_workers=0, image_size=32, val_size=val_size)
+    dm.setup()
+    if note is None:
+        assert dm.test_split_note is None
+        return
+    assert dm.test_split_note is not None and dm.test_split_note.startswith(note)
+    assert "chose the best checkpoint" in dm.test_split_note
+    print_train_summary(TrainSummary(status="completed", run_dir="r", test_acc=0.5, test_split=dm.test_split_note))
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "50.00%" in shown and "test split" in shown and "chose the best checkpoint" in shown

@@ -155,6 +155,8 @@ class ImageDataModule(L.LightningDataModule):
         self.source = source_cls(**{k: v for k, v in specific.items() if k in source_cls.options})
         self._classes: list[str] | None = None
         self.skipped: tuple[str, ...] = ()
+        # when validation and test are the same images, what that means for the test accuracy (None: separate)
+        self.test_split_note: str | None = None
         self.mean: list[float] = []
         self.std: list[float] = []
         self._splits: dict[str, ArraySplit | FileSplit] = {}
@@ -248,6 +250,13 @@ class ImageDataModule(L.LightningDataModule):
         else:
             splits["val"] = data.val
         splits["test"] = data.test if data.test is not None else splits["val"]
+        if data.test is None:
+            self.test_split_note = (
+                f"the validation split: {hp.dataset} has no test split"
+                f"{' (no test/ folder)' if hp.dataset == 'imagefolder' else ''}; it also chose the best checkpoint"
+            )
+        elif splits["val"] is data.test:
+            self.test_split_note = "also the validation split (data.val_size=0): it chose the best checkpoint"
         if splits["val"] is None:
             raise UserError(f"data.val_size=0 but {hp.dataset} has no test split to validate on; use data.val_size>0")
         self._splits = {name: split for name, split in splits.items() if split is not None}
