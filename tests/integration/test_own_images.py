@@ -109,5 +109,7 @@ def test_deploy_refuses_other_class_names_and_flags_other_images(trained, folder
             run_dir=tmp_path / "d",
         )
     )
-    assert report.targets[0].accuracy < 0.3 and len(report.data_warnings) == 1
+    assert report.targets[0].accuracy < 0.3 and len(report.data_warnings) == 2
     assert "points below" in report.data_warnings[0]
+    # only train/: the test images are held out of it, the same ones that validate (as the training summary says)
+    assert report.data_warnings[1].startswith("the test images are the validation split: imagefolder has no test split")

@@ -137,7 +137,15 @@ def _report(
         exports=exports,
         machine=machine,
         report_path=str(out_dir / "report.json"),
-        data_warnings=[w for w in (accuracy_warning(reference.accuracy, loaded.recorded.get("test_acc")),) if w],
+        data_warnings=[
+            w
+            for w in (
+                accuracy_warning(reference.accuracy, loaded.recorded.get("test_acc")),
+                # as the training summary says it: these accuracies are not independent of the choice of checkpoint
+                f"the test images are {dm.test_split_note}" if dm.test_split_note else None,
+            )
+            if w
+        ],
     )
 
 
