@@ -83,9 +83,8 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
     ]
     if summary.skipped_images:  # only when data.skip_bad_images=true left files out: they are named in the log
         rows.insert(2, ("unreadable images skipped", text, "skipped_images"))
-    if (
-        summary.test_split and summary.test_acc is not None
-    ):  # the test accuracy is not independent of the choice of checkpoint: say so beside it
+    # a test accuracy measured on the validation images also chose the checkpoint: say so beside it
+    if summary.test_split and summary.test_acc is not None:
         rows.insert(next(i for i, r in enumerate(rows) if r[2] == "test_acc") + 1, ("test split", text, "test_split"))
     if summary.resumed_from:  # the times below count from there
         rows.insert(2, ("resumed from", text, "resumed_from"))
