@@ -83,10 +83,11 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
             continue
         where = ".".join(parts[:depth]) or "the config"
         missing, value = parts[depth], _line(o).split("=", 1)[1]
-        names = [str(k) for k in parent.keys() if not str(k).startswith("_")]
+        keys = [str(k) for k in parent.keys()]
         # the key exists (a value still ??? included), what is under it does not (a list index): Hydra's message says
-        if missing in [str(k) for k in parent.keys()]:
+        if missing in keys:
             continue
+        names = [k for k in keys if not k.startswith("_")]
         arguments = _target_arguments(parent)
         added_path = ".".join([*parts[:depth], "{}", *parts[depth + 1 :]])
         if missing in arguments:  # an argument of the node's _target_ the config does not set: Hydra's "+" is right

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..deploy.report_index import INDEX_FILE, find_reports, run_dir_of
-from ..deploy.targets import REFERENCE, TARGETS
+from ..deploy.targets import REFERENCE, TARGETS, check_runs_here
 from ..errors import UserError
 
 __all__ = ["ServedTarget", "choose_target", "NOT_SERVED"]
@@ -45,7 +47,7 @@ class ServedTarget:
         return asdict(self)
 
 
-def _load_report(path: Path, options: str = "serve") -> dict:
+def _load_report(path: Path, options: str) -> dict:
     try:
         report = json.loads(path.read_text())
     except OSError as err:
@@ -147,7 +149,7 @@ def choose_target(
             f"(e.g. {options}.target={REFERENCE})"
         )
     if target is not None:
-        _check_runs_here(target, device_type, options)
+        check_runs_here(target, torch.device(device_type), f"{options}.target={target}")
     if report is not None:
         report_path = Path(report).expanduser()
         data = _named_report(report_path, checkpoint, weights, device_type, options)
@@ -189,18 +191,6 @@ def choose_target(
         f"fastest of the {len(candidates)} servable targets that passed their check{why}, at batch {bs} "
         f"({timed[best]:.0f} images/s), in {where}",
     )
-
-
-def _check_runs_here(target: str, device_type: str, options: str) -> None:
-    """A target that cannot run on this device is said as such, before any advice to deploy it here."""
-    import torch
-
-    from ..deploy.targets import TargetUnavailable
-
-    try:
-        TARGETS[target].check_device(torch.device(device_type))
-    except TargetUnavailable as err:
-        raise UserError(f"{options}.target={target} cannot run here: {err}") from err
 
 
 def _without_report(

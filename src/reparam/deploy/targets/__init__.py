@@ -5,7 +5,7 @@ from . import ort, ov  # noqa: F401
 from .base import TARGETS, Cost, Target, TargetContext, TargetUnavailable, register_target
 from .ort import OnnxRuntimeTarget
 from .pytorch import TorchTarget
-from .selection import AUTO, REFERENCE, Selection, build_targets, select_targets, shorthand_targets
+from .selection import AUTO, REFERENCE, Selection, build_targets, check_runs_here, select_targets, shorthand_targets
 
 __all__ = [
     "AUTO",
@@ -19,6 +19,7 @@ __all__ = [
     "TargetUnavailable",
     "TorchTarget",
     "build_targets",
+    "check_runs_here",
     "register_target",
     "select_targets",
     "shorthand_targets",

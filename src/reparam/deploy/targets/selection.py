@@ -17,7 +17,15 @@ import torch
 from ...errors import UserError
 from .base import TARGETS, Target, TargetContext, TargetUnavailable
 
-__all__ = ["AUTO", "REFERENCE", "Selection", "select_targets", "shorthand_targets", "build_targets"]
+__all__ = [
+    "AUTO",
+    "REFERENCE",
+    "Selection",
+    "select_targets",
+    "shorthand_targets",
+    "build_targets",
+    "check_runs_here",
+]
 
 AUTO = "auto"
 REFERENCE = "fused"
@@ -56,7 +64,7 @@ def select_targets(requested: Sequence[str], device: torch.device, onnx_export: 
         )
     explicit = {name for name in requested if name != AUTO}
     for name in explicit:
-        _check_device(name, device)
+        check_runs_here(name, device)
     selection = Selection([REFERENCE], explicit)
     for name in requested:
         expanded = _auto(device, onnx_export, selection.skipped) if name == AUTO else [name]
@@ -64,11 +72,13 @@ def select_targets(requested: Sequence[str], device: torch.device, onnx_export: 
     return selection
 
 
-def _check_device(name: str, device: torch.device) -> None:
+def check_runs_here(name: str, device: torch.device, named_as: str | None = None) -> None:
+    """One clear error when target ``name`` cannot run on ``device``; ``named_as``: how the user named it (e.g.
+    ``serve.target=fused_fp16``), by default ``target <name>``."""
     try:
         TARGETS[name].check_device(device)
     except TargetUnavailable as err:
-        raise UserError(f"target {name} cannot run here: {err}") from err
+        raise UserError(f"{named_as or f'target {name}'} cannot run here: {err}") from err
 
 
 def _auto(device: torch.device, onnx_export: bool, skipped: dict[str, str]) -> list[str]:
