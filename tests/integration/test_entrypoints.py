@@ -130,3 +130,15 @@ def test_sweep_survives_a_diverging_job(cifar_root: Path, tmp_path: Path, run_en
     assert failed["status"] == "failed" and failed["error"].startswith("training diverged")
     assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "completed"
     assert "sweep of 2 runs" in proc.stdout and "failed:" in proc.stdout  # the table's status cell (its text wraps)
+
+
+def test_data_dir_naming_the_train_split_is_told_its_parent(tmp_path: Path, run_env) -> None:
+    from reparam.data.synthetic import write_digits_folder
+
+    folder = write_digits_folder(tmp_path / "my_images", per_class=2, splits=("train",))
+    proc = run_entry(
+        "train.py",
+        ["data=imagefolder", f"data.data_dir={folder / 'train'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        run_env,
+    )
+    assert_one_clear_line(proc, "it is the train/ split itself", f"use data.data_dir={folder}")

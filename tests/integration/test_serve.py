@@ -393,3 +393,20 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(server, test_split) -> N
     assert "Already not alive" not in server.output()  # the drained HTTP process is not reported as lost
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)
+
+
+def test_a_target_this_device_cannot_run_is_one_line(deployed, tmp_path: Path) -> None:
+    """serve.py serve.target=fused_fp16 on a CPU: the target's reason, not advice to deploy it (deploy refuses it)."""
+    run, _ = deployed
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "serve.py"), f"ckpt={run}", "serve.target=fused_fp16", "device=cpu"],
+        cwd=tmp_path,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith("error: serve.target=fused_fp16 cannot run here: fused_fp16 runs on GPUs only")
+    assert "deploy.py" not in errors[0] and "Traceback" not in proc.stderr
