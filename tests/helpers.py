@@ -53,10 +53,25 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
-def compose_config(config_name: str, overrides: list[str], run_dir=None):
-    """Compose a config the way the entry points do, with this run's paths pinned to ``run_dir``."""
+_scratch_root: str | None = None
+
+
+def scratch_dir(prefix: str) -> str:
+    """A new folder under one per-process temporary folder that is removed when the process exits: the helpers
+    below need folders outside pytest's ``tmp_path`` and must not leave them behind in /tmp."""
+    import atexit
+    import shutil
     import tempfile
 
+    global _scratch_root
+    if _scratch_root is None:
+        _scratch_root = tempfile.mkdtemp(prefix="reparam-tests-")
+        atexit.register(shutil.rmtree, _scratch_root, True)
+    return tempfile.mkdtemp(prefix=prefix, dir=_scratch_root)
+
+
+def compose_config(config_name: str, overrides: list[str], run_dir=None):
+    """Compose a config the way the entry points do, with this run's paths pinned to ``run_dir``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -68,7 +83,7 @@ def compose_config(config_name: str, overrides: list[str], run_dir=None):
     with open_dict(cfg):
         cfg.hydra.runtime.cwd = str(ROOT)
         # no run_dir: a fresh folder, not one in the checkout that test processes running side by side would share
-        cfg.hydra.runtime.output_dir = str(run_dir if run_dir is not None else tempfile.mkdtemp(prefix="compose-"))
+        cfg.hydra.runtime.output_dir = str(run_dir if run_dir is not None else scratch_dir("compose-"))
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
@@ -79,9 +94,8 @@ def run_entry(script: str, args: list[str], env: dict, timeout: int = 300, cwd=N
     temporary one); returns the CompletedProcess."""
     import subprocess
     import sys
-    import tempfile
 
-    cwd = cwd or tempfile.mkdtemp(prefix="reparam-user-")
+    cwd = cwd or scratch_dir("reparam-user-")
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
