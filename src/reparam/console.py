@@ -48,6 +48,12 @@ def sci_relative(values: tuple[Any, Any]) -> str:
     return sci(absolute) if relative is None else f"{sci(absolute)} (relative {sci(relative)})"
 
 
+def pct_of(values: tuple[Any, Any]) -> str:
+    """An accuracy with the number of images it was measured on: one image is 1/n of it."""
+    value, images = values
+    return pct(value) if value is None or not images else f"{pct(value)} of {images:,} images"
+
+
 def pct_pair(values: tuple[Any, Any]) -> str:
     return "-" if all(v is None for v in values) else " / ".join(pct(v) for v in values)
 
@@ -65,8 +71,8 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
     rows: list[tuple[str, Callable[[Any], str], str | tuple[str, ...]]] = [
         ("run directory", text, "run_dir"),
         ("epochs trained", text, "epochs"),
-        ("best val accuracy", pct, "best_val_acc"),
-        ("test accuracy", pct, "test_acc"),
+        ("best val accuracy", pct_of, ("best_val_acc", "val_images")),
+        ("test accuracy", pct_of, ("test_acc", "test_images")),
         ("tested weights", text, "tested_weights"),
         ("weight averaging", text, "averaged_weights"),
         ("shipped weights", text, "shipped_weights"),
@@ -85,7 +91,8 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
         rows.insert(2, ("unreadable images skipped", text, "skipped_images"))
     # a test accuracy measured on the validation images also chose the checkpoint: say so beside it
     if summary.test_split and summary.test_acc is not None:
-        rows.insert(next(i for i, r in enumerate(rows) if r[2] == "test_acc") + 1, ("test split", text, "test_split"))
+        after = next(i for i, row in enumerate(rows) if row[0] == "test accuracy")
+        rows.insert(after + 1, ("test split", text, "test_split"))
     if summary.resumed_from:  # the times below count from there
         rows.insert(2, ("resumed from", text, "resumed_from"))
     for name, fmt, key in rows:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .artifact import atomic_write_json, update_fused_metrics
 from .blocks import FormMismatchError
-from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback, SpeedMonitor
+from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback, SpeedMonitor, pruned_at_epoch
 from .checkpoint import net_state, read_checkpoint
 from .ema import EMAWeights
 from .errors import Interrupted, Preempted, UserError, reraise_as_user_error
@@ -186,6 +186,7 @@ def train(cfg: DictConfig) -> TrainSummary:
             # by its path: ckpt_path="best" warns that the run has two ModelCheckpoint callbacks (best, last)
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         summary.test_acc = float(results[0]["test/acc"]) if results else None
+        summary.test_images = _image_count(results[0], "test/images") if results else None
         summary.tested_weights = best or FINAL_WEIGHTS  # fast_dev_run saves no checkpoint: the final weights
         if trainer.is_global_zero and summary.fused_dir and summary.fused_weights == summary.tested_weights:
             # the fused model holds exactly the weights just tested: record their test accuracy with it
@@ -194,6 +195,12 @@ def train(cfg: DictConfig) -> TrainSummary:
     _write_summary(trainer, run_dir, summary)
     _close_loggers(trainer)
     return summary
+
+
+def _image_count(metrics: Mapping[str, Any], name: str) -> int | None:
+    """An ``<stage>/images`` count the module logged (None where that stage did not run)."""
+    value = metrics.get(name)
+    return None if value is None else int(round(float(value)))
 
 
 def trainer_callbacks(trainer: L.Trainer) -> list[Callback]:
@@ -206,9 +213,8 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
     dirpath = checkpoint.dirpath if isinstance(checkpoint, ModelCheckpoint) else None
     last = Path(dirpath) / "last.ckpt" if dirpath else None
     best_score = getattr(checkpoint, "best_model_score", None)
-    pruning = next((c for c in trainer_callbacks(trainer) if getattr(c, "pruned_at_epoch", None) is not None), None)
     summary = TrainSummary(
-        status="pruned" if pruning is not None else "completed",
+        status="pruned" if pruned_at_epoch(trainer) is not None else "completed",
         run_dir=str(run_dir),
         epochs=trainer.current_epoch,
         best_val_acc=float(best_score) if best_score is not None else None,
@@ -218,6 +224,7 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
     datamodule = getattr(trainer, "datamodule", None)  # Lightning sets it without declaring it
     summary.skipped_images = len(getattr(datamodule, "skipped", ())) or None
     summary.test_split = getattr(datamodule, "test_split_note", None)
+    summary.val_images = _image_count(trainer.callback_metrics, "val/images")
     speed = next((c for c in trainer_callbacks(trainer) if isinstance(c, SpeedMonitor)), None)
     if speed is not None:
         summary.train_images_per_s, summary.train_time_s = speed.train_images_per_s, speed.train_time_s

@@ -28,7 +28,10 @@ TINY = [
 
 
 def test_tiny_run_writes_a_fused_model_that_matches_the_trained_one(cifar_root: Path, tmp_path: Path) -> None:
-    summary = train(compose_config("train", [*TINY, f"paths.data_dir={cifar_root}"], run_dir=tmp_path))
+    # evaluation batches of 16: debug=limit's two batches are 32 of the 40 validation (and test) images
+    overrides = [*TINY, "data.eval_batch_size=16", f"paths.data_dir={cifar_root}"]
+    summary = train(compose_config("train", overrides, run_dir=tmp_path))
+    assert (summary.val_images, summary.test_images) == (32, 32)  # the images each accuracy is over
     fused_dir = tmp_path / "fused"
     assert summary.fused_dir == str(fused_dir)
     assert {p.name for p in fused_dir.iterdir()} == {"model.safetensors", "config.json", "verification.json"}

@@ -280,6 +280,7 @@ def test_a_test_split_that_also_validated_is_said(splits, val_size, note, tmp_pa
         return
     assert dm.test_split_note is not None and dm.test_split_note.startswith(note)
     assert "chose the best checkpoint" in dm.test_split_note
-    print_train_summary(TrainSummary(status="completed", run_dir="r", test_acc=0.5, test_split=dm.test_split_note))
+    summary = TrainSummary(status="completed", run_dir="r", test_acc=0.5, test_images=8, test_split=dm.test_split_note)
+    print_train_summary(summary)
     shown = " ".join(capsys.readouterr().out.split())
-    assert "50.00%" in shown and "test split" in shown and "chose the best checkpoint" in shown
+    assert "50.00% of 8 images" in shown and "test split" in shown and "chose the best checkpoint" in shown

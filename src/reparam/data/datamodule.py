@@ -252,8 +252,7 @@ class ImageDataModule(L.LightningDataModule):
         splits["test"] = data.test if data.test is not None else splits["val"]
         if data.test is None:
             self.test_split_note = (
-                f"the validation split: {hp.dataset} has no test split"
-                f"{' (no test/ folder)' if hp.dataset == 'imagefolder' else ''}; it also chose the best checkpoint"
+                f"the validation split: {hp.dataset} {self.source.no_test_split}; it also chose the best checkpoint"
             )
         elif splits["val"] is data.test:
             self.test_split_note = "also the validation split (data.val_size=0): it chose the best checkpoint"

@@ -138,6 +138,7 @@ class ImageFolderSource(DatasetSource):
     options = frozenset({"data_dir", "image_size", "crop_pct", "min_crop_scale", "normalization", "skip_bad_images"})
     native_size = None
     default_val_size = 0.1
+    no_test_split = "has no test split (no test/ folder)"
     in_memory = False
 
     @property

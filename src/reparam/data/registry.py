@@ -102,6 +102,8 @@ class DatasetSource:
     normalization: ClassVar[str] = "train_split"
     in_memory: ClassVar[bool] = True  # the fast pipeline holds the whole dataset on the device
     fixed_num_classes: ClassVar[int | None] = None  # the class count when the dataset fixes it (CIFAR-10: 10)
+    # why there is no test split, when :meth:`read` may return none (said beside the test accuracy)
+    no_test_split: ClassVar[str] = "has no test split"
 
     def __init__(self, **options: Any) -> None:
         self.opts = options
