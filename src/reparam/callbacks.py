@@ -54,6 +54,15 @@ class DivergenceError(UserError):
     """The training loss became NaN or infinite."""
 
 
+def pruned_at_epoch(trainer: L.Trainer) -> int | None:
+    """The epoch a search's pruning callback (:class:`reparam.search.TrialPruning`) stopped this run at, if it did."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]  # set by Lightning's callback connector
+        epoch = getattr(callback, "pruned_at_epoch", None)
+        if epoch is not None:
+            return int(epoch)
+    return None
+
+
 class ReparameterizeCallback(L.Callback):
     """At the end of fit (global rank zero only): fuse a copy of the network, verify it, write ``fused/``.
 
@@ -114,6 +123,10 @@ class ReparameterizeCallback(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
+            return
+        pruned_at = pruned_at_epoch(trainer)
+        if pruned_at is not None:  # a search trial its pruner stopped: no model anyone will deploy
+            log.info(f"no fused model: the search's pruner stopped this trial at epoch {pruned_at}")
             return
         spec = dict(pl_module.hparams[MODEL_SPEC_KEY])
         state, source = self._weights(trainer, pl_module)

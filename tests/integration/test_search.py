@@ -175,6 +175,9 @@ def test_search_records_pruned_and_failed_trials_and_goes_on(tmp_path: Path, run
         assert summary["status"] == {"ok": "completed", "pruned": "pruned", "failed": "failed"}[run["status"]]
         if run["status"] == "pruned":
             assert summary["epochs"] < 2 and summary["test_acc"] is None  # stopped early, not tested
+            assert summary["fused_dir"] is None and not (sweep / str(trial.number) / "fused").exists()  # nor fused
+        if run["status"] == "ok":
+            assert (sweep / str(trial.number) / "fused" / "model.safetensors").is_file()
     assert proc.returncode == 1 and "sweep jobs failed" in proc.stderr and "diverged" in proc.stderr
     assert report(sweep)["best"]["params"] == {"optimizer.lr": 0.1}
 
