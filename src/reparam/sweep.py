@@ -260,44 +260,61 @@ class SweepSummary(Callback):
 
 def print_sweep_summary(record: SweepRecord) -> None:
     kind = "search" if record.study else "sweep"
+    runs = record.ranked()
+    # run directories named <sweep dir>/<job> (every launcher's default) are said once, below the table
+    in_sweep_dir = all(Path(run.run_dir) == Path(record.sweep_dir) / str(run.job) for run in runs)
     table = Table(
         title=f"reparam: {kind} of {len(record.runs)} runs (sorted by {record.optimized_metric or 'job'})",
         title_justify="left",
+        caption=f"run directories: {record.sweep_dir}/<job>" if in_sweep_dir else None,
+        caption_justify="left",
     )
     # the value column only where the metric is not one of the columns shown anyway
     shown = {"best_val_acc", "test_acc", "fusion_argmax_agreement"}
     value_column = [] if record.optimized_metric in shown else [record.optimized_metric or "value"]
-    for column in (
+    numbers = ("job", *value_column, "best val\nacc", "test\nacc", "fused\nargmax\nagreement", "time")
+    columns = (
         "job",
         "params" if record.study else "overrides",
         "status",
         *value_column,
-        "best val acc",
-        "test acc",
-        "fused argmax agreement",
+        "best val\nacc",
+        "test\nacc",
+        "fused\nargmax\nagreement",
         "time",
-        "run dir",
-    ):
-        table.add_column(column, overflow="fold")
-    for run in record.ranked():
-        s = run.summary
-        # sampled floats shortened for reading; sweep_summary.json and the reproducing command keep every digit
-        varied = (
-            " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.params.items())
-            if record.study
-            else " ".join(run.overrides)
-        )
-        status = f"{run.status}: {run.error}" if run.error else run.status
-        value = [text(run.value)] if value_column else []
-        table.add_row(
-            text(run.job),
-            varied or "-",
-            status,
-            *value,
-            pct(s.get("best_val_acc")),
-            pct(s.get("test_acc")),
-            pct(s.get("fusion_argmax_agreement")),
-            seconds(run.duration_s),
-            run.run_dir,
-        )
+        *([] if in_sweep_dir else ["run dir"]),
+    )
+    rows = [_sweep_row(record, run, bool(value_column))[: len(columns)] for run in runs]
+    for i, column in enumerate(columns):
+        if column in numbers:  # never broken inside a number: the column keeps its widest cell's width
+            widest = max((len(row[i]) for row in rows), default=1)
+            table.add_column(column, no_wrap=True, min_width=widest, justify="right")
+        else:  # words and paths fold where the width ends, never narrower than a short word
+            table.add_column(column, overflow="fold", min_width=6 if column == "status" else 10)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+
+
+def _sweep_row(record: SweepRecord, run: SweepRun, with_value: bool) -> tuple[str, ...]:
+    """One row of the sweep table, as text."""
+    s = run.summary
+    # sampled floats shortened for reading; sweep_summary.json and the reproducing command keep every digit
+    varied = (
+        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.params.items())
+        if record.study
+        else " ".join(run.overrides)
+    )
+    status = f"{run.status}: {run.error}" if run.error else run.status
+    value = [text(run.value)] if with_value else []
+    return (
+        text(run.job),
+        varied or "-",
+        status,
+        *value,
+        pct(s.get("best_val_acc")),
+        pct(s.get("test_acc")),
+        pct(s.get("fusion_argmax_agreement")),
+        seconds(run.duration_s),
+        run.run_dir,
+    )

@@ -118,3 +118,28 @@ def test_a_job_ended_mid_batch_is_on_disk_until_its_batch_returns(tmp_path: Path
     assert [r["job"] for r in on_disk()["runs"]] == [0]
     record.add_batch([sweep_run(0, "ok", 0.5), sweep_run(1, "failed", None)])
     assert [r["job"] for r in on_disk()["runs"]] == [0, 1] and on_disk()["failed"] == 1 and not record.pending
+
+
+def test_the_table_never_breaks_a_number_and_names_the_run_directories_once(tmp_path: Path, monkeypatch) -> None:
+    """In an 80-column terminal, long overrides and errors fold; accuracies and times stay whole and aligned."""
+    import io
+
+    from rich.console import Console
+
+    from reparam import sweep
+
+    out = io.StringIO()
+    monkeypatch.setattr(sweep, "console", Console(width=80, file=out, highlight=False))
+    overrides = ["optimizer.lr=0.0123456", "module.label_smoothing=0.1333", "model.block=repvgg", "data.batch_size=64"]
+    runs = [sweep_run(job, "ok", 0.98611 - job / 1000, overrides) for job in range(3)]
+    for run in runs:
+        run.run_dir, run.duration_s = str(tmp_path / str(run.job)), 3600.0 + run.job
+        run.summary.update(test_acc=0.9889, fusion_argmax_agreement=1.0)
+    runs[2].status, runs[2].error = "failed", "diverged: the loss is nan at step 12; lower optimizer.lr and run again"
+    sweep.print_sweep_summary(SweepRecord(str(tmp_path), "best_val_acc", runs))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for value in ("98.61%", "98.51%", "98.41%", "98.89%", "100.00%", "60 min 00 s"):
+        assert any(value in line for line in lines), value
+    assert not any(str(tmp_path / "0") in line for line in lines)  # not a column: one line below the table
+    assert f"run directories: {tmp_path}/<job>" in " ".join(" ".join(lines).split())
