@@ -57,7 +57,7 @@ class TrainSummary:
     fusion_fp32_max_rel_diff: float | None = None
     fusion_fp64_max_rel_diff: float | None = None
     test_acc: float | None = None
-    val_images: int | None = None  # the sizes of the splits the accuracies were measured on
+    val_images: int | None = None  # how many images each accuracy is over (batch limits included)
     test_images: int | None = None
     test_split: str | None = None  # set when the test images also validated (chose the best checkpoint)
     tested_weights: str | None = None

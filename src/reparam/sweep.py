@@ -272,7 +272,6 @@ def print_sweep_summary(record: SweepRecord) -> None:
     # the value column only where the metric is not one of the columns shown anyway
     shown = {"best_val_acc", "test_acc", "fusion_argmax_agreement"}
     value_column = [] if record.optimized_metric in shown else [record.optimized_metric or "value"]
-    numbers = ("job", *value_column, "best val\nacc", "test\nacc", "fused\nargmax\nagreement", "time")
     columns = (
         "job",
         "params" if record.study else "overrides",
@@ -284,13 +283,14 @@ def print_sweep_summary(record: SweepRecord) -> None:
         "time",
         *([] if in_sweep_dir else ["run dir"]),
     )
+    # the run directory is the row's last cell: cut off where it is said below the table
     rows = [_sweep_row(record, run, bool(value_column))[: len(columns)] for run in runs]
     for i, column in enumerate(columns):
-        if column in numbers:  # never broken inside a number: the column keeps its widest cell's width
+        if column in ("params", "overrides", "status", "run dir"):  # words and paths fold where the width ends
+            table.add_column(column, overflow="fold", min_width=6 if column == "status" else 10)
+        else:  # numbers never break inside: the column keeps its widest cell's width
             widest = max((len(row[i]) for row in rows), default=1)
             table.add_column(column, no_wrap=True, min_width=widest, justify="right")
-        else:  # words and paths fold where the width ends, never narrower than a short word
-            table.add_column(column, overflow="fold", min_width=6 if column == "status" else 10)
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -306,7 +306,7 @@ def _sweep_row(record: SweepRecord, run: SweepRun, with_value: bool) -> tuple[st
         else " ".join(run.overrides)
     )
     status = f"{run.status}: {run.error}" if run.error else run.status
-    value = [text(run.value)] if with_value else []
+    value = [text(run.value if run.value is None else f"{run.value:.6g}")] if with_value else []
     return (
         text(run.job),
         varied or "-",
