@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import MissingMandatoryValue
 
 from .blocks import FormMismatchError
 from .convert import EquivalenceError
@@ -39,9 +40,22 @@ def _chain(err: BaseException | None) -> Iterator[BaseException]:
         err = err.__cause__ or err.__context__
 
 
+# what a setting the configs leave for the user (``???``) takes, said when it was not given
+REQUIRED_VALUES = {"data.data_dir": "<folder holding train/<class>/<images>>"}
+
+
 def find_user_error(err: BaseException | None) -> BaseException | None:
-    """The user error behind ``err``, looking through wrappers such as Hydra's InstantiationException."""
-    return next((e for e in _chain(err) if isinstance(e, USER_ERRORS)), None)
+    """The user error behind ``err``, looking through wrappers such as Hydra's InstantiationException; a setting
+    left ``???`` (the user's to give: ``data.data_dir`` with ``data=imagefolder``) is one too."""
+    chain = list(_chain(err))
+    found = next((e for e in chain if isinstance(e, USER_ERRORS)), None)
+    missing = next((e for e in chain if isinstance(e, MissingMandatoryValue)), None)
+    if found is None and missing is not None:
+        key = str(getattr(missing, "full_key", "") or "") or "a required setting"
+        found = UserError(
+            f"{key} has no value and this command needs one: add {key}={REQUIRED_VALUES.get(key, '<value>')}"
+        )
+    return found
 
 
 def _console_lost(err: BaseException | None) -> bool:

@@ -74,6 +74,12 @@ def test_bad_settings_end_with_one_line(
     assert line in (tmp_path / "train.log").read_text()  # the run's log says what went wrong too
 
 
+def test_a_required_setting_left_out_is_one_line(tmp_path: Path, run_env) -> None:
+    """data=imagefolder without data.data_dir (``???`` in its config) ended in OmegaConf's traceback."""
+    proc = run_entry("train.py", ["data=imagefolder", "data.image_size=64", f"hydra.run.dir={tmp_path}"], run_env)
+    assert_one_clear_line(proc, "data.data_dir has no value", "add data.data_dir=<folder holding train/<class>/")
+
+
 def test_unknown_config_option_fails_with_hydras_message(tmp_path: Path, run_env) -> None:
     proc = run_entry("train.py", ["model=repvgg_z9", f"hydra.run.dir={tmp_path}"], run_env)
     assert proc.returncode != 0
