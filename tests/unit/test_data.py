@@ -284,3 +284,15 @@ def test_a_test_split_that_also_validated_is_said(splits, val_size, note, tmp_pa
     print_train_summary(summary)
     shown = " ".join(capsys.readouterr().out.split())
     assert "50.00% of 8 images" in shown and "test split" in shown and "chose the best checkpoint" in shown
+
+
+@pytest.mark.parametrize("layout", ["train/cat", "cat"])
+def test_cifar_not_found_in_a_folder_of_ones_own_images_suggests_data_imagefolder(layout, tmp_path) -> None:
+    """``data.data_dir=my_images`` without ``data=imagefolder`` looked for CIFAR there and offered a download."""
+    from PIL import Image
+
+    (tmp_path / layout).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / layout / "a.png")
+    with pytest.raises(DataNotFoundError) as info:
+        read_cifar(tmp_path, "cifar10")
+    assert f"add data=imagefolder (python train.py data=imagefolder data.data_dir={tmp_path})" in str(info.value)

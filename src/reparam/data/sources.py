@@ -7,6 +7,7 @@ split, plus class names; the registered sources (:mod:`reparam.data.registry`) h
 from __future__ import annotations
 
 import io
+import itertools
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +139,29 @@ def _read_batches(
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 
+def _holds_class_folders(root: Path) -> bool:
+    """``root`` looks like a folder of one's own images: ``train/<class>/``, or class folders directly."""
+    from .imagefolder import IMAGE_EXTENSIONS
+
+    try:
+        folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        train = root / "train"
+        if train.is_dir():
+            return any(p.is_dir() for p in train.iterdir())
+        files = (f for folder in folders[:20] for f in itertools.islice(folder.iterdir(), 20))
+        return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in files)
+    except OSError:
+        return False
+
+
 def _missing_message(name: str, root: Path, folder: Path) -> str:
     info = CIFAR[name]
+    if _holds_class_folders(root):  # one's own images, without data=imagefolder
+        return (
+            f"{name} not found in data.data_dir={root}, which holds folders of images: to train on your own images "
+            f"add data=imagefolder (python train.py data=imagefolder data.data_dir={root}); "
+            f"for {name} itself, see data.download=true"
+        )
     return (
         f"{name} not found: looked for {folder} (from data.data_dir={root}). Ways out: "
         f"(1) download it here with data.download=true; "
