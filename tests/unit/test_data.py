@@ -296,3 +296,23 @@ def test_cifar_not_found_in_a_folder_of_ones_own_images_suggests_data_imagefolde
     with pytest.raises(DataNotFoundError) as info:
         read_cifar(tmp_path, "cifar10")
     assert f"add data=imagefolder (python train.py data=imagefolder data.data_dir={tmp_path})" in str(info.value)
+
+
+def test_few_training_steps_an_epoch_are_warned_about_with_a_batch_size_that_gives_more(tmp_path, caplog) -> None:
+    """150 own images at the default batch of 64 are two steps an epoch: BatchNorm's running statistics lag, the
+    validations are poor for many epochs (a new user's run), and nothing said why."""
+    from reparam.data.synthetic import write_digits_folder
+
+    folder = write_digits_folder(tmp_path / "images", per_class=5, splits=("train", "test"))
+    for batch_size, warned in ((16, True), (4, False)):
+        caplog.clear()
+        dm = ImageDataModule("imagefolder", str(folder), batch_size=batch_size, num_workers=0, image_size=32)
+        dm.setup()
+        with caplog.at_level("WARNING", logger="reparam.data.datamodule"):
+            dm.train_dataloader()
+        assert dm.split_sizes()["train"] == 36  # 4 of 40 held out to validate
+        said = [r.getMessage() for r in caplog.records if "training step(s) an epoch" in r.getMessage()]
+        assert bool(said) == warned, said
+        if warned:  # 4: the largest power of two that leaves 8 steps or more (9)
+            assert said[0].startswith("2 training step(s) an epoch (36 images at data.batch_size=16)")
+            assert said[0].endswith("e.g. data.batch_size=4")

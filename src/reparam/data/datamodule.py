@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import cast
 
@@ -23,6 +24,10 @@ __all__ = ["ImageDataModule", "ArrayDataset"]
 DEFAULT_CROP_PADDING = 4
 DEFAULT_CROP_PCT = 0.875  # the ImageNet convention: resize to 256, center-crop 224
 NORMALIZATION_SAMPLE = 512  # training images whose pixels give the mean/std of an image folder
+# fewer training steps an epoch than FEW_STEPS is warned about, suggesting a batch size that gives at least SOME_STEPS
+FEW_STEPS, SOME_STEPS = 5, 8
+
+log = logging.getLogger(__name__)
 
 
 class ArrayDataset(Dataset):
@@ -336,6 +341,28 @@ class ImageDataModule(L.LightningDataModule):
                 f"(two steps an epoch; {images // world} is the most that runs one), or add images"
             )
 
+    def _warn_on_few_steps(self, images: int, batch_size: int) -> None:
+        """On a small dataset a large batch leaves a few steps an epoch: BatchNorm's running statistics (what
+        validation and the shipped model use) start at 0 / 1 and move 10% a step, so validations stay poor (a new
+        user's 150 images at batch 64: validation loss ~1e7 for ten epochs, and a worse checkpoint chosen)."""
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        per_process = images // world
+        steps = per_process // batch_size
+        smaller = 1 << max(0, (per_process // SOME_STEPS).bit_length() - 1)  # a power of two
+        if steps >= FEW_STEPS or smaller >= batch_size or (trainer is not None and not trainer.is_global_zero):
+            return
+        log.warning(
+            "%d training step(s) an epoch (%d images%s at data.batch_size=%d): BatchNorm's running statistics, which "
+            "validation and the fused model use, move a little each step, so early validations are poor; on few "
+            "images a smaller batch trains better, e.g. data.batch_size=%d",
+            steps,
+            per_process,
+            f" per process, {world} processes" if world > 1 else "",
+            batch_size,
+            smaller,
+        )
+
     def _loader(self, split: str) -> DataLoader | TensorBatchLoader:
         self._require_setup()
         hp = self._hp
@@ -345,6 +372,7 @@ class ImageDataModule(L.LightningDataModule):
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
         if train:
             self._check_a_training_batch_fits(len(labels), batch_size)
+            self._warn_on_few_steps(len(labels), batch_size)
         if hp.pipeline == "fast":
             assert isinstance(data, ArraySplit)  # __init__ refuses the fast pipeline for file datasets
             trainer = getattr(self, "trainer", None)
