@@ -27,7 +27,7 @@ def _weights_file(tmp_path, name: str, suffix: str = ".safetensors"):
 
 
 @pytest.mark.parametrize("name", ["repvgg_a0", "mobileone_s0"])
-def test_pretrained_file_loads_with_a_new_head_and_fuses_exactly_at_224(tmp_path, name) -> None:
+def test_pretrained_file_loads_with_a_new_head_and_fuses_exactly_at_224(tmp_path, name, caplog) -> None:
     path, state = _weights_file(tmp_path, name)
     spec = complete_spec(
         {"arch": "timm", "name": name, "num_classes": None, "input_size": None, "pretrained": str(path)},
@@ -36,9 +36,15 @@ def test_pretrained_file_loads_with_a_new_head_and_fuses_exactly_at_224(tmp_path
     )
     assert spec["num_classes"] == 5 and input_size(spec) == (3, 224, 224)
     model = build_model(spec)
-    assert load_pretrained(model, spec) == str(path)
+    with caplog.at_level("INFO", logger="reparam.models.timm_models"):
+        assert load_pretrained(model, spec) == str(path)
     own = model.state_dict()
     body = [k for k in state if not k.startswith("head.fc.")]
+    # the run's log says the file was read, into what, and that the head is new (a new user could not tell)
+    assert (
+        f"model.pretrained: {len(body)} tensors loaded from {path} into timm's {name}; the classifier (head.fc) "
+        f"starts new for 5 classes ({len(state) - len(body)} tensors of the file left out)"
+    ) in caplog.text
     assert all(torch.equal(own[k], state[k]) for k in body)  # every pretrained tensor but the head's
     assert own["head.fc.weight"].shape == (5, state["head.fc.weight"].shape[1])
 

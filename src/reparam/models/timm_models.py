@@ -10,6 +10,7 @@ MobileOne blocks), verified like every other model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -19,6 +20,8 @@ from torch import nn
 
 from ..errors import UserError
 from .family import ModelFamily
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TimmFamily", "build_timm", "load_pretrained", "read_weights_file"]
 
@@ -111,6 +114,16 @@ def load_pretrained(model: nn.Module, spec: Mapping) -> str | None:
             "is it the weights of this model?"
         )
     model.load_state_dict(body, strict=False)
+    log.info(
+        "model.pretrained: %d tensors loaded from %s into timm's %s; the classifier (%s) starts new for %s classes "
+        "(%d tensors of the file left out)",
+        len(body),
+        where,
+        spec["name"],
+        head or "none named",
+        spec.get("num_classes"),
+        len(state) - len(body),
+    )
     return where
 
 
