@@ -79,7 +79,11 @@ def print_deploy_summary(report: DeployReport) -> None:
         _say("skipped ", f"{name}: {why}")
     machine = report.machine
     if report.benchmark:
-        load = "" if machine.load_after is None else f"; load average {machine.load_after:.2f} at the end"
+        load = (
+            ""
+            if machine.load_after is None
+            else f"; load average {machine.load_after:.2f} at the end (deploy's own included)"
+        )
         _say("threads ", f"{machine.threads} ({machine.threads_chosen_because}){load}")
     for warning in [*report.data_warnings, *machine.warnings]:
         _say("warning: ", warning, "bold yellow")

@@ -155,7 +155,11 @@ def choose_threads(
         return cores, None, f"all {cores} usable cores (no load average on this platform)"
     threads = max(1, min(cores, round(cores - others)))
     if threads == cores:
-        return cores, others, f"all {cores} usable cores: the machine was quiet ({measure} {load:.2f})"
+        return (
+            cores,
+            others,
+            f"all {cores} usable cores: the machine was quiet when deploy started ({measure} {load:.2f})",
+        )
     return (
         threads,
         others,
