@@ -192,6 +192,36 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
         choose_target(ckpt, "h", "cpu", report=other)
 
 
+def test_a_target_that_changes_answers_is_not_the_default_but_can_be_named(tmp_path: Path) -> None:
+    """INT8 that changed 2 of 36 answers (one right, one wrong) drops 0 points and passes its gate; chosen by default
+    as the fastest, it answered a new user's photos worse than fp32. The default asks for 99% of the answers."""
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    report = _report(
+        tmp_path / "r.json",
+        ckpt,
+        onnxruntime_int8=(True, {"32": 900.0}),
+        onnxruntime_fp32=(True, {"32": 500.0}),
+        fused=(True, {"32": 100.0}),
+    )
+    data = json.loads(report.read_text())
+    (tmp_path / "model.onnx").write_bytes(b"onnx")  # the file an ONNX Runtime target runs must exist
+    for name, changed in (("onnxruntime_int8", 2), ("onnxruntime_fp32", 0), ("fused", None)):
+        data["targets"][name].update(num_images=36, disagreements=changed)
+        data["targets"][name]["artifact"] = None if name == "fused" else str(tmp_path / "model.onnx")
+    report.write_text(json.dumps(data))
+    record_report(report, ckpt, "h", "cpu")
+    chosen = choose_target(ckpt, "h", "cpu", max_batch_size=32, options="prediction")
+    assert chosen.name == "onnxruntime_fp32"
+    assert chosen.chosen_because.endswith(
+        "left out: onnxruntime_int8 changed 2 of 36 test answers (94.4% agree; prediction.min_agreement=0.99, "
+        "or prediction.target=onnxruntime_int8 to serve it)"
+    )
+    assert choose_target(ckpt, "h", "cpu", max_batch_size=32, min_agreement=0.9).name == "onnxruntime_int8"
+    assert choose_target(ckpt, "h", "cpu", target="onnxruntime_int8").name == "onnxruntime_int8"  # named: served
+
+
 def test_weights_hash_depends_on_every_weight() -> None:
     model = torch.nn.Conv2d(3, 4, 3)
     before = weights_sha256(model)

@@ -1,10 +1,13 @@
 """Which deploy target to serve (or to predict with), from the deploy report made from the same weights.
 
 By default: the newest ``report.json`` recorded for these weights on this kind of device
-(:mod:`reparam.deploy.report_index`), and in it the fastest target whose gate passed, at the largest benchmarked batch
-size that fits ``max_batch_size``. ``report=<path>`` names the report, ``target=<name>`` the target. Without a report
-only the fused fp32 model can be served: it is the reference, checked at training time. The multi-branch train form
-is never served.
+(:mod:`reparam.deploy.report_index`), and in it the fastest target whose gate passed and that gives the reference's
+answer on at least ``min_agreement`` of the test images, at the largest benchmarked batch size that fits
+``max_batch_size``. A reduced-precision gate bounds the accuracy drop, a net figure: INT8 that changed 2 of 36
+answers, one right and one wrong, drops 0 points; served by default, it answered a new user's photos worse.
+``report=<path>`` names the report, ``target=<name>`` the target (served whatever its agreement, once its gate
+passed). Without a report only the fused fp32 model can be served: it is the reference, checked at training time.
+The multi-branch train form is never served.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ..deploy.report_index import INDEX_FILE, find_reports, run_dir_of
 from ..deploy.targets import REFERENCE, TARGETS, check_runs_here
 from ..errors import UserError
 
-__all__ = ["ServedTarget", "choose_target", "NOT_SERVED"]
+__all__ = ["ServedTarget", "choose_target", "agreement_share", "NOT_SERVED"]
 
 NOT_SERVED = {"train_form"}  # the multi-branch network: what fusion replaces
 
@@ -125,6 +128,23 @@ def _passed(entry: dict) -> bool:
     return bool((entry.get("gate") or {}).get("passed"))
 
 
+def agreement_share(value: object, setting: str) -> float:
+    """``min_agreement`` as given on the command line: a share of the test images, 0 to 1."""
+    try:
+        share = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise UserError(f"{setting}={value} must be a share of the test images from 0 to 1 (0.99: 99%)")
+    return share
+
+
+def _agreement(entry: dict) -> float:
+    """The share of test images on which the target's top-1 answer is the reference's (1.0 when not recorded)."""
+    changed, images = entry.get("disagreements"), entry.get("num_images")
+    return 1.0 - changed / images if changed is not None and images else 1.0
+
+
 def choose_target(
     checkpoint: str | Path,
     weights: str,
@@ -135,6 +155,7 @@ def choose_target(
     max_batch_size: int = 1,
     recorded_accuracy: float | None = None,
     options: str = "serve",
+    min_agreement: float = 0.99,
 ) -> ServedTarget:
     """The target to serve for these weights (``weights``: :func:`~reparam.deploy.report_index.weights_sha256`);
     ``options``: the config node the user names ``target`` and ``report`` in (``serve``, ``prediction``)."""
@@ -171,7 +192,14 @@ def choose_target(
             failure = (targets[target].get("gate") or {}).get("failure")
             raise UserError(f"{options}.target={target} failed its check in {report_path}: {failure}")
         return _served(data, str(report_path), target, f"{options}.target, checked in {where}")
-    candidates = {n: e for n, e in targets.items() if n in TARGETS and n not in NOT_SERVED and _passed(e)}
+    passed = {n: e for n, e in targets.items() if n in TARGETS and n not in NOT_SERVED and _passed(e)}
+    candidates = {n: e for n, e in passed.items() if _agreement(e) >= min_agreement}
+    changes = [
+        f"{n} changed {e['disagreements']} of {e['num_images']} test answers ({_agreement(e):.1%} agree; "
+        f"{options}.min_agreement={min_agreement:g}, or {options}.target={n} to serve it)"
+        for n, e in passed.items()
+        if n not in candidates
+    ]
     timed = {
         n: e["throughput"][bs]
         for n, e in candidates.items()
@@ -184,12 +212,13 @@ def choose_target(
     # the report lists the train form too (the reference of the check): say why it is not counted here
     left_out = sorted(n for n in targets if n in NOT_SERVED)
     why = f" ({', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} not served)" if left_out else ""
+    left_out_changes = f"; left out: {'; '.join(changes)}" if changes else ""
     return _served(
         data,
         str(report_path),
         best,
         f"fastest of the {len(candidates)} servable targets that passed their check{why}, at batch {bs} "
-        f"({timed[best]:.0f} images/s), in {where}",
+        f"({timed[best]:.0f} images/s), in {where}{left_out_changes}",
     )
 
 

@@ -17,7 +17,7 @@ from ..deploy.machine import usable_cores
 from ..deploy.report_index import weights_sha256
 from ..device import resolve_device
 from ..errors import UserError, reraise_as_user_error
-from .choice import ServedTarget, choose_target
+from .choice import ServedTarget, agreement_share, choose_target
 from .http_input import BadInput, model_sized_image
 from .model import Classifier, Prediction, build_target
 
@@ -87,6 +87,7 @@ def predict_files(cfg: DictConfig) -> PredictionRun:
         max_batch_size=int(options.batch_size),
         recorded_accuracy=loaded.recorded.get("test_acc"),
         options="prediction",
+        min_agreement=agreement_share(options.min_agreement, "prediction.min_agreement"),
     )
     classifier = Classifier(build_target(served, loaded, device, usable_cores()), preprocessing, int(options.top_k))
     geometry = preprocessing.geometry()

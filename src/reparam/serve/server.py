@@ -30,7 +30,7 @@ from ..device import resolve_device
 from ..errors import EXIT_SIGINT, UserError, reraise_as_user_error
 from ..preprocess import Preprocessing
 from .api import WorkerSpec
-from .choice import choose_target
+from .choice import agreement_share, choose_target
 from .http_input import InputLimits
 from .model import recorded_preprocessing, with_class_names
 
@@ -169,6 +169,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         report=cfg.serve.report,
         max_batch_size=settings.max_batch_size,
         recorded_accuracy=loaded.recorded.get("test_acc"),
+        min_agreement=agreement_share(cfg.serve.min_agreement, "serve.min_agreement"),
     )
     preprocessing = with_class_names(preprocessing, loaded)
     worker = WorkerSpec(
