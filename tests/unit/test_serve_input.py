@@ -222,6 +222,15 @@ def test_a_target_that_changes_answers_is_not_the_default_but_can_be_named(tmp_p
     assert choose_target(ckpt, "h", "cpu", target="onnxruntime_int8").name == "onnxruntime_int8"  # named: served
 
 
+@pytest.mark.parametrize("value", [1.5, -0.1, "most", None])
+def test_min_agreement_out_of_range_is_one_line(value) -> None:
+    from reparam.serve.choice import agreement_share
+
+    assert agreement_share("0.95", "serve.min_agreement") == 0.95
+    with pytest.raises(UserError, match=rf"^serve\.min_agreement={value} must be a share of the test images from 0"):
+        agreement_share(value, "serve.min_agreement")
+
+
 def test_weights_hash_depends_on_every_weight() -> None:
     model = torch.nn.Conv2d(3, 4, 3)
     before = weights_sha256(model)
