@@ -53,6 +53,12 @@ def test_qarepvgg_trains_fuses_exactly_and_quantizes_within_max_drop(
     report = json.loads((tmp_path / "report.json").read_text())
     assert sum(fused_passes) == report["num_test_images"] == 359  # one pass over the test split feeds every target
     assert quantized == [tmp_path / "model.int8.onnx"]
+    # the classifier stays fp32: the logits are the Gemm's own output, not uint8 steps through Quantize/Dequantize
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    writer = next(n for n in graph.node if graph.output[0].name in n.output)
+    assert writer.op_type == "Gemm" and not any(i.endswith("DequantizeLinear_Output") for i in writer.input[1:])
     # every target with its accuracy against the fp32 reference and its speed, in one report
     targets = report["targets"]
     assert list(targets) == ["fused", "train_form", "plain_vgg", "onnxruntime_fp32", *OPENVINO, "onnxruntime_int8"]
