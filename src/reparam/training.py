@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shlex
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -317,14 +318,32 @@ def _stops_cleanly(
             else " The requeued job starts over (auto_resume=false or no checkpoint yet)."
         )
     else:
-        resume = (
-            f" Resume with ckpt_path={last} or auto_resume=true hydra.run.dir={run_dir}"
-            if last.is_file()
-            else " No checkpoint was saved yet: run the command again to start over."
-        )
+        resume = _resume_advice(run_dir, last)
         if cause is Preempted and slurm_job() and last.is_file() and resumes_when_restarted:
             resume += " (if SLURM requeues this job, it resumes from there by itself)"
     raise cause(message + resume) from error
+
+
+# overrides that say where a run goes and how it starts, not what it trains: the resume command sets its own
+_PLACEMENT = ("hydra.run.dir=", "auto_resume=", "ckpt_path=", "+ckpt_path=", "++ckpt_path=")
+
+
+def _resume_advice(run_dir: Path, last: Path) -> str:
+    """How to go on after Ctrl-C or SIGTERM, as a whole command: the run's own overrides (its model and data;
+    without them the checkpoint holds another network than the config builds), or for a search trial the search."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if any(o.startswith("hparams_search=") for o in overrides):  # a trial: resuming it alone leaves the study
+        return (
+            " Continue the search with its command and hparams_search.resume=true: finished trials are kept and this "
+            "one runs again"
+        )
+    if not last.is_file():
+        return " No checkpoint was saved yet: run the command again to start over."
+    kept = [o for o in overrides if not o.startswith(_PLACEMENT)]
+    command = " ".join(["python train.py", *(shlex.quote(o) for o in kept)])
+    return f" Resume with: {command} auto_resume=true hydra.run.dir={shlex.quote(str(run_dir))}"
 
 
 def _close_loggers(trainer: L.Trainer) -> None:

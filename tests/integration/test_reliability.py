@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pickle
+import shlex
 import stat
 from pathlib import Path
 
@@ -96,7 +97,10 @@ def test_killed_run_resumes_to_the_same_fused_model(
         assert killed.returncode == EXIT_CODES[signal_name], killed.stderr[-2000:]
         errors = [line for line in killed.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and f"training stopped by {how} at epoch 1, global step 6" in errors[0]
-        assert f"auto_resume=true hydra.run.dir={tmp_path}" in errors[0]
+        # the whole command, with the run's own overrides: without them last.ckpt holds another network
+        assert errors[0].endswith(f"auto_resume=true hydra.run.dir={tmp_path}")
+        printed = shlex.split(errors[0].split("Resume with: python train.py ", 1)[1])
+        assert printed[: len(args) - 1] == [a for a in args if not a.startswith("hydra.run.dir=")]
         assert "Traceback" not in killed.stderr
         assert "error: " + errors[0][7:] in (tmp_path / "train.log").read_text()  # the log says it too
     assert not (tmp_path / "fused").exists()
@@ -107,7 +111,9 @@ def test_killed_run_resumes_to_the_same_fused_model(
         last = tmp_path / "checkpoints" / "last.ckpt"
         said = f"SLURM restarted this job (restart 1): resuming from {last}; it began from ckpt_path={began}"
         assert said in resumed.stderr, resumed.stderr[-3000:]
-    else:
+    elif signal_name in EXIT_CODES:  # the command the error printed, less this test's own kill callback
+        resumed = run_entry("train.py", [a for a in printed if not a.startswith("+callbacks.kill")], run_env)
+    else:  # SIGKILL: nothing was printed
         resumed = run_entry("train.py", [*args, "auto_resume=true"], run_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr

@@ -209,6 +209,12 @@ def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path
     _, stderr = search.communicate(timeout=300)
     # 143: Lightning's handler turned it into reparam's Preempted; -15: it came before fit installed that handler
     assert search.returncode in (143, -signal.SIGTERM), stderr[-3000:]
+    if search.returncode == 143:  # the search's way on, not the single-run resume that would leave the study
+        (line,) = [line for line in stderr.splitlines() if line.startswith("error: training stopped by SIGTERM")]
+        assert line.endswith(
+            "Continue the search with its command and hparams_search.resume=true: finished trials "
+            "are kept and this one runs again"
+        )
     assert (
         not (sweep / "1" / "summary.json").exists()
         or json.loads((sweep / "1" / "summary.json").read_text())["status"] != "completed"
