@@ -16,7 +16,9 @@ from .device import device_of, place
 from .metrics import TrainingStats
 from .models import build_model, input_size
 
-__all__ = ["ClassifierModule", "parameter_groups", "COMPILE_MODES"]
+__all__ = ["ClassifierModule", "parameter_groups", "COMPILE_MODES", "RUN_OVERRIDES_KEY"]
+
+RUN_OVERRIDES_KEY = "run_overrides"  # the checkpoint entry holding the overrides of the command that trained it
 
 # torch.compile modes; reduce-overhead and max-autotune record CUDA graphs on a GPU
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -110,6 +112,9 @@ class ClassifierModule(L.LightningModule):
         self.example_input_array = torch.zeros(1, *input_size(model_spec))
         # the training step's network; not a registered child, so state_dict keys stay free of '_orig_mod.'
         object.__setattr__(self, "_train_net", None)
+        # the command line's overrides (train.py sets them): saved in every checkpoint, so a resume that builds
+        # another network can say which settings built this one, even where .hydra/ was overwritten since
+        self.run_overrides: list[str] | None = None
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams["channels_last"] else x
@@ -195,6 +200,10 @@ class ClassifierModule(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_acc, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_overrides is not None:
+            checkpoint[RUN_OVERRIDES_KEY] = list(self.run_overrides)
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         if self.optimizer_factory is None:

@@ -28,7 +28,7 @@ from .errors import Interrupted, Preempted, UserError, reraise_as_user_error
 from .launching import is_submitit_requeue, slurm_job, slurm_restarts, use_cores_given
 from .loggers import ResumePoint
 from .models import complete_spec, load_pretrained
-from .module import ClassifierModule
+from .module import RUN_OVERRIDES_KEY, ClassifierModule
 from .run_summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
 __all__ = ["train", "build_components", "instantiate_group", "optimized_metric", "SUMMARY_FILE", "SUMMARY_METRICS"]
@@ -140,9 +140,17 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
             ),
             str(err).splitlines()[0],
         )
+        if len(detail) > 200:  # a long key list: cut at a key, not inside one
+            detail = detail[:200].rsplit(", ", 1)[0] + ", ..."
+        recorded = ckpt.get(RUN_OVERRIDES_KEY)
+        settings = (
+            f"the settings it was trained with: python train.py {' '.join(shlex.quote(o) for o in recorded)}"
+            if isinstance(recorded, list)
+            else "the model/data settings of the run that wrote it (its .hydra/overrides.yaml)"
+        )
         raise UserError(
-            f"ckpt_path={path} holds another network than this config builds ({detail[:200]}); resume with the "
-            "model/data settings of the run that wrote it (its .hydra/overrides.yaml), or drop ckpt_path to start anew"
+            f"ckpt_path={path} holds another network than this config builds ({detail}); resume with {settings}, "
+            "or drop ckpt_path to start anew"
         ) from err
     return str(path), ResumePoint(int(ckpt.get("epoch") or 0), int(ckpt.get("global_step") or 0))
 
@@ -160,6 +168,7 @@ def train(cfg: DictConfig) -> TrainSummary:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build_components(cfg)
+    module.run_overrides = [o for o in _command_overrides() if not o.startswith(_PLACEMENT)]
     resume_path, resume_point = _resume_checkpoint(cfg, module)
     for logger in trainer.loggers:  # a resumed run continues its metrics files instead of replacing them
         if resume_point is not None and hasattr(logger, "resume_at"):
@@ -328,12 +337,17 @@ def _stops_cleanly(
 _PLACEMENT = ("hydra.run.dir=", "auto_resume=", "ckpt_path=", "+ckpt_path=", "++ckpt_path=")
 
 
+def _command_overrides() -> list[str]:
+    """This run's command-line overrides (Hydra's), as typed."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def _resume_advice(run_dir: Path, last: Path) -> str:
     """How to go on after Ctrl-C or SIGTERM, as a whole command: the run's own overrides (its model and data;
     without them the checkpoint holds another network than the config builds), or for a search trial the search."""
-    from hydra.core.hydra_config import HydraConfig
-
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    overrides = _command_overrides()
     if any(o.startswith("hparams_search=") for o in overrides):  # a trial: resuming it alone leaves the study
         return (
             " Continue the search with its command and hparams_search.resume=true: finished trials are kept and this "

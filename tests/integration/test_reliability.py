@@ -149,12 +149,15 @@ def test_ctrl_c_during_the_test_phase_still_writes_the_summary(cifar_root, tmp_p
 
 def test_resuming_with_a_checkpoint_of_another_network_is_one_clear_line(uninterrupted, cifar_root, tmp_path) -> None:
     last = uninterrupted / "checkpoints" / "last.ckpt"  # a 10-class network, resumed into a 100-class config
-    with pytest.raises(UserError, match=r"holds another network than this config builds \(size mismatch for head"):
+    with pytest.raises(UserError, match=r"holds another network than this config builds \(size mismatch for head") as e:
         train(
             compose_config(
                 "train", [*RUN, f"paths.data_dir={cifar_root}", "data=cifar100", f"ckpt_path={last}"], run_dir=tmp_path
             )
         )
+    # the command that trained it, recorded in the checkpoint (the run's .hydra/ may have been overwritten since)
+    trained_with = " ".join(shlex.quote(o) for o in [*RUN, f"paths.data_dir={cifar_root}"])
+    assert f"resume with the settings it was trained with: python train.py {trained_with}, or drop" in str(e.value)
 
 
 def test_deterministic_runs_are_identical(uninterrupted, cifar_root, tmp_path) -> None:
