@@ -261,6 +261,11 @@ def _record_averaging(trainer: L.Trainer, summary: TrainSummary) -> None:
     summary.averaged_weights = ("EMA" if decay is not None else type(averaging).__name__) + (
         f" (decay {decay})" if decay else ""
     )
+    if isinstance(averaging, EMAWeights) and averaging.current_decay() < averaging.decay:  # still warming up
+        summary.averaged_weights = (
+            f"EMA (decay {averaging.decay}, warming up: {averaging.current_decay():.3g} at the last of "
+            f"{averaging.updates} updates)"
+        )
     record = None
     if summary.best_checkpoint and Path(summary.best_checkpoint).is_file():
         record = read_checkpoint(Path(summary.best_checkpoint)).get("weight_averaging")

@@ -124,7 +124,8 @@ def test_ema_ships_the_better_weights_to_the_checkpoint_the_test_and_fused(cifar
             run_dir=tmp_path,
         )
     )
-    assert summary.averaged_weights == "EMA (decay 0.8)"
+    # 8 updates (two epochs of 4 steps): the warm-up decay (1 + 8) / (10 + 8) is below the cap, and said
+    assert summary.averaged_weights == "EMA (decay 0.8, warming up: 0.5 at the last of 8 updates)"
     assert summary.tested_weights == summary.best_checkpoint == summary.fused_weights
     ckpt = torch.load(summary.best_checkpoint, weights_only=True)
     verdict = ckpt["weight_averaging"]  # the validation that chose what this checkpoint ships

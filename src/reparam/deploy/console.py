@@ -37,7 +37,7 @@ def _table(report: DeployReport) -> Table:
     recorded = "" if report.recorded_test_acc is None else f"; {pct(report.recorded_test_acc)} recorded at training"
     title = (
         f"reparam deploy: {report.checkpoint}\n{report.dataset}, {report.num_test_images} test images{recorded}; "
-        f"each target against the fused fp32 reference; images/s and x reference, timed round-robin"
+        f"each target against the fused fp32 reference; images/s and x reference: medians over rounds timed round-robin"
     )
     table = Table(title=Text(title), title_justify="left")
     sizes = sorted({r.batch_size for r in report.benchmark})
