@@ -290,18 +290,20 @@ def trial_pruning(cfg: DictConfig) -> TrialPruning | None:
     return TrialPruning(settings, settings.storage_url(sweep_dir), cfg.get("optimized_metric"))
 
 
-def _retry_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
+def _retry_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
     """Trials left running by a killed search are no result: mark them failed-and-interrupted (not counted), and
-    queue their parameters so the resumed search runs them again, once."""
+    queue their parameters so the resumed search runs them again, once. Returns how many."""
     from optuna.trial import TrialState
 
     study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in interrupted:
         storage.set_trial_user_attr(
             storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), "interrupted", True
         )
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return len(interrupted)
 
 
 def _counted(study: optuna.Study) -> int:
@@ -310,6 +312,19 @@ def _counted(study: optuna.Study) -> int:
 
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     return sum(not t.user_attrs.get("interrupted") for t in finished)
+
+
+def _say_resumed(study: optuna.Study, url: str, n_trials: int, retried: int) -> None:
+    """What a resumed search found: the trials done, the interrupted ones it runs again, the trials to go."""
+    from .console import console
+
+    done = _counted(study)
+    again = f", {retried} interrupted trial(s) to run again with the same parameters" if retried else ""
+    console.print(
+        f"resuming study '{study.study_name}' ({url}): {done} of {n_trials} trials done{again}; "
+        f"{max(0, n_trials - done)} to go",
+        soft_wrap=True,
+    )
 
 
 def _refresh(record: SweepRecord, study: optuna.Study) -> None:
@@ -321,7 +336,7 @@ def _refresh(record: SweepRecord, study: optuna.Study) -> None:
         SweepRun(
             job=t.number,
             overrides=[],
-            run_dir="-",
+            run_dir=str(Path(record.sweep_dir) / str(t.number)),  # what it left there (its last.ckpt, its log)
             status="interrupted",
             trial=t.number,
             params=dict(t.params),
@@ -360,7 +375,9 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
     storage = _storage(url)
     study = open_study(settings, storage, url, metric)
     seed = sampler_seed(settings.seed, len(study.trials))
-    _retry_interrupted(study, storage)
+    retried = _retry_interrupted(study, storage)
+    if settings.resume:
+        _say_resumed(study, url, settings.n_trials, retried)
     record = SweepRecord(
         str(sweep_dir),
         metric,

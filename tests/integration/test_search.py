@@ -238,6 +238,8 @@ def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path
         timeout=900,
     )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    said = "1 of 3 trials done, 1 interrupted trial(s) to run again with the same parameters; 2 to go"
+    assert f"resuming study 's' (sqlite:///{sweep / 'optuna.db'}): {said}" in resumed.stdout, resumed.stdout[-3000:]
     trials = study(sweep, "s").trials
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(completed) == 3  # as many as a search never stopped
@@ -247,6 +249,8 @@ def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path
     assert retry.params == killed.params and retry.state == TrialState.COMPLETE
     data = report(sweep)
     assert data["counts"] == {"ok": 3, "pruned": 0, "failed": 0, "interrupted": 1}
+    (interrupted,) = [r for r in data["runs"] if r["status"] == "interrupted"]
+    assert interrupted["run_dir"] == str(sweep / "1")  # what it left there
     ok = [r for r in data["runs"] if r["status"] == "ok"]
     assert sorted(r["trial"] for r in ok) == sorted(t.number for t in completed)
     assert len({r["run_dir"] for r in ok}) == 3 and str(sweep / "1") not in {r["run_dir"] for r in ok}
