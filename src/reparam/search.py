@@ -15,6 +15,7 @@ Optuna is imported only here, and only when a search or a trial runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .run_summary import SUMMARY_METRICS
-from .sweep import SweepRecord, SweepRun, set_active_record
+from .sweep import SweepRecord, SweepRun, print_sweep_summary, set_active_record
 
 if TYPE_CHECKING:
     import optuna
@@ -394,26 +395,34 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
     set_active_record(record)
     _refresh(record, study)
     returns = []
-    while (remaining := settings.n_trials - _counted(study)) > 0:
-        trials = [study.ask(space) for _ in range(min(settings.n_jobs, remaining))]
-        # job number = trial number: a resumed search never reuses an earlier run directory
-        first = trials[0].number
-        if [t.number for t in trials] != list(range(first, first + len(trials))):
-            raise SearchError(
-                f"another process is adding trials to study '{settings.study_name}' ({url}); run one search per study"
-            )
-        batch = [
-            [*fixed, *(f"{k}={override_value(v)}" for k, v in t.params.items()), f"hparams_search.trial={t.number}"]
-            for t in trials
-        ]
-        results = launcher.launch(batch, initial_job_idx=first)
-        for trial, result in zip(trials, results, strict=True):
-            run = SweepRun.from_job(result, params=dict(trial.params), trial=trial.number)
-            trial.set_user_attr("reparam_run", run.to_dict())
-            if run.status == "ok":
-                study.tell(trial, run.value)
-            else:
-                study.tell(trial, state=TrialState.PRUNED if run.status == "pruned" else TrialState.FAIL)
-        _refresh(record, study)
-        returns.append(results)
+    try:
+        while (remaining := settings.n_trials - _counted(study)) > 0:
+            trials = [study.ask(space) for _ in range(min(settings.n_jobs, remaining))]
+            # job number = trial number: a resumed search never reuses an earlier run directory
+            first = trials[0].number
+            if [t.number for t in trials] != list(range(first, first + len(trials))):
+                raise SearchError(
+                    f"another process is adding trials to study '{settings.study_name}' ({url}); "
+                    "run one search per study"
+                )
+            batch = [
+                [*fixed, *(f"{k}={override_value(v)}" for k, v in t.params.items()), f"hparams_search.trial={t.number}"]
+                for t in trials
+            ]
+            results = launcher.launch(batch, initial_job_idx=first)
+            for trial, result in zip(trials, results, strict=True):
+                run = SweepRun.from_job(result, params=dict(trial.params), trial=trial.number)
+                trial.set_user_attr("reparam_run", run.to_dict())
+                if run.status == "ok":
+                    study.tell(trial, run.value)
+                else:
+                    study.tell(trial, state=TrialState.PRUNED if run.status == "pruned" else TrialState.FAIL)
+            _refresh(record, study)
+            returns.append(results)
+    except BaseException:  # Ctrl-C, SIGTERM, a failure: the trials done so far, as the end of a search shows them
+        with contextlib.suppress(Exception):
+            _refresh(record, study)
+            if record.runs:
+                print_sweep_summary(record)
+        raise
     return returns

@@ -197,7 +197,7 @@ def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path
         f"hydra.sweep.dir={sweep}",
     ]
     search = subprocess.Popen(
-        [sys.executable, *args], cwd=tmp_path, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [sys.executable, *args], cwd=tmp_path, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 600
     # inside the second trial: its first epoch's last.ckpt is written and 19 epochs remain (a fixed sleep raced a
@@ -206,10 +206,11 @@ def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path
         assert time.monotonic() < deadline, "the second trial never started"
         time.sleep(0.02)
     search.send_signal(signal.SIGTERM)
-    _, stderr = search.communicate(timeout=300)
+    stdout, stderr = search.communicate(timeout=300)
     # 143: Lightning's handler turned it into reparam's Preempted; -15: it came before fit installed that handler
     assert search.returncode in (143, -signal.SIGTERM), stderr[-3000:]
     if search.returncode == 143:  # the search's way on, not the single-run resume that would leave the study
+        assert "reparam: search of 1 runs" in stdout  # the trial done so far, as the end of a search shows it
         (line,) = [line for line in stderr.splitlines() if line.startswith("error: training stopped by SIGTERM")]
         assert line.endswith(
             "Continue the search with its command and hparams_search.resume=true: finished trials "
