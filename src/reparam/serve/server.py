@@ -18,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -223,9 +223,7 @@ def _drain_on_sigterm(watch: _Watch) -> None:
         if os.getpid() != owner:  # an HTTP process inherited this handler: uvicorn re-raises SIGTERM once drained,
             # or LitServe's shutdown terminates it while it ends after a Ctrl-C: either way it has served; a
             # SystemExit raised there would unwind asyncio's teardown with a logged traceback
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+            _end_forked_process()
         watch.stopping.set()
         http = [p for p in multiprocessing.active_children() if p.name.startswith("LitServer-")]
         for process in http:
@@ -237,6 +235,14 @@ def _drain_on_sigterm(watch: _Watch) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def _end_forked_process() -> NoReturn:
+    """End a process LitServe forked, which inherited one of our signal handlers: its output flushed, exit 0, no
+    unwinding (Python's teardown of its event loop would log tracebacks)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _note_ctrl_c(stopping: threading.Event) -> None:
@@ -256,9 +262,7 @@ def _note_ctrl_c(stopping: threading.Event) -> None:
         if os.getpid() != owner:  # a process LitServe forked inherited this handler: the Ctrl-C ends it quietly
             # (uvicorn re-raises the SIGINT it captured once it has stopped; a KeyboardInterrupt would end the
             # process with a traceback); the manager stops the rest
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+            _end_forked_process()
         if not first:
             first.append(time.monotonic())
             stopping.set()
