@@ -410,3 +410,27 @@ def test_a_target_this_device_cannot_run_is_one_line(deployed, tmp_path: Path) -
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert errors[0].startswith("error: serve.target=fused_fp16 cannot run here: fused_fp16 runs on GPUs only")
     assert "deploy.py" not in errors[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "setting"),
+    [("serve.py", "serve.min_agreement=1.5"), ("deploy.py", "prediction.min_agreement=most")],
+)
+def test_a_min_agreement_that_is_no_share_is_one_line(script: str, setting: str, deployed, tmp_path: Path) -> None:
+    run, _ = deployed
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "one.png")  # a folder predict= would read: the setting is what fails
+    extra = [f"predict={tmp_path}"] if script == "deploy.py" else []
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), f"ckpt={run}", setting, *extra],
+        cwd=tmp_path,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0] == f"error: {setting} must be a share of the test images from 0 to 1 (0.99: 99%)"
+    assert "Traceback" not in proc.stderr
