@@ -38,6 +38,7 @@ __all__ = [
     "SweepRun",
     "SweepRecord",
     "SweepSummary",
+    "print_stopped_sweep",
     "SWEEP_SUMMARY_FILE",
     "rank_runs",
     "reproducing_overrides",
@@ -264,7 +265,7 @@ def print_sweep_summary(record: SweepRecord) -> None:
     # run directories named <sweep dir>/<job> (every launcher's default) are said once, below the table
     in_sweep_dir = all(Path(run.run_dir) == Path(record.sweep_dir) / str(run.job) for run in runs)
     table = Table(
-        title=f"reparam: {kind} of {len(record.runs)} runs (sorted by {record.optimized_metric or 'job'})",
+        title=f"reparam: {kind} of {len(runs)} runs (sorted by {record.optimized_metric or 'job'})",
         title_justify="left",
         caption=f"run directories: {record.sweep_dir}/<job>" if in_sweep_dir else None,
         caption_justify="left",
@@ -294,6 +295,25 @@ def print_sweep_summary(record: SweepRecord) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[str]) -> None:
+    """What a grid sweep stopped part way (Ctrl-C, SIGTERM, a crash) did: the table of the jobs that ended, and the
+    jobs that did not, each by what the sweep varied (the stopped job's own error line says how to resume it)."""
+    done = {run.job for run in record.ranked()}
+    if done:
+        print_sweep_summary(record)
+        console.print(f"sweep summary: {record.write()}", soft_wrap=True)
+    left = [i for i in range(len(jobs)) if i not in done]
+    if not left:
+        return
+    shown = [f"job {i} ({' '.join(o for o in jobs[i] if o.partition('=')[0] in swept) or '-'})" for i in left[:10]]
+    more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+    print(
+        f"the sweep stopped with {len(done)} of {len(jobs)} jobs done; not done: {', '.join(shown)}{more}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _sweep_row(record: SweepRecord, run: SweepRun, with_value: bool) -> tuple[str, ...]:

@@ -78,6 +78,39 @@ def test_submitit_local_sweep_runs_two_jobs_at_a_time_and_the_table_collects_all
     assert "sweep of 4 runs" in proc.stdout and f"to reproduce it: {threads}python train.py" in proc.stdout
 
 
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_grid_sweep_stopped_in_a_job_shows_the_jobs_done_and_names_those_not_done(
+    signal_name, tmp_path: Path, run_env
+) -> None:
+    """Ctrl-C or SIGTERM in job 1 of 3 (the job sends itself the signal at step 4; job 0 runs to its end): the table
+    of job 0, sweep_summary.json with it, and one line naming jobs 1 and 2 by what the sweep varied."""
+    sweep = tmp_path / "sweep"
+    env = {**run_env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), run_env.get("PYTHONPATH", "")])}
+    proc = run_entry(
+        "train.py",
+        [
+            "-m",
+            *TINY,
+            "+callbacks.kill._target_=helpers.KillAtStep",
+            f"+callbacks.kill.signal={signal_name}",
+            "+callbacks.kill.step=1000,4,1000",  # job 0 never reaches step 1000; job 1 stops in epoch 1
+            f"hydra.sweep.dir={sweep}",
+        ],
+        env,
+    )
+    assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[signal_name], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "reparam: sweep of 1 runs" in proc.stdout and f"sweep summary: {sweep / 'sweep_summary.json'}" in proc.stdout
+    assert [r["job"] for r in report(sweep)["runs"]] == [0] and report(sweep)["counts"]["ok"] == 1
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("error: training stopped by") and "hydra.run.dir=" in line for line in lines)
+    assert lines[-1] == (
+        "the sweep stopped with 1 of 3 jobs done; not done: job 1 (+callbacks.kill.step=4), "
+        "job 2 (+callbacks.kill.step=1000)"
+    )
+    assert not (sweep / "2").exists()
+
+
 def test_local_launcher_gives_each_job_running_at_once_a_gpu_of_its_own(tmp_path: Path, run_env) -> None:
     """submitit_local alone gives every job the first GPUs; hydra/launcher=local slices the machine's (here the ids
     CUDA_VISIBLE_DEVICES names: the jobs train on the CPU, the ids are what each job was given)."""

@@ -7,6 +7,7 @@ Hydra imports this module at the start of every run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 from pathlib import Path
@@ -90,7 +91,7 @@ class FailTolerantSweeper(_LaunchingSweeper):
         self.params = params or {}
 
     def _sweep(self, arguments: list[str]) -> Any:
-        from reparam.sweep import SweepRecord, SweepRun, set_active_record
+        from reparam.sweep import SweepRecord, SweepRun, print_stopped_sweep, set_active_record
 
         config, launcher, parser = self._set_up()
         configured = [f"{key}={value}" for key, value in self.params.items()]
@@ -102,15 +103,21 @@ class FailTolerantSweeper(_LaunchingSweeper):
         record = SweepRecord(str(sweep_dir), config.get("optimized_metric"))
         set_active_record(record)
         returns, first = [], 0
-        for batch in job_batches(overrides, self.max_batch_size):
-            self.validate_batch_is_legal(batch)
-            results = launcher.launch(batch, initial_job_idx=first)
-            runs = [SweepRun.from_job(result) for result in results]
-            for run in runs:
-                run.params = {k: v for o in run.overrides for k, _, v in [o.partition("=")] if k in swept}
-            record.add_batch(runs)  # on disk after every batch: it survives whatever happens to the sweep later
-            returns.append(results)
-            first += len(batch)
+        batches = job_batches(overrides, self.max_batch_size)
+        try:
+            for batch in batches:
+                self.validate_batch_is_legal(batch)
+                results = launcher.launch(batch, initial_job_idx=first)
+                runs = [SweepRun.from_job(result) for result in results]
+                for run in runs:
+                    run.params = {k: v for o in run.overrides for k, _, v in [o.partition("=")] if k in swept}
+                record.add_batch(runs)  # on disk after every batch: it survives whatever happens to the sweep later
+                returns.append(results)
+                first += len(batch)
+        except BaseException:  # Ctrl-C, SIGTERM, a crash: what ended and what did not, as the end of a sweep shows it
+            with contextlib.suppress(Exception):
+                print_stopped_sweep(record, [job for batch in batches for job in batch], swept)
+            raise
         return returns
 
 
