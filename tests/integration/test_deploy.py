@@ -2,6 +2,7 @@
 exports that match, and one clear line for every bad input."""
 
 import json
+import shutil
 import pickle
 from pathlib import Path
 
@@ -150,6 +151,23 @@ def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -
     assert report.weights_chosen_because.startswith("the checkpoint fused/ was built from")
     assert report.machine.warnings == []  # nothing was timed, nothing to distrust
 
+
+
+def test_a_copied_run_directory_deploys_its_own_checkpoint_not_the_original(trained_run, tmp_path: Path) -> None:
+    """summary.json and fused/config.json record absolute paths of the directory the run trained in; a copy (moved
+    to another folder or machine) must use its own files while the original still exists."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run.run_dir, copy)
+    fused_from = Path(json.loads((copy / "fused" / "config.json").read_text())["source_checkpoint"])
+    assert fused_from.is_file() and not fused_from.is_relative_to(copy)  # the original's, still there
+    off = ("benchmark.enabled=false", "export.onnx=false", "export.torch_export=false")
+    report = run_deploy(copy, tmp_path / "deployed", *off)
+    assert report.checkpoint == str(copy / "checkpoints" / fused_from.name)
+    # without its checkpoints the copy is evaluated from its own fused/, never from the original's checkpoint
+    shutil.rmtree(copy / "checkpoints")
+    report = run_deploy(copy, tmp_path / "deployed_fused", *off)
+    assert report.source_kind == "fused" and report.checkpoint == str(copy / "fused")
+    assert report.weights_chosen_because.startswith(f"fused/ was built from {copy / 'checkpoints'}")
 
 CUDA_RUNS = {
     "last_checkpoint": ["benchmark.channels_last=true", "targets=[auto,compiled,onnxruntime_fp32]", "quantize=int8"],

@@ -42,20 +42,36 @@ def _recorded(path: Path, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _in_this_run(directory: Path, recorded: str) -> Path:
+    """Where a path recorded by a run (absolute, in the directory the run was trained in) is in ``directory``: a run
+    directory copied or moved elsewhere holds its own files at the same places, and those are the ones named, not
+    the original's (which may still exist, and whose deploy reports are not this copy's)."""
+    path = Path(recorded)
+    trained_in = _recorded(directory / "summary.json", "run_dir")
+    if trained_in is None and path.parent.name == "checkpoints":  # no summary: the usual <run>/checkpoints/ layout
+        trained_in = str(path.parent.parent)
+    if trained_in is None or not path.is_relative_to(trained_in):
+        return path  # a checkpoint kept outside the run (callbacks.model_checkpoint.dirpath): where it was
+    return directory.absolute() / path.relative_to(trained_in)
+
+
 def _weights_in_run(directory: Path) -> tuple[Path | None, str]:
     """The weights of a run directory that ``fused/`` was built from, so deploy and the artifact agree.
 
     ``fused/config.json`` names its source checkpoint (the best one by default); without a fused folder the best
-    checkpoint of ``summary.json``, then ``last.ckpt``. ``(None, why)`` means: use ``fused/`` itself.
+    checkpoint of ``summary.json``, then ``last.ckpt``. ``(None, why)`` means: use ``fused/`` itself. Recorded paths
+    are taken inside ``directory`` (:func:`_in_this_run`), so a copied run directory deploys its own files.
     """
-    source = _recorded(directory / "fused" / CONFIG, "source_checkpoint")
-    if source and Path(source).is_file():
-        return Path(source), f"the checkpoint fused/ was built from ({Path(source).name})"
-    if source:
+    recorded = _recorded(directory / "fused" / CONFIG, "source_checkpoint")
+    if recorded:
+        source = _in_this_run(directory, recorded)
+        if source.is_file():
+            return source, f"the checkpoint fused/ was built from ({source.name})"
         return None, f"fused/ was built from {source}, which is not a checkpoint file here: evaluating fused/"
-    best = _recorded(directory / "summary.json", "best_checkpoint")
-    if best and Path(best).is_file():
-        return Path(best), "the best checkpoint (summary.json)"
+    recorded = _recorded(directory / "summary.json", "best_checkpoint")
+    best = _in_this_run(directory, recorded) if recorded else None
+    if best is not None and best.is_file():
+        return best, "the best checkpoint (summary.json)"
     for candidate in (directory / "last.ckpt", directory / "checkpoints" / "last.ckpt"):
         if candidate.is_file():
             return candidate, "last.ckpt (no fused/ or best checkpoint recorded)"
