@@ -2,8 +2,8 @@
 exports that match, and one clear line for every bad input."""
 
 import json
-import shutil
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +152,6 @@ def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -
     assert report.machine.warnings == []  # nothing was timed, nothing to distrust
 
 
-
 def test_a_copied_run_directory_deploys_its_own_checkpoint_not_the_original(trained_run, tmp_path: Path) -> None:
     """summary.json and fused/config.json record absolute paths of the directory the run trained in; a copy (moved
     to another folder or machine) must use its own files while the original still exists."""
@@ -168,6 +167,7 @@ def test_a_copied_run_directory_deploys_its_own_checkpoint_not_the_original(trai
     report = run_deploy(copy, tmp_path / "deployed_fused", *off)
     assert report.source_kind == "fused" and report.checkpoint == str(copy / "fused")
     assert report.weights_chosen_because.startswith(f"fused/ was built from {copy / 'checkpoints'}")
+
 
 CUDA_RUNS = {
     "last_checkpoint": ["benchmark.channels_last=true", "targets=[auto,compiled,onnxruntime_fp32]", "quantize=int8"],
