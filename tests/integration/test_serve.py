@@ -29,6 +29,8 @@ from helpers import ROOT
 from PIL import Image
 from serving import Server, fastest_passing, split_pngs, start_server, train_and_deploy
 
+from reparam.serve.http_input import pillow_pixel_limit
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 MAX_IMAGES, MAX_BYTES = 16, 200_000
@@ -434,3 +436,35 @@ def test_a_min_agreement_that_is_no_share_is_one_line(script: str, setting: str,
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert errors[0] == f"error: {setting} must be a share of the test images from 0 to 1 (0.99: 99%)"
     assert "Traceback" not in proc.stderr
+
+
+def test_a_port_in_use_and_a_max_pixels_pillow_never_opens_are_one_line_each(deployed, tmp_path: Path) -> None:
+    """Before: uvicorn's "[Errno 98] Address already in use" after the startup line, exit 3; and Pillow's own
+    decompression-bomb refusal (179 M pixels) answering for a serve.max_pixels set above it."""
+    run, _ = deployed
+    limit = pillow_pixel_limit()
+
+    def serve_line(*overrides: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "serve.py"), f"ckpt={run}", *overrides],
+            cwd=tmp_path,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        return errors[0]
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve_line(f"serve.port={port}") == (
+            f"error: serve.port={port}: 127.0.0.1:{port} is in use (another server, or one still stopping); "
+            "choose another port with serve.port=..."
+        )
+    assert serve_line(f"serve.max_pixels={limit + 1}", "serve.dry_run=true").endswith(
+        f"use serve.max_pixels={limit} or less"
+    )

@@ -34,6 +34,8 @@ __all__ = [
     "InputGate",
     "images_of",
     "declared_size",
+    "max_pixels_problem",
+    "pillow_pixel_limit",
     "model_sized_image",
     "model_input",
     "pack",
@@ -114,38 +116,63 @@ def images_of(content_type: str, body: bytes, max_images: int) -> list[bytes]:
 
 
 # -- one image -------------------------------------------------------------------------------------------------
-def declared_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the image's header, without decoding its pixels."""
+def pillow_pixel_limit() -> int | None:
+    """The most pixels Pillow opens at all: above it ``Image.open`` refuses an image as a decompression bomb, whatever
+    ``max_pixels`` says (``2 * PIL.Image.MAX_IMAGE_PIXELS``; None when that is switched off)."""
+    from PIL import Image
+
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
+
+
+def max_pixels_problem(max_pixels: int, setting: str) -> str | None:
+    """What is wrong with a ``max_pixels`` setting, if anything: below 1, or above what Pillow opens at all."""
+    limit = pillow_pixel_limit()
+    if max_pixels < 1:
+        return f"{setting}={max_pixels} must be at least 1"
+    if limit is not None and max_pixels > limit:
+        return (
+            f"{setting}={max_pixels:,} is above the {limit:,} pixels Pillow opens at all (it refuses larger images as "
+            f"decompression bombs); use {setting}={limit} or less"
+        )
+    return None
+
+
+def declared_size(data: bytes, max_pixels: int, setting: str = "serve.max_pixels") -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding its pixels; 413 when they exceed ``max_pixels``
+    (the setting named ``setting``, at most :func:`pillow_pixel_limit`)."""
     from PIL import Image, UnidentifiedImageError
 
+    over = f"more than {setting}={max_pixels:,}; send a smaller image"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DecompressionBombWarning: this function is the check
         try:
             with Image.open(io.BytesIO(data)) as im:
-                return im.size
+                width, height = im.size
         except UnidentifiedImageError:
             raise BadInput(400, "not an image (no known image format)") from None
-        except Image.DecompressionBombError as err:
-            raise BadInput(413, f"image declares too many pixels ({err})") from None
+        except Image.DecompressionBombError:  # beyond Pillow's own limit, which max_pixels never exceeds
+            raise BadInput(413, f"image declares more than {pillow_pixel_limit():,} pixels, {over}") from None
         except Exception as err:  # noqa: BLE001 - a crafted header may raise anything; it is the client's input
             raise BadInput(
                 400, f"unreadable image header ({' '.join(str(err).split()) or type(err).__name__})"
             ) from None
+    if width * height > max_pixels:
+        raise BadInput(413, f"image is {width}x{height} = {width * height:,} pixels, {over}")
+    return width, height
 
 
 def model_sized_image(
-    data: bytes, preprocessing: Preprocessing, max_pixels: int, geometry: Callable | None = None
+    data: bytes,
+    preprocessing: Preprocessing,
+    max_pixels: int,
+    geometry: Callable | None = None,
+    setting: str = "serve.max_pixels",
 ) -> torch.Tensor:
-    """Encoded bytes -> uint8 ``(C, H, W)`` at the model's input size: the declared size checked first, then decoded
-    and resized/cropped by the recorded rule (``geometry``: ``preprocessing.geometry()``, built once by callers in a
-    loop). ``preprocessing.normalize()`` finishes the rule (on a batch)."""
-    width, height = declared_size(data)
-    if width * height > max_pixels:
-        raise BadInput(
-            413,
-            f"image is {width}x{height} = {width * height:,} pixels, more than "
-            f"serve.max_pixels={max_pixels:,}; send a smaller image",
-        )
+    """Encoded bytes -> uint8 ``(C, H, W)`` at the model's input size: the declared size checked first (against
+    ``max_pixels``, the setting named ``setting``), then decoded and resized/cropped by the recorded rule
+    (``geometry``: ``preprocessing.geometry()``, built once by callers in a loop). ``preprocessing.normalize()``
+    finishes the rule (on a batch)."""
+    declared_size(data, max_pixels, setting)
     try:
         image = decode_image_bytes(data)
     except ValueError as err:

@@ -18,7 +18,7 @@ from ..deploy.report_index import weights_sha256
 from ..device import resolve_device
 from ..errors import UserError, reraise_as_user_error
 from .choice import ServedTarget, agreement_share, choose_target
-from .http_input import BadInput, model_sized_image
+from .http_input import BadInput, max_pixels_problem, model_sized_image
 from .model import Classifier, Prediction, build_target
 
 __all__ = ["PredictionRun", "image_files", "predict_files", "print_prediction_summary"]
@@ -71,6 +71,9 @@ def predict_files(cfg: DictConfig) -> PredictionRun:
     options = cfg.prediction
     if int(options.batch_size) < 1 or int(options.top_k) < 1:
         raise UserError("prediction.batch_size and prediction.top_k must be >= 1")
+    problem = max_pixels_problem(int(options.max_pixels), "prediction.max_pixels")
+    if problem:
+        raise UserError(problem)
     with reraise_as_user_error("device", ValueError):
         device = resolve_device(cfg.device)
     files = image_files(Path(str(cfg.predict)).expanduser())
@@ -96,7 +99,11 @@ def predict_files(cfg: DictConfig) -> PredictionRun:
         inputs, names = [], []
         for path in files[start : start + int(options.batch_size)]:
             try:
-                inputs.append(model_sized_image(path.read_bytes(), preprocessing, int(options.max_pixels), geometry))
+                inputs.append(
+                    model_sized_image(
+                        path.read_bytes(), preprocessing, int(options.max_pixels), geometry, "prediction.max_pixels"
+                    )
+                )
                 names.append(str(path))
             except BadInput as err:
                 results.append((str(path), err.detail))

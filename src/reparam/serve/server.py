@@ -31,7 +31,7 @@ from ..errors import EXIT_SIGINT, UserError, reraise_as_user_error
 from ..preprocess import Preprocessing
 from .api import WorkerSpec
 from .choice import agreement_share, choose_target
-from .http_input import InputLimits
+from .http_input import InputLimits, max_pixels_problem
 from .model import recorded_preprocessing, with_class_names
 
 if TYPE_CHECKING:  # litserve comes with the serve extra; imported when a server is built
@@ -82,6 +82,9 @@ class ServeSettings:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"{bad[0]}={s[bad[0].split('.')[1]]} is out of range (sizes and counts >= 1, times >= 0)")
+        problem = max_pixels_problem(int(s["max_pixels"]), "serve.max_pixels")
+        if problem:
+            raise UserError(problem)
         if s["host"] not in ("127.0.0.1", "0.0.0.0", "::"):
             raise UserError(
                 f"serve.host={s['host']}: LitServe binds 127.0.0.1 (this machine only), 0.0.0.0 or :: (every interface)"
@@ -365,9 +368,27 @@ def _say_when_ready(settings: ServeSettings, wait_s: float = 600.0) -> threading
     return thread
 
 
+def check_port_free(host: str, port: int) -> None:
+    """One clear line when ``host:port`` cannot be bound (uvicorn's own error comes after the startup line, exit 3).
+    The socket is set up as uvicorn sets up its own (``SO_REUSEADDR``), so a port a stopped server left in TIME_WAIT
+    counts as free, as it is for uvicorn."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            why = "is in use (another server, or one still stopping)" if err.errno == errno.EADDRINUSE else err.strerror
+            raise UserError(f"serve.port={port}: {host}:{port} {why}; choose another port with serve.port=...") from err
+
+
 def serve(cfg: DictConfig) -> Prepared:
     torch.set_num_threads(1)  # this process only waits; its forked HTTP process must not inherit a thread pool
     prepared = prepare(cfg)
+    check_port_free(prepared.settings.host, prepared.settings.port)
     print(prepared.startup_line(), flush=True)
     if prepared.settings.dry_run:
         return prepared
