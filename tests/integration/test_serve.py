@@ -397,21 +397,27 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(server, test_split) -> N
         httpx.get(f"{server.url}/health", timeout=5)
 
 
-def test_a_target_this_device_cannot_run_is_one_line(deployed, tmp_path: Path) -> None:
-    """serve.py serve.target=fused_fp16 on a CPU: the target's reason, not advice to deploy it (deploy refuses it)."""
-    run, _ = deployed
+def one_error_line(script: str, cwd: Path, *args: str) -> str:
+    """``python <script> <args>`` that must fail as a user mistake: exit 2, one ``error:`` line, no traceback."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "serve.py"), f"ckpt={run}", "serve.target=fused_fp16", "device=cpu"],
-        cwd=tmp_path,
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         capture_output=True,
         text=True,
         timeout=300,
     )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
-    assert errors[0].startswith("error: serve.target=fused_fp16 cannot run here: fused_fp16 runs on GPUs only")
-    assert "deploy.py" not in errors[0] and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return errors[0]
+
+
+def test_a_target_this_device_cannot_run_is_one_line(deployed, tmp_path: Path) -> None:
+    """serve.py serve.target=fused_fp16 on a CPU: the target's reason, not advice to deploy it (deploy refuses it)."""
+    run, _ = deployed
+    line = one_error_line("serve.py", tmp_path, f"ckpt={run}", "serve.target=fused_fp16", "device=cpu")
+    assert line.startswith("error: serve.target=fused_fp16 cannot run here: fused_fp16 runs on GPUs only")
+    assert "deploy.py" not in line
 
 
 @pytest.mark.parametrize(
@@ -420,22 +426,10 @@ def test_a_target_this_device_cannot_run_is_one_line(deployed, tmp_path: Path) -
 )
 def test_a_min_agreement_that_is_no_share_is_one_line(script: str, setting: str, deployed, tmp_path: Path) -> None:
     run, _ = deployed
-    from PIL import Image
-
     Image.new("RGB", (32, 32)).save(tmp_path / "one.png")  # a folder predict= would read: the setting is what fails
     extra = [f"predict={tmp_path}"] if script == "deploy.py" else []
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), f"ckpt={run}", setting, *extra],
-        cwd=tmp_path,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
-    assert errors[0] == f"error: {setting} must be a share of the test images from 0 to 1 (0.99: 99%)"
-    assert "Traceback" not in proc.stderr
+    line = one_error_line(script, tmp_path, f"ckpt={run}", setting, *extra)
+    assert line == f"error: {setting} must be a share of the test images from 0 to 1 (0.99: 99%)"
 
 
 def test_a_port_in_use_and_a_max_pixels_pillow_never_opens_are_one_line_each(deployed, tmp_path: Path) -> None:
@@ -443,28 +437,13 @@ def test_a_port_in_use_and_a_max_pixels_pillow_never_opens_are_one_line_each(dep
     decompression-bomb refusal (179 M pixels) answering for a serve.max_pixels set above it."""
     run, _ = deployed
     limit = pillow_pixel_limit()
-
-    def serve_line(*overrides: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "serve.py"), f"ckpt={run}", *overrides],
-            cwd=tmp_path,
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-        assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-        return errors[0]
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert serve_line(f"serve.port={port}") == (
+        assert one_error_line("serve.py", tmp_path, f"ckpt={run}", f"serve.port={port}") == (
             f"error: serve.port={port}: 127.0.0.1:{port} is in use (another server, or one still stopping); "
             "choose another port with serve.port=..."
         )
-    assert serve_line(f"serve.max_pixels={limit + 1}", "serve.dry_run=true").endswith(
-        f"use serve.max_pixels={limit} or less"
-    )
+    line = one_error_line("serve.py", tmp_path, f"ckpt={run}", f"serve.max_pixels={limit + 1}", "serve.dry_run=true")
+    assert line.endswith(f"use serve.max_pixels={limit} or less")
