@@ -2,7 +2,7 @@
 reports them), beside the same target's offline throughput and a plain FastAPI endpoint without batching.
 
     python benchmarks/serve_load.py --ckpt <run> [--target NAME] [--concurrency 1 8 32 128] [--duration 10]
-                                    [--max-batch-size 32] [--out serve_load.json]
+                                    [--max-batch-size 32] [--out logs/benchmarks/serve_load.json]
 
 Starts ``serve.py ckpt=<run>`` (LitServe, dynamic batching) and a plain FastAPI endpoint (this file, ``plain``: the
 same target, the same preprocessing, one image per request, what users write by hand), both on 127.0.0.1. An async
@@ -18,9 +18,11 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -186,7 +188,11 @@ def main() -> None:
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--threads", type=int, default=1)
         return plain_server(p.parse_args())
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+    class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
     p.add_argument("--ckpt", required=True, help="a run directory (deployed: its report picks the target)")
     p.add_argument("--target", help="serve.target; default: the fastest checked one")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
@@ -194,18 +200,25 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-timeout", type=float, default=0.005)
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    p.add_argument("--out", type=Path, default=Path("serve_load.json"))
+    p.add_argument("--out", type=Path, default=Path("logs/benchmarks/serve_load.json"), help="the results (JSON)")
     args = p.parse_args()
     args.ckpt = str(Path(args.ckpt).resolve())  # the servers start in a folder of their own
 
+    # the servers' run folders and logs: removed at the end (a server that fails to start prints its log)
+    work = Path(tempfile.mkdtemp(prefix="serve_load-"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     import torch
     from PIL import Image
 
     from reparam.data.sources import load_source
 
     torch.set_num_threads(args.threads)
-    work = args.out.resolve().parent / f".serve_load-{os.getpid()}"
-    work.mkdir(parents=True, exist_ok=True)
     images = []
     for array in load_source("digits", ".").test_images:
         buffer = io.BytesIO()
@@ -279,6 +292,7 @@ def main() -> None:
         "breakdown_after": after,
         "rows": rows,
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"\ntarget {name} ({info['model']['target']['label']}), max_batch_size {args.max_batch_size}, "

@@ -447,3 +447,36 @@ def test_a_port_in_use_and_a_max_pixels_pillow_never_opens_are_one_line_each(dep
         )
     line = one_error_line("serve.py", tmp_path, f"ckpt={run}", f"serve.max_pixels={limit + 1}", "serve.dry_run=true")
     assert line.endswith(f"use serve.max_pixels={limit} or less")
+
+
+def test_the_load_benchmark_measures_both_servers_and_leaves_only_its_results(deployed, tmp_path: Path) -> None:
+    """benchmarks/serve_load.py as docs/serve.md shows it, briefly: both servers at each concurrency, 0 errors, the
+    results in logs/benchmarks/ of the working directory and nothing else there (it left its servers' folders)."""
+    run, _ = deployed
+    script = str(ROOT / "benchmarks" / "serve_load.py")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    helped = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert (
+        helped.returncode == 0 and "(as Triton's perf_analyzer" in helped.stdout and "(default: 10.0)" in helped.stdout
+    )
+    proc = subprocess.run(
+        [sys.executable, script, "--ckpt", str(run), "--duration", "0.5", "--concurrency", "1", "4"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = tmp_path / "logs" / "benchmarks" / "serve_load.json"
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["server"], r["concurrency"]) for r in rows) == [
+        ("litserve", 1),
+        ("litserve", 4),
+        ("plain_fastapi", 1),
+        ("plain_fastapi", 4),
+    ]
+    assert all(r["errors"] == 0 and r["images_per_s"] > 0 for r in rows)
+    assert [p.name for p in tmp_path.iterdir()] == [
+        "logs"
+    ] and f"written: {Path('logs/benchmarks/serve_load.json')}" in proc.stdout
