@@ -5,6 +5,7 @@ The instruments (``torch.utils.benchmark``, the FLOP counter) and the result typ
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -43,8 +44,9 @@ def benchmark_targets(
 
     Per batch size each target gets the same random batch, prepared for it once (device, dtype, layout), and warms
     up; then ``rounds`` round-robin rounds time each target in turn with torch.utils.benchmark blocks for
-    ``min_run_time / rounds`` seconds, so drift on a shared machine hits every target alike. Reported: median and
-    IQR of all block times, and the throughput of each round (for ratio spreads).
+    ``min_run_time / rounds`` seconds, so drift on a shared machine hits every target alike. Reported: the median
+    over rounds of each round's median block time (and the throughput it gives), each round counting once however
+    many blocks it timed; the IQR of all block times; and the throughput of each round (for ratio spreads).
     """
     costs = {target.name: target.cost(input_size) for target in targets}
     per_round = max(min_run_time / max(rounds, 1), 0.05)
@@ -54,7 +56,7 @@ def benchmark_targets(
         inputs = {target.name: target.prepare(images) for target in targets}
         peaks = {target.name: _warm_up(target, inputs[target.name]) for target in targets}
         times: dict[str, list[float]] = {target.name: [] for target in targets}
-        rates: dict[str, list[float]] = {target.name: [] for target in targets}
+        round_medians: dict[str, list[float]] = {target.name: [] for target in targets}
         for _ in range(rounds):
             for target in targets:  # round-robin
                 timer = tbench.Timer(
@@ -64,11 +66,12 @@ def benchmark_targets(
                 )
                 measurement = timer.blocked_autorange(min_run_time=per_round)
                 times[target.name] += list(measurement.times)
-                rates[target.name].append(batch_size / measurement.median)
+                round_medians[target.name].append(measurement.median)
         for target in targets:
-            q1, median, q3 = (
-                float(v) for v in torch.tensor(times[target.name]).quantile(torch.tensor([0.25, 0.5, 0.75]))
-            )
+            # pooled block times would weigh a round by how many blocks it timed (a slow round on a busy machine
+            # can time many more): the median of the rounds' medians is what the table and the ratios say
+            median = statistics.median(round_medians[target.name])
+            q1, q3 = (float(v) for v in torch.tensor(times[target.name]).quantile(torch.tensor([0.25, 0.75])))
             cost = costs[target.name]
             results.append(
                 BenchmarkResult(
@@ -89,7 +92,7 @@ def benchmark_targets(
                     params=cost.params,
                     flops_per_image=cost.flops_per_image,
                     peak_memory_mb=peaks[target.name],
-                    throughput_rounds=rates[target.name],
+                    throughput_rounds=[batch_size / t for t in round_medians[target.name]],
                     tf32=tf32_enabled() if target.device.type == "cuda" and target.precision == "fp32" else None,
                 )
             )
