@@ -214,6 +214,15 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
     other = _report(tmp_path / "other.json", tmp_path / "elsewhere.ckpt", fused=(True, {}))
     with pytest.raises(UserError, match="was made from"):
         choose_target(ckpt, "h", "cpu", report=other)
+    # a newer deploy of other targets does not hide the newest report that checked the one named (it was refused
+    # as "not checked in <newest report>", with no word of the older report that had checked it)
+    record_report(_report(tmp_path / "newest.json", ckpt, fused=(True, {"32": 50.0})), ckpt, "h", "cpu")
+    named = choose_target(ckpt, "h", "cpu", target="plain_vgg", max_batch_size=32)
+    assert named.name == "plain_vgg" and named.report == str(new.resolve())
+    assert "the newest deploy report of these weights on cpu that checked it" in named.chosen_because
+    assert choose_target(ckpt, "h", "cpu", max_batch_size=32).report == str((tmp_path / "newest.json").resolve())
+    with pytest.raises(UserError, match=r"was not checked in .*newest\.json"):
+        choose_target(ckpt, "h", "cpu", target="compiled")
 
 
 def test_a_target_that_changes_answers_is_not_the_default_but_can_be_named(tmp_path: Path) -> None:

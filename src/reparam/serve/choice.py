@@ -181,6 +181,14 @@ def choose_target(
             return _without_report(checkpoint, device_type, target, recorded_accuracy, options)
         report_path, data = Path(found[0].report), _load_report(Path(found[0].report), options)
         where = f"the newest deploy report of these weights on {device_type}, {report_path}"
+        if target is not None and target not in data["targets"]:
+            # a later deploy of other targets does not hide an earlier one that checked the named target
+            for entry in found[1:]:
+                older = _load_report(Path(entry.report), options)
+                if target in older["targets"]:
+                    report_path, data = Path(entry.report), older
+                    where = f"the newest deploy report of these weights on {device_type} that checked it, {report_path}"
+                    break
     targets = data["targets"]
     if target is not None:
         if target not in targets:
