@@ -270,6 +270,15 @@ def test_bad_inputs_each_get_one_clear_line(trained_run, tmp_path: Path, capsys)
         "benchmark.dtype must be float32, bfloat16 or float16",
         overrides=["benchmark.dtype=float8"],
     )
+    # before the export and every other target's evaluation (it failed after them, 21 s into a demo deploy)
+    for setting, said in [
+        ("quantize.method=bogus", "error: quantize.method=bogus: choose minmax, entropy or percentile"),
+        ("quantize.calibration_images=0", "error: quantize.calibration_images=0: give a number of training images"),
+        ("quantize.reduce_range=maybe", "error: quantize.reduce_range=maybe: choose auto, true or false"),
+        ("quantize.max_drop=-1", "error: quantize.max_drop=-1: give the accuracy points INT8 may lose"),
+    ]:
+        expect_one_line(capsys, tmp_path, last, said, overrides=["quantize=int8", setting])
+        assert not (tmp_path / "out" / "model.onnx").exists()
     ckpt = torch.load(last, weights_only=True)
     ckpt["hyper_parameters"]["model_spec"]["widths"] = [4, 4, 4, 4, 4]
     torch.save(ckpt, tmp_path / "mismatch.ckpt")

@@ -268,8 +268,9 @@ def test_every_registered_target_says_what_it_is() -> None:
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile"])
-def test_int8_calibration_count_need_not_divide_into_batches(method: str, tmp_path) -> None:
-    """ORT's histogram calibrators failed on a smaller last batch ('inhomogeneous shape'): 37 images, batches of 32."""
+def test_int8_calibration_count_need_not_divide_into_batches(method: str, tmp_path, capfd) -> None:
+    """ORT's histogram calibrators failed on a smaller last batch ('inhomogeneous shape'): 37 images, batches of 32.
+    Their progress lines ("Collecting tensor data ...") stay out of the console, where deploy prints one table."""
     from reparam.deploy.export import export_onnx
     from reparam.deploy.quantize import OrtModel, quantize_int8
 
@@ -282,7 +283,9 @@ def test_int8_calibration_count_need_not_divide_into_batches(method: str, tmp_pa
     ).eval()
     images = torch.randn(37, 3, 8, 8)
     assert export_onnx(model, images[:4], tmp_path / "m.onnx", min_run_time=0.01).ok
+    capfd.readouterr()
     settings = quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", images, method)
+    assert capfd.readouterr().out == ""
     assert settings["calibration_images"] == 32 and settings["method"] == method
     out = OrtModel(tmp_path / "m.int8.onnx")(images[:5])
     assert out.shape == (5, 4) and torch.isfinite(out).all()

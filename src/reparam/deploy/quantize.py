@@ -13,6 +13,8 @@ runtime the exported file is checked in, and needs no C++ compiler at run time.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import platform
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from ..device import place
 if TYPE_CHECKING:
     from onnxruntime.quantization import CalibrationDataReader
 
-__all__ = ["OrtModel", "quantize_int8", "cpu_has_vnni", "METHODS"]
+__all__ = ["OrtModel", "quantize_int8", "cpu_has_vnni", "METHODS", "int8_settings_problem"]
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -91,6 +93,23 @@ def output_nodes(path: str | Path) -> list[str]:
     return [n.name for n in graph.node if n.name and outputs.intersection(n.output)]
 
 
+def int8_settings_problem(settings: dict) -> str | None:
+    """What is wrong with the ``quantize.*`` settings, if anything: checked when deploy starts, not when INT8 is
+    built after the export and the evaluation of every other target."""
+    method, images, reduce_range, max_drop = (
+        settings.get(k) for k in ("method", "calibration_images", "reduce_range", "max_drop")
+    )
+    if method not in METHODS:
+        return f"quantize.method={method}: choose {', '.join(METHODS[:-1])} or {METHODS[-1]}"
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        return f"quantize.calibration_images={images}: give a number of training images, at least 1 (512 by default)"
+    if reduce_range not in ("auto", True, False):
+        return f"quantize.reduce_range={reduce_range}: choose auto, true or false"
+    if isinstance(max_drop, bool) or not isinstance(max_drop, int | float) or max_drop < 0:
+        return f"quantize.max_drop={max_drop}: give the accuracy points INT8 may lose, 0 or more (1.0 by default)"
+    return None
+
+
 def quantize_int8(
     fp32_onnx: str | Path,
     path: str | Path,
@@ -117,24 +136,27 @@ def quantize_int8(
         # and fail on a smaller last batch, so the remainder of calibration_images / 32 is left out
         batch = min(32, len(calibration))
         calibration = calibration[: len(calibration) - len(calibration) % batch]
-        quantize_static(
-            str(pre),
-            str(tmp),
-            _calibration_reader(calibration, input_name, batch),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            # the classifier stays fp32: quantized logits come in 1/255 steps of their range, so probabilities are
-            # coarse and near answers tie (a new user's photo: three classes at exactly 1/3 each)
-            nodes_to_exclude=head,
-            reduce_range=bool(reduce_range),
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile,
-            }[method],
-        )
+        # ORT's histogram calibrators print their progress ("Collecting tensor data ...") to stdout, before the
+        # one console table deploy prints: kept out of it (the method and image count are in the report)
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(pre),
+                str(tmp),
+                _calibration_reader(calibration, input_name, batch),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                # the classifier stays fp32: quantized logits come in 1/255 steps of their range, so probabilities are
+                # coarse and near answers tie (a new user's photo: three classes at exactly 1/3 each)
+                nodes_to_exclude=head,
+                reduce_range=bool(reduce_range),
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile,
+                }[method],
+            )
         os.replace(tmp, path)
     finally:
         pre.unlink(missing_ok=True)

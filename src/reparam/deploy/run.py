@@ -20,6 +20,7 @@ from .export import ExportResult, export_onnx, export_program
 from .load import CKPT_REQUIRED, Loaded, load_for_deploy
 from .machine import Machine, cpu_threads
 from .plot import plot_benchmark
+from .quantize import int8_settings_problem
 from .report import DeployReport, TargetReport, write_report
 from .report_index import record_report, weights_sha256
 from .targets import TARGETS, Selection, Target, TargetContext, build_targets, select_targets, shorthand_targets
@@ -31,6 +32,9 @@ __all__ = ["deploy"]
 def deploy(cfg: DictConfig) -> DeployReport:
     """Every step of a deploy run. Writes report.json before failing (exit 2) on a check that did not pass."""
     ckpt, device = _ckpt(cfg), _device(cfg)
+    problem = int8_settings_problem(_plain_dict(cfg.quantize))
+    if problem:
+        raise UserError(problem)
     selection = select_targets(_requested_targets(cfg), device, onnx_export=bool(cfg.export.onnx))
     loaded = load_for_deploy(ckpt)
     dm = deploy_datamodule(loaded, _plain_dict(cfg.data))
