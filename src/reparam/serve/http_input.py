@@ -18,6 +18,7 @@ import binascii
 import hmac
 import io
 import json
+import logging
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -247,6 +248,8 @@ class InputGate:
         # runs in the HTTP process (Starlette builds middleware on its first request): decoding there is
         # single-threaded, so torch's pool never meets a fork
         torch.set_num_threads(1)
+        # python-multipart logs a warning for each malformed body before it raises; the 400 answer says it already
+        logging.getLogger("python_multipart").setLevel(logging.ERROR)
         self.app, self.limits, self.api_key = app, limits, api_key
         self.preprocessing = Preprocessing.from_record(preprocessing)
         self.geometry = self.preprocessing.geometry()
