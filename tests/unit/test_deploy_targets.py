@@ -337,3 +337,27 @@ def test_throughput_is_the_median_over_rounds_each_round_counting_once(monkeypat
     assert result.throughput_rounds == pytest.approx([100, 2000, 2 / 0.0011])
     assert result.throughput_ips == pytest.approx(2 / 0.0011)  # the middle round (pooled: 100, the slow round's)
     assert result.latency_ms_median == pytest.approx(1.1) and result.runs == 50
+
+
+def test_a_registered_torch_variant_needs_no_config_entry_and_is_told_apart_by_label() -> None:
+    """A new user's fused fp32 channels_last target read "fused torch fp32 cpu" like the reference: two identical rows
+    in the table and one merged line in plot.png. It also needed a target_settings entry to say the tolerance every
+    float32 form shares, and the global benchmark.channels_last to be channels_last."""
+    from reparam.deploy.targets import TorchTarget, register_target
+
+    @register_target("test_fused_channels_last")
+    class FusedChannelsLast(TorchTarget):
+        settings_key = "tolerance"  # the float32 forms' tolerance, as train_form and plain_vgg have it
+        layout_channels_last = True
+
+    try:
+        selection = select_targets(["fused", "test_fused_channels_last"], CPU, onnx_export=False)
+        fused, mine = build_targets(selection, context(CPU), {**SETTINGS, "tolerance": FP32})
+        assert mine.channels_last and not fused.channels_last
+        assert isinstance(mine.gate, Equivalence) and mine.gate.tolerance == Tolerance(1e-4, 1e-5)
+        assert fused.label == "fused torch fp32 cpu"
+        assert mine.label == "fused torch fp32 cpu (test_fused_channels_last)"
+        images = torch.randn(2, 3, 32, 32)
+        assert torch.allclose(mine.predict(images), fused.predict(images), atol=1e-5)
+    finally:
+        TARGETS.pop("test_fused_channels_last")

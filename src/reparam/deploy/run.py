@@ -51,7 +51,8 @@ def deploy(cfg: DictConfig) -> DeployReport:
             dm.calibration_images,
             cfg.benchmark.get("compile_mode"),
         )
-        targets = build_targets(selection, context, _plain_dict(cfg.target_settings))
+        settings = {"tolerance": _plain_dict(cfg.tolerance), **_plain_dict(cfg.target_settings)}
+        targets = build_targets(selection, context, settings)
         evaluations = evaluate_targets(targets, dm.test_dataloader())
         benchmark = _benchmark(targets, cfg.benchmark, dm) if cfg.benchmark.enabled else []
         machine.review(benchmark)

@@ -82,6 +82,7 @@ class Target:
     channels_last: bool = False  # inputs and weights in NHWC memory layout
     artifact: str | None = None  # a file this target wrote (model.int8.onnx)
     details: Mapping[str, Any] = {}  # settings worth reporting (calibration method, ...)
+    label_note: str = ""  # set by build_targets where another target of the run has the same label
 
     @classmethod
     def check_device(cls, device: torch.device) -> None:
@@ -111,7 +112,8 @@ class Target:
     def label(self) -> str:
         """What the runtime is, in words: ``fused torch bf16 cuda``, ``onnxruntime int8 cpu``."""
         parts = [self.form if self.runtime.startswith("torch") else "", self.runtime, self.precision, self.device.type]
-        return " ".join(part for part in parts if part)
+        described = " ".join(part for part in parts if part)
+        return f"{described} ({self.label_note})" if self.label_note else described
 
 
 TARGETS: dict[str, type[Target]] = {}

@@ -32,12 +32,15 @@ PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp1
 class TorchTarget(Target):
     """A network in PyTorch on ``device`` in ``dtype``, eager or compiled.
 
-    The class attributes ``dtype`` and ``compiled`` are what :meth:`build` makes of a registered target; scripts
-    may build any combination directly (``TorchTarget(train_form, device, Reference(), dtype=torch.bfloat16)``).
+    The class attributes ``dtype``, ``compiled`` and ``layout_channels_last`` are what :meth:`build` makes of a
+    registered target; scripts may build any combination directly (``TorchTarget(train_form, device, Reference(),
+    dtype=torch.bfloat16)``).
     """
 
     dtype: torch.dtype = torch.float32  # what build() makes of a registered target; an instance may differ
     compiled: bool = False
+    # a registered variant's memory layout; None: benchmark.channels_last, as for every built-in torch target
+    layout_channels_last: ClassVar[bool | None] = None
     auto_devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     def __init__(
@@ -74,7 +77,7 @@ class TorchTarget(Target):
             context.device,
             cls.make_gate(settings),
             dtype=cls.dtype,
-            channels_last=context.channels_last,
+            channels_last=context.channels_last if cls.layout_channels_last is None else cls.layout_channels_last,
             compiled=cls.compiled,
             compile_mode=context.compile_mode,
         )

@@ -105,7 +105,13 @@ def build_targets(
     targets = []
     for name in selection.names:
         try:
-            targets.append(TARGETS[name].build(context, settings.get(name) or {}))
+            # a target without an entry of its own reads the node its settings_key names (tolerance: float32 forms)
+            entry = settings.get(name)
+            targets.append(
+                TARGETS[name].build(
+                    context, entry if entry is not None else settings.get(TARGETS[name].settings_key) or {}
+                )
+            )
         except KeyError as err:  # a settings entry without a key its target reads
             raise UserError(
                 f"target {name} needs the setting {TARGETS[name].settings_key}.{err.args[0]}; see "
@@ -115,4 +121,11 @@ def build_targets(
             if name in selection.explicit or name == REFERENCE:
                 raise UserError(f"target {name} cannot run here: {err}") from err
             selection.skipped[name] = str(err)
+    # the table, the plot and the report tell targets apart by label: one that reads like an earlier target's (a
+    # registered variant the words do not describe, e.g. channels_last) is named
+    labels: set[str] = set()
+    for target in targets:
+        if target.label in labels:
+            target.label_note = target.name
+        labels.add(target.label)
     return targets
