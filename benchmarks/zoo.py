@@ -41,13 +41,13 @@ import torch.utils.benchmark as tbench
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import calibrate_bn  # noqa: E402
+from helpers import calibrate_bn, zoo_kinds  # noqa: E402
 
 from reparam import auto_fuse, reparameterize_model  # noqa: E402
 from reparam.autofuse import AutoFuseError  # noqa: E402
 from reparam.models import build_model  # noqa: E402
 
-KINDS = ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone", "linear_add"]
+KINDS = zoo_kinds()
 # --kinds plain: the fused network's training cost (one k x k conv + BN + ReLU per block), as linear_add with only
 # its k x k branch (one per-channel scale left): what a block that trains as one conv can reach at best
 PLAIN = {"variant": "A0", "block": "linear_add", "block_options": {"use_1x1": False, "use_identity": False}}

@@ -9,6 +9,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 TINY_SPEC = {"variant": None, "widths": [4, 8, 8, 16, 16], "depths": [1, 2, 1, 2, 1], "num_classes": 10}
 
 
+def zoo_kinds() -> list[str]:
+    """Every block kind reparam itself registers, sorted: a kind added to ``src/reparam`` joins each zoo test."""
+    from reparam import BLOCKS
+
+    return sorted(kind for kind, cls in BLOCKS.items() if cls.__module__.startswith("reparam."))
+
+
 @torch.no_grad()
 def randomize_bn(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Give every BN random running mean/var and gamma/beta, so folding is actually exercised."""

@@ -19,7 +19,13 @@ from .blocks import (
     register_block,
 )
 from .compare import Comparison, ComparisonReport, Tolerance, compare
-from .convert import EquivalenceError, EquivalenceReport, reparameterize_model, verify_equivalence
+from .convert import (
+    EquivalenceError,
+    EquivalenceReport,
+    first_differing_block,
+    reparameterize_model,
+    verify_equivalence,
+)
 from .fusion import (
     avgpool_kernel,
     bn_statistics,
@@ -68,4 +74,5 @@ __all__ = [
     "scale_kernel",
     "sum_branches",
     "verify_equivalence",
+    "first_differing_block",
 ]

@@ -226,6 +226,6 @@ def _fused_skeleton(directory: Path, spec: dict) -> torch.nn.Module:
             f", or run {directory / PROGRAM} with a torch.export runtime" if (directory / PROGRAM).is_file() else ""
         )
         raise UserError(
-            f"{directory}: the recorded model cannot be built ({str(err).splitlines()[0]}); install the package "
-            f"that defines it{elsewhere}"
+            f"{directory}: the recorded model cannot be built ({str(err).splitlines()[0]}); code of your own that "
+            f"defines it is named by imports=[<module>] as when training{elsewhere}"
         ) from err

@@ -59,6 +59,7 @@ __all__ = [
     "RepVGGBlock",
     "make_block",
     "register_block",
+    "unknown_block",
     "state_dict_form",
 ]
 
@@ -236,6 +237,14 @@ def register_block(kind: str) -> Callable[[type], type]:
     return add
 
 
+def unknown_block(kind: str) -> str:
+    """What to do about a block kind nothing registered (in training ``model.block``; in deploy the recorded one)."""
+    return (
+        f"unknown block kind '{kind}'; choose one of {sorted(BLOCKS)}, or register your own with "
+        "reparam.register_block in a module named by imports=[<module>]"
+    )
+
+
 def make_block(
     kind: str,
     in_channels: int,
@@ -247,7 +256,7 @@ def make_block(
 ) -> nn.Module:
     """A block of the registered ``kind`` (``repvgg``, ``qarepvgg``, ``acnet``, ``dbb``, ``mobileone``, ...)."""
     if kind not in BLOCKS:
-        raise ValueError(f"unknown block kind '{kind}'; choose one of {sorted(BLOCKS)}")
+        raise ValueError(unknown_block(kind))
     cls = BLOCKS[kind]
     accepted = inspect.signature(cls).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):

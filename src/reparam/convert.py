@@ -11,7 +11,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .compare import Comparison, ComparisonReport, Tolerance
 
-__all__ = ["reparameterize_model", "verify_equivalence", "EquivalenceReport", "EquivalenceError"]
+__all__ = [
+    "reparameterize_model",
+    "verify_equivalence",
+    "EquivalenceReport",
+    "EquivalenceError",
+    "first_differing_block",
+]
 
 # the report type of every comparison in reparam; the old name stays for callers of verify_equivalence
 EquivalenceReport = ComparisonReport
@@ -78,6 +84,36 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
         reparameterize()
     _fuse_children(model)
     return model.eval()
+
+
+@torch.no_grad()
+def first_differing_block(model: nn.Module, example: torch.Tensor, rtol: float = 1e-9) -> tuple[str, str] | None:
+    """Where a whole-model mismatch comes from: the first block (in forward order) whose own fused form computes
+    another function, in float64, on the input it gets inside ``model`` from ``example``; ``(name, what)``, or None
+    when every block agrees (``max |diff| <= rtol * max(1, max |block output|)``) or there is no block."""
+    model64 = copy.deepcopy(model).double().eval()
+    seen: dict[str, torch.Tensor] = {}
+    blocks = [(name, m) for name, m in model64.named_modules() if _reparameterizable(m)]
+    hooks = [
+        m.register_forward_pre_hook(lambda _, args, name=name: seen.setdefault(name, args[0].detach()))
+        for name, m in blocks
+    ]
+    try:
+        model64(example.double())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, x in seen.items():  # the order they ran in
+        block = model64.get_submodule(name)
+        kind = getattr(block, "kind", type(block).__name__)
+        try:
+            want, got = block(x), reparameterize_model(block)(x)
+        except Exception as err:  # noqa: BLE001 - a block's own fusion code failing is what is being located
+            return name or "<root>", f"kind '{kind}': fusing it raised {type(err).__name__}: {err}"
+        diff = float((want - got).abs().max())
+        if not diff <= rtol * max(1.0, float(want.abs().max())):
+            return name or "<root>", f"kind '{kind}', max |diff| {diff:.3e} in float64"
+    return None
 
 
 class EquivalenceError(AssertionError):

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .guard import guarded
+from .user_modules import import_user_modules
 
 __all__ = ["train_task", "deploy_task", "serve_task", "train_main", "deploy_main", "serve_main", "config_dir"]
 
@@ -22,6 +23,7 @@ __all__ = ["train_task", "deploy_task", "serve_task", "train_main", "deploy_main
 def train_task(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+    import_user_modules(cfg.get("imports"))
     from .console import print_train_summary
     from .training import optimized_metric, train
 
@@ -44,6 +46,7 @@ def _sibling_command(name: str) -> str:
 
 @guarded
 def deploy_task(cfg: DictConfig) -> None:
+    import_user_modules(cfg.get("imports"))
     if cfg.get("predict"):  # predict=<file or folder>: predictions.csv with the served target, no deploy run
         from .serve.predict import predict_files, print_prediction_summary
 
@@ -56,6 +59,7 @@ def deploy_task(cfg: DictConfig) -> None:
 
 @guarded
 def serve_task(cfg: DictConfig) -> None:
+    import_user_modules(cfg.get("imports"))
     from .serve import serve
 
     serve(cfg)

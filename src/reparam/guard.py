@@ -82,7 +82,7 @@ def _one_line(err: BaseException) -> str:
             f"invalid trainer settings: {text} (check trainer.accelerator / trainer.devices; trainer=cpu runs anywhere)"
         )
     elif isinstance(err, EquivalenceError):
-        text = f"fused model failed verification: {text}"
+        text = f"fused model failed verification: {text.removeprefix('fused model differs from the reference: ')}"
     return text
 
 

@@ -43,4 +43,8 @@ def test_help_lists_this_entry_points_groups_and_their_real_options(script: str,
     for group, options in listed.items():
         real = {p.stem for p in (CONFIGS / group).glob("*.yaml")}
         shown = {o.strip() for o in options.split(",")}
-        assert shown == real - UNLISTED.get(group, set()), group
+        expected = real - UNLISTED.get(group, set())
+        assert shown == expected, (
+            f"{script} --help lists {group}: {sorted(shown)}, configs/{group}/ holds {sorted(expected)}: a new option "
+            f"goes in the help template of configs/{script[:-3]}.yaml (hydra.help.template) too"
+        )

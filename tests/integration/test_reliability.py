@@ -218,8 +218,9 @@ def test_callback_refuses_an_artifact_that_fails_verification(cifar_root, tmp_pa
     monkeypatch.setattr(callbacks, "fuse_model", broken)
     from reparam.convert import EquivalenceError
 
-    with pytest.raises(EquivalenceError, match="fused model differs"):
+    with pytest.raises(EquivalenceError, match="fused model differs") as info:
         train(compose_config("train", [*RUN, f"paths.data_dir={cifar_root}", "trainer.max_epochs=1"], run_dir=tmp_path))
+    assert str(info.value).endswith("; every block alone fuses exactly: the difference is outside the blocks")
     assert not (tmp_path / "fused").exists()
 
 

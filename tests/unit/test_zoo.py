@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
-from helpers import TINY_SPEC, randomize_bn
+from helpers import TINY_SPEC, randomize_bn, zoo_kinds
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -14,7 +16,7 @@ from reparam import BLOCKS, MultiBranchBlock, make_block, register_block, repara
 from reparam.branches import ConvBN
 from reparam.models import build_model
 
-KINDS = ["repvgg", "qarepvgg", "acnet", "dbb", "mobileone", "linear_add"]
+KINDS = zoo_kinds()
 
 
 def is_plain(model: nn.Module) -> bool:
@@ -22,8 +24,10 @@ def is_plain(model: nn.Module) -> bool:
 
 
 def test_registry_holds_the_zoo() -> None:
-    assert set(KINDS) <= set(BLOCKS)
-    with pytest.raises(ValueError, match=r"unknown block kind 'resnext'; choose one of \['acnet'"):
+    assert {"repvgg", "qarepvgg", "acnet", "dbb", "mobileone", "linear_add"} <= set(KINDS) <= set(BLOCKS)
+    with pytest.raises(
+        ValueError, match=rf"unknown block kind 'resnext'; choose one of {re.escape(str(sorted(BLOCKS)))}"
+    ):
         make_block("resnext", 4, 4)
 
 
@@ -116,7 +120,7 @@ def test_mobileone_is_depthwise_then_pointwise() -> None:
 
 
 def test_spec_rejects_unknown_block_kind_with_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown block kind 'resnext'.*model\.block="):
+    with pytest.raises(ValueError, match=r"unknown block kind 'resnext'.*register_block .*imports=\["):
         build_model({**TINY_SPEC, "block": "resnext"})
 
 
@@ -145,3 +149,33 @@ def test_train_form_files_from_before_the_branch_dict_still_load() -> None:
     again = make_block("repvgg", 4, 4)
     again.load_state_dict(legacy, strict=True)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), block.state_dict().values(), strict=True))
+
+
+def test_a_whole_model_mismatch_is_traced_to_the_first_block_that_fuses_wrong() -> None:
+    """A new contributor's block dropped a branch's bias when fusing: training said only that the model differed."""
+
+    @register_block("test_forgets_a_bias")
+    class ForgetsABias(MultiBranchBlock):
+        def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, groups=1, deploy=False):
+            super().__init__(in_channels, out_channels, kernel_size, stride, groups, deploy=deploy)
+            if not deploy:
+                self.branches["a"] = ConvBN(in_channels, out_channels, kernel_size, stride, self.padding, groups=groups)
+
+        def equivalent_kernel_and_bias(self):
+            kernel, bias = super().equivalent_kernel_and_bias()
+            return kernel, torch.zeros_like(bias)
+
+    try:
+        spec = {**TINY_SPEC, "block": "repvgg"}
+        good = randomize_bn(build_model(spec)).eval()
+        assert reparam.first_differing_block(good, torch.randn(2, 3, 32, 32)) is None
+        bad = randomize_bn(build_model({**spec, "block": "test_forgets_a_bias"})).eval()
+        name, what = reparam.first_differing_block(bad, torch.randn(2, 3, 32, 32))
+        assert name == "stages.0.0" and what.startswith("kind 'test_forgets_a_bias', max |diff| ")
+        from reparam.callbacks import _where_fusion_differs  # what training's error line adds
+
+        said = _where_fusion_differs(bad, torch.randn(2, 3, 32, 32))
+        assert said.startswith("; the first block that differs is stages.0.0 (kind 'test_forgets_a_bias', max |diff| ")
+        assert said.endswith("): its fusion is your code (reparam.register_block): check it")
+    finally:
+        BLOCKS.pop("test_forgets_a_bias")

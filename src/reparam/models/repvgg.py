@@ -20,7 +20,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import nn
 
-from ..blocks import BLOCKS, MultiBranchBlock, check_state_dict_form, make_block, state_dict_form
+from ..blocks import BLOCKS, MultiBranchBlock, check_state_dict_form, make_block, state_dict_form, unknown_block
 from .family import ModelFamily
 
 __all__ = ["VARIANTS", "RepVGGSpec", "RepVGG", "RepVGGFamily", "build_repvgg", "stride_plan"]
@@ -95,7 +95,7 @@ class RepVGGSpec:
                 f"unknown arch '{self.arch}'; this family builds 'repvgg' (model=custom for any nn.Module)"
             )
         if self.block not in BLOCKS:
-            raise ValueError(f"unknown block kind '{self.block}'; choose one of {sorted(BLOCKS)} (model.block=...)")
+            raise ValueError(unknown_block(self.block))
         if self.variant is None:
             if self.widths is None or self.depths is None:
                 raise ValueError("model.variant=null needs both model.widths and model.depths (5 entries each)")
