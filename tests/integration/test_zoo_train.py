@@ -136,6 +136,27 @@ def test_a_block_kind_of_ones_own_trains_fuses_and_deploys_through_imports(tmp_p
         cwd=ROOT,
     )
     assert again.returncode == 0, again.stderr[-3000:]
+    # the same kind with a fusion that drops its bias: the train form and the fused model differ, and that is the
+    # user's code to check, not a reparam bug to report
+    broken = (
+        USER_BLOCK
+        + """
+    def equivalent_kernel_and_bias(self):
+        kernel, bias = super().equivalent_kernel_and_bias()
+        return kernel, bias * 0
+"""
+    )
+    (tmp_path / "broken_blocks.py").write_text(broken)
+    proc = run_entry(
+        "deploy.py",
+        [f"ckpt={run}", "imports=[broken_blocks]", *EVALUATE_ONLY, f"hydra.run.dir={tmp_path / 'd3'}"],
+        run_env,
+        cwd=tmp_path,
+    )
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and "the fused model is NOT equivalent to the train form" in line, proc.stderr[-2000:]
+    assert "the fusion of block kind 'double_kxk' is your code (reparam.register_block): check it" in line
+    assert "please report" not in line
     for args, said in [
         ([f"ckpt={run}/fused", *EVALUATE_ONLY], "unknown block kind 'double_kxk'"),
         ([f"ckpt={run}", "imports=[my_blokcs]", *EVALUATE_ONLY], "imports: no module 'my_blokcs' here"),
