@@ -31,7 +31,7 @@ def import_user_modules(names: Iterable[str] | None) -> list[ModuleType]:
         except UserError:
             raise
         except ModuleNotFoundError as err:
-            if err.name and not name.startswith(err.name) and not err.name.startswith(name):
+            if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
                 raise _failed(name, err) from err  # the user's module imports something missing
             raise UserError(
                 f"imports: no module '{name}' here (looked in the current directory {os.getcwd()} and on "
