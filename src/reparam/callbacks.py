@@ -21,7 +21,7 @@ from .artifact import write_fused_artifact
 from .blocks import BLOCKS
 from .checkpoint import MODEL_SPEC_KEY, net_state, read_checkpoint
 from .compare import ComparisonReport
-from .convert import EquivalenceError, first_differing_block, verify_equivalence
+from .convert import EquivalenceError, first_differing_block, fusable_blocks, verify_equivalence
 from .device import synchronize
 from .ema import EMAWeights  # noqa: F401  (callbacks=ema's target: reparam.callbacks.EMAWeights)
 from .errors import UserError
@@ -101,6 +101,8 @@ class BestCheckpoint(ModelCheckpoint):
 def _where_fusion_differs(train_form: nn.Module, example: torch.Tensor) -> str:
     """The first block whose own fusion is wrong, said after a whole-model mismatch; a kind registered outside
     reparam is the user's code to check (a built-in one, a bug to report)."""
+    if not fusable_blocks(train_form):  # model=custom: auto_fuse merged the graph, no block to test alone
+        return ""
     found = first_differing_block(train_form, example)
     if found is None:
         return "; every block alone fuses exactly: the difference is outside the blocks"

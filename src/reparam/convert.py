@@ -17,6 +17,7 @@ __all__ = [
     "EquivalenceReport",
     "EquivalenceError",
     "first_differing_block",
+    "fusable_blocks",
 ]
 
 # the report type of every comparison in reparam; the old name stays for callers of verify_equivalence
@@ -86,6 +87,11 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     return model.eval()
 
 
+def fusable_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every module that fuses itself (``fused_form()`` or ``reparameterize()``), by name, outer before inner."""
+    return [(name, m) for name, m in model.named_modules() if _reparameterizable(m)]
+
+
 @torch.no_grad()
 def first_differing_block(model: nn.Module, example: torch.Tensor, rtol: float = 1e-9) -> tuple[str, str] | None:
     """Where a whole-model mismatch comes from: the first block (in forward order) whose own fused form computes
@@ -93,7 +99,7 @@ def first_differing_block(model: nn.Module, example: torch.Tensor, rtol: float =
     when every block agrees (``max |diff| <= rtol * max(1, max |block output|)``) or there is no block."""
     model64 = copy.deepcopy(model).double().eval()
     seen: dict[str, torch.Tensor] = {}
-    blocks = [(name, m) for name, m in model64.named_modules() if _reparameterizable(m)]
+    blocks = fusable_blocks(model64)
     hooks = [
         m.register_forward_pre_hook(lambda _, args, name=name: seen.setdefault(name, args[0].detach()))
         for name, m in blocks
