@@ -301,7 +301,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     offline = [before["offline_images_per_s"], after["offline_images_per_s"]]
     recorded = f"{deploy_offline:.0f} in the deploy report" if deploy_offline else "none in the deploy report"
     print(
-        f"offline at batch {args.max_batch_size}: {min(offline):.0f}-{max(offline):.0f} images/s here (before/after), "
+        f"offline at batch {args.max_batch_size}: {offline[0]:.0f} images/s here before the load, {offline[1]:.0f} "
+        "after; "
         f"{recorded}"
     )
     print(

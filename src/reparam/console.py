@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +63,9 @@ def field(summary: TrainSummary, key: str | tuple[str, ...]) -> Any:
     return tuple(getattr(summary, k) for k in key) if isinstance(key, tuple) else getattr(summary, key)
 
 
-def print_train_summary(summary: TrainSummary, deploy_command: str = "python deploy.py") -> None:
+def print_train_summary(
+    summary: TrainSummary, deploy_command: str = "python deploy.py", imports: tuple[str, ...] = ()
+) -> None:
     """The end-of-training table: accuracies, fusion error, speed, artifact paths."""
     title = "reparam: training summary"
     table = Table(title=title, show_header=False, title_justify="left")
@@ -100,7 +103,10 @@ def print_train_summary(summary: TrainSummary, deploy_command: str = "python dep
     console.print(table)
     log_to_file(title, [(name, fmt(field(summary, key))) for name, fmt, key in rows])
     if summary.fused_dir:
-        console.print(f"next: {deploy_command} ckpt={summary.fused_dir}", soft_wrap=True)  # one line to copy
+        # one line to copy; the user's modules again, which build the model's block kind
+        listed = ",".join(imports)
+        own = f" {shlex.quote(f'imports=[{listed}]')}" if imports else ""
+        console.print(f"next: {deploy_command} ckpt={summary.fused_dir}{own}", soft_wrap=True)
 
 
 def log_to_file(title: str, rows: list[tuple[str, str]]) -> None:

@@ -30,7 +30,7 @@ def train_task(cfg: DictConfig) -> float | None:
     summary = train(cfg)
     # under DDP every process runs this; one table is enough (Lightning sets .rank on the function at import)
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
-        print_train_summary(summary, _sibling_command("deploy"))
+        print_train_summary(summary, _sibling_command("deploy"), tuple(str(m) for m in cfg.get("imports") or ()))
     return optimized_metric(cfg, summary)  # what a Hydra sweeper (e.g. Optuna) optimizes
 
 

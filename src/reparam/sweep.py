@@ -127,6 +127,8 @@ class SweepRecord:
     # jobs that ended in this process while their batch runs (basic launcher): written at once, replaced by the
     # sweeper's rows when the launcher returns the batch
     pending: list[SweepRun] = field(default_factory=list)
+    # a grid sweep stopped part way (Ctrl-C, SIGTERM): how many jobs it had, and the numbers of those not done
+    stopped: dict[str, Any] | None = None
 
     def add_batch(self, runs: list[SweepRun]) -> None:
         self.pending.clear()
@@ -169,6 +171,7 @@ class SweepRecord:
             "failed": len(self.failed()),
             "best": None if best is None else best.to_dict(),
             "reproduce": self.reproduce_command(),
+            "stopped": self.stopped,
         }
 
     def write(self) -> Path:
@@ -262,10 +265,11 @@ class SweepSummary(Callback):
 def print_sweep_summary(record: SweepRecord) -> None:
     kind = "search" if record.study else "sweep"
     runs = record.ranked()
+    stopped = f", stopped before {len(record.stopped['not_done'])} more" if record.stopped else ""
     # run directories named <sweep dir>/<job> (every launcher's default) are said once, below the table
     in_sweep_dir = all(Path(run.run_dir) == Path(record.sweep_dir) / str(run.job) for run in runs)
     table = Table(
-        title=f"reparam: {kind} of {len(runs)} runs (sorted by {record.optimized_metric or 'job'})",
+        title=f"reparam: {kind} of {len(runs)} runs{stopped} (sorted by {record.optimized_metric or 'job'})",
         title_justify="left",
         caption=f"run directories: {record.sweep_dir}/<job>" if in_sweep_dir else None,
         caption_justify="left",
@@ -301,10 +305,12 @@ def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[
     """What a grid sweep stopped part way (Ctrl-C, SIGTERM, a crash) did: the table of the jobs that ended, and the
     jobs that did not, each by what the sweep varied (the stopped job's own error line says how to resume it)."""
     done = {run.job for run in record.ranked()}
+    left = [i for i in range(len(jobs)) if i not in done]
+    if left:
+        record.stopped = {"jobs": len(jobs), "not_done": left}
     if done:
         print_sweep_summary(record)
         console.print(f"sweep summary: {record.write()}", soft_wrap=True)
-    left = [i for i in range(len(jobs)) if i not in done]
     if not left:
         return
     shown = [f"job {i} ({' '.join(o for o in jobs[i] if o.partition('=')[0] in swept) or '-'})" for i in left[:10]]

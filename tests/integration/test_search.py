@@ -100,8 +100,10 @@ def test_a_grid_sweep_stopped_in_a_job_shows_the_jobs_done_and_names_those_not_d
     )
     assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[signal_name], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert "reparam: sweep of 1 runs" in proc.stdout and f"sweep summary: {sweep / 'sweep_summary.json'}" in proc.stdout
+    assert "reparam: sweep of 1 runs, stopped before 2 more" in proc.stdout
+    assert f"sweep summary: {sweep / 'sweep_summary.json'}" in proc.stdout
     assert [r["job"] for r in report(sweep)["runs"]] == [0] and report(sweep)["counts"]["ok"] == 1
+    assert report(sweep)["stopped"] == {"jobs": 3, "not_done": [1, 2]}
     lines = proc.stderr.splitlines()
     assert any(line.startswith("error: training stopped by") and "hydra.run.dir=" in line for line in lines)
     assert lines[-1] == (

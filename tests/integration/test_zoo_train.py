@@ -4,9 +4,11 @@ import json
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from helpers import ROOT, compose_config, run_entry, zoo_kinds
+from serving import split_pngs, start_server
 
 from reparam.artifact import read_fused_artifact
 from reparam.deploy import deploy
@@ -115,6 +117,8 @@ def test_a_block_kind_of_ones_own_trains_fuses_and_deploys_through_imports(tmp_p
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["fusion_argmax_agreement"] == 1.0 and summary["fusion_fp64_max_abs_diff"] <= 1e-10
+    # the command training says to run next builds the same kind: it names the module too
+    assert f"next: python {ROOT / 'deploy.py'} ckpt={run / 'fused'} 'imports=[my_blocks]'" in trained.stdout
     deployed = run_entry(
         "deploy.py",
         [f"ckpt={run}", "imports=[my_blocks]", *EVALUATE_ONLY, f"hydra.run.dir={tmp_path / 'd'}"],
@@ -123,6 +127,14 @@ def test_a_block_kind_of_ones_own_trains_fuses_and_deploys_through_imports(tmp_p
     )
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     assert json.loads((tmp_path / "d" / "report.json").read_text())["disagreements"] == 0
+    # serve.py: its inference workers are processes of their own, which must import the module too
+    server = start_server(run, tmp_path / "served", f"imports=[{tmp_path / 'my_blocks.py'}]", "serve.max_batch_size=4")
+    try:
+        image = split_pngs()[0][0]
+        answer = httpx.post(f"{server.url}/predict", content=image, headers={"Content-Type": "image/png"}, timeout=60)
+        assert answer.status_code == 200 and len(answer.json()["predictions"][0]["top_k"]) == 5, answer.text
+    finally:
+        assert server.stop() == 0, server.output()[-3000:]
     # a .py file anywhere works as well as a module name
     again = run_entry(
         "deploy.py",

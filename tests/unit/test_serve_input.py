@@ -93,11 +93,10 @@ def test_declared_size_is_checked_before_decoding() -> None:
     assert status == 413 and detail == (
         "image is 12000x12000 = 144,000,000 pixels, more than serve.max_pixels=25,000,000; send a smaller image"
     )
-    # beyond what Pillow opens at all (it raises before the size can be read): the setting is still what is named
+    # beyond what Pillow opens at all (it raises before the size is returned; its message holds the count)
     status, detail = status_of(model_input, png_header_only(20_000, 20_000), PRE, 25_000_000)
     assert status == 413 and detail == (
-        f"image declares more than {pillow_pixel_limit():,} pixels, more than serve.max_pixels=25,000,000; "
-        "send a smaller image"
+        "image declares 400,000,000 pixels, more than serve.max_pixels=25,000,000; send a smaller image"
     )
     assert status_of(model_input, png(64, 64), PRE, 64 * 64 - 1)[0] == 413
 
@@ -216,11 +215,15 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
         choose_target(ckpt, "h", "cpu", report=other)
     # a newer deploy of other targets does not hide the newest report that checked the one named (it was refused
     # as "not checked in <newest report>", with no word of the older report that had checked it)
-    record_report(_report(tmp_path / "newest.json", ckpt, fused=(True, {"32": 50.0})), ckpt, "h", "cpu")
+    newest = _report(tmp_path / "newest.json", ckpt, fused=(True, {"32": 50.0}), mine=(True, {"32": 10.0**6}))
+    record_report(newest, ckpt, "h", "cpu")
     named = choose_target(ckpt, "h", "cpu", target="plain_vgg", max_batch_size=32)
     assert named.name == "plain_vgg" and named.report == str(new.resolve())
     assert "the newest deploy report of these weights on cpu that checked it" in named.chosen_because
-    assert choose_target(ckpt, "h", "cpu", max_batch_size=32).report == str((tmp_path / "newest.json").resolve())
+    default = choose_target(ckpt, "h", "cpu", max_batch_size=32)
+    assert default.report == str(newest.resolve()) and default.name == "fused"
+    # a target of the user's own that this process did not import (imports=[...]) is said, not dropped silently
+    assert "left out: mine (no such target here: imports=[<the module that registers it>])" in default.chosen_because
     with pytest.raises(UserError, match=r"was not checked in .*newest\.json"):
         choose_target(ckpt, "h", "cpu", target="compiled")
 

@@ -164,9 +164,10 @@ def _fail_on_checks(report: DeployReport) -> None:
 
 def _publish(report: DeployReport, cfg: DictConfig) -> None:
     """report.json, plot.png and the loggers, all from the same report."""
-    title = (
-        f"{report.device}, channels_last={bool(cfg.benchmark.channels_last)}, {report.machine.threads} CPU thread(s)"
-    )
+    # the layout of every target timed, as they ran (a registered variant may set its own)
+    layouts = {r.channels_last for r in report.benchmark}
+    layout = f"channels_last={layouts.pop()}" if len(layouts) == 1 else "channels_last per target (report.json)"
+    title = f"{report.device}, {layout}, {report.machine.threads} CPU thread(s)"
     plot = plot_benchmark(report.benchmark, Path(report.report_path).with_name("plot.png"), title)
     report.plot_path = None if plot is None else str(plot)
     write_report(report)

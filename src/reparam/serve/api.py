@@ -31,6 +31,7 @@ class WorkerSpec:
     top_k: int
     threads: int  # CPU threads of the target
     weights_sha256: str
+    imports: tuple[str, ...] = ()  # the user's modules (imports=[...]): a spawned worker imports them again
 
 
 @dataclass
@@ -46,6 +47,9 @@ class ClassifierAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         from ..deploy.load import load_for_deploy
+        from ..user_modules import import_user_modules
+
+        import_user_modules(self.worker.imports)  # a block kind or target of the user's own, registered again here
 
         # Ctrl-C reaches every process of the terminal's group: the manager stops the workers itself, so a worker
         # interrupted mid-wait only printed a KeyboardInterrupt traceback before "server stopped"

@@ -220,6 +220,13 @@ def choose_target(
     # the report lists the train form too (the reference of the check): say why it is not counted here
     left_out = sorted(n for n in targets if n in NOT_SERVED)
     why = f" ({', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} not served)" if left_out else ""
+    # a target of the user's own that this process did not import: said, not dropped without a word
+    unknown = [
+        f"{n} (no such target here: imports=[<the module that registers it>])"
+        for n, e in targets.items()
+        if n not in TARGETS and _passed(e)
+    ]
+    changes += unknown
     left_out_changes = f"; left out: {'; '.join(changes)}" if changes else ""
     return _served(
         data,

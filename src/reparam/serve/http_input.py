@@ -19,6 +19,7 @@ import hmac
 import io
 import json
 import logging
+import re
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -151,8 +152,11 @@ def declared_size(data: bytes, max_pixels: int, setting: str = "serve.max_pixels
                 width, height = im.size
         except UnidentifiedImageError:
             raise BadInput(400, "not an image (no known image format)") from None
-        except Image.DecompressionBombError:  # beyond Pillow's own limit, which max_pixels never exceeds
-            raise BadInput(413, f"image declares more than {pillow_pixel_limit():,} pixels, {over}") from None
+        except Image.DecompressionBombError as err:  # beyond Pillow's own limit, which max_pixels never exceeds
+            # Pillow says the count in its message ("Image size (400000000 pixels) exceeds ..."); else the limit
+            count = re.search(r"\((\d+) pixels\)", str(err))
+            declared = f"{int(count.group(1)):,}" if count else f"more than {pillow_pixel_limit():,}"
+            raise BadInput(413, f"image declares {declared} pixels, {over}") from None
         except Exception as err:  # noqa: BLE001 - a crafted header may raise anything; it is the client's input
             raise BadInput(
                 400, f"unreadable image header ({' '.join(str(err).split()) or type(err).__name__})"

@@ -182,6 +182,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         settings.top_k,
         _threads(settings.threads, device),
         weights,
+        tuple(str(name) for name in cfg.get("imports") or ()),
     )
     return Prepared(worker, preprocessing, device, settings)
 
