@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .run_summary import TrainSummary
@@ -98,15 +99,15 @@ def print_train_summary(
         rows.insert(after + 1, ("test split", text, "test_split"))
     if summary.resumed_from:  # the times below count from there
         rows.insert(2, ("resumed from", text, "resumed_from"))
-    for name, fmt, key in rows:
-        table.add_row(name, fmt(field(summary, key)))
+    for name, fmt, key in rows:  # values are text, not rich markup (paths and errors may hold brackets)
+        table.add_row(name, escape(fmt(field(summary, key))))
     console.print(table)
     log_to_file(title, [(name, fmt(field(summary, key))) for name, fmt, key in rows])
     if summary.fused_dir:
         # one line to copy; the user's modules again, which build the model's block kind
         listed = ",".join(imports)
         own = f" {shlex.quote(f'imports=[{listed}]')}" if imports else ""
-        console.print(f"next: {deploy_command} ckpt={summary.fused_dir}{own}", soft_wrap=True)
+        console.print(f"next: {deploy_command} ckpt={summary.fused_dir}{own}", soft_wrap=True, markup=False)
 
 
 def log_to_file(title: str, rows: list[tuple[str, str]]) -> None:

@@ -28,6 +28,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from rich.markup import escape
 from rich.table import Table
 
 from .artifact import atomic_write_json
@@ -245,10 +246,10 @@ class SweepSummary(Callback):
             record = SweepRecord(str(config.hydra.sweep.dir), config.get("optimized_metric"), self.jobs)
         path = record.write()
         print_sweep_summary(record)
-        console.print(f"sweep summary: {path}", soft_wrap=True)
+        console.print(f"sweep summary: {path}", soft_wrap=True, markup=False)
         command, best = record.reproduce_command(), record.best()
         if command and best is not None:
-            console.print(f"best run (job {best.job}), to reproduce it: {command}", soft_wrap=True)
+            console.print(f"best run (job {best.job}), to reproduce it: {command}", soft_wrap=True, markup=False)
         failed = record.failed()
         if failed:
             first = failed[0]
@@ -296,8 +297,8 @@ def print_sweep_summary(record: SweepRecord) -> None:
         else:  # numbers never break inside: the column keeps its widest cell's width
             widest = max((len(row[i]) for row in rows), default=1)
             table.add_column(column, no_wrap=True, min_width=widest, justify="right")
-    for row in rows:
-        table.add_row(*row)
+    for row in rows:  # overrides hold brackets ('imports=[my_blocks]') that rich would read as markup
+        table.add_row(*(escape(cell) for cell in row))
     console.print(table)
 
 
@@ -310,7 +311,7 @@ def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[
         record.stopped = {"jobs": len(jobs), "not_done": left}
     if done:
         print_sweep_summary(record)
-        console.print(f"sweep summary: {record.write()}", soft_wrap=True)
+        console.print(f"sweep summary: {record.write()}", soft_wrap=True, markup=False)
     if not left:
         return
     shown = [f"job {i} ({' '.join(o for o in jobs[i] if o.partition('=')[0] in swept) or '-'})" for i in left[:10]]

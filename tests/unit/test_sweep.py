@@ -143,3 +143,27 @@ def test_the_table_never_breaks_a_number_and_names_the_run_directories_once(tmp_
         assert any(value in line for line in lines), value
     assert not any(str(tmp_path / "0") in line for line in lines)  # not a column: one line below the table
     assert f"run directories: {tmp_path}/<job>" in " ".join(" ".join(lines).split())
+
+
+def test_overrides_with_brackets_are_printed_as_typed_not_read_as_markup(tmp_path: Path, monkeypatch) -> None:
+    """rich reads '[my_blocks]' as a style tag and drops it: the table showed 'imports=' and the command that
+    reproduces the best run lost the list, so it failed as printed."""
+    import io
+
+    from rich.console import Console
+
+    from reparam import sweep
+
+    out = io.StringIO()
+    monkeypatch.setattr(sweep, "console", Console(width=200, file=out, highlight=False))
+    typed = ["imports=[my_blocks]", "targets=[auto,fused]", "optimizer.lr=0.1"]
+    record = SweepRecord(str(tmp_path), "best_val_acc", [sweep_run(0, "ok", 0.9, typed)])
+    sweep.print_sweep_summary(record)
+    sweep.set_active_record(record)
+    try:
+        sweep.SweepSummary().on_multirun_end(config=None)
+    finally:
+        sweep.set_active_record(None)
+    printed = out.getvalue()
+    assert "imports=[my_blocks] targets=[auto,fused]" in printed  # the table's overrides cell
+    assert "to reproduce it: python train.py 'imports=[my_blocks]' 'targets=[auto,fused]' optimizer.lr=0.1" in printed
