@@ -325,6 +325,7 @@ def _say_resumed(study: optuna.Study, url: str, n_trials: int, retried: int) -> 
         f"resuming study '{study.study_name}' ({url}): {done} of {n_trials} trials done{again}; "
         f"{max(0, n_trials - done)} to go",
         soft_wrap=True,
+        markup=False,
     )
 
 
