@@ -60,6 +60,7 @@ __all__ = [
     "make_block",
     "register_block",
     "unknown_block",
+    "user_kind",
     "state_dict_form",
 ]
 
@@ -235,6 +236,11 @@ def register_block(kind: str) -> Callable[[type], type]:
         return cls
 
     return add
+
+
+def user_kind(kind: object) -> bool:
+    """Whether ``kind`` was registered by code outside reparam (``imports=[...]``): its fusion is the user's code."""
+    return kind in BLOCKS and not BLOCKS[kind].__module__.startswith("reparam.")
 
 
 def unknown_block(kind: str) -> str:

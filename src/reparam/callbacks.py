@@ -18,7 +18,7 @@ from torch import nn
 
 from . import __version__
 from .artifact import write_fused_artifact
-from .blocks import BLOCKS
+from .blocks import user_kind
 from .checkpoint import MODEL_SPEC_KEY, net_state, read_checkpoint
 from .compare import ComparisonReport
 from .convert import EquivalenceError, first_differing_block, fusable_blocks, verify_equivalence
@@ -108,8 +108,9 @@ def _where_fusion_differs(train_form: nn.Module, example: torch.Tensor) -> str:
         return "; every block alone fuses exactly: the difference is outside the blocks"
     name, what = found
     kind = getattr(train_form.get_submodule(name) if name != "<root>" else train_form, "kind", None)
-    own = kind in BLOCKS and not BLOCKS[kind].__module__.startswith("reparam.")
-    owner = "its fusion is your code (reparam.register_block): check it" if own else "a bug: please report it"
+    owner = (
+        "its fusion is your code (reparam.register_block): check it" if user_kind(kind) else "a bug: please report it"
+    )
     return f"; the first block that differs is {name} ({what}): {owner}"
 
 

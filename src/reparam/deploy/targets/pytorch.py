@@ -17,7 +17,7 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import nn
 
-from ...blocks import BLOCKS
+from ...blocks import user_kind
 from ...compare import Tolerance
 from ...device import place
 from ..gates import Equivalence, Gate, MaxDrop, Reference
@@ -159,7 +159,7 @@ class TrainForm(_Float32Form):
     def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> TorchTarget:
         target = super().build(context, settings)
         kind = context.loaded.spec.get("block")
-        if kind in BLOCKS and not BLOCKS[kind].__module__.startswith("reparam."):
+        if user_kind(kind):
             # not reparam's bug to report: the fusion of a kind the user registered (imports=[...])
             advice = f"the fusion of block kind '{kind}' is your code (reparam.register_block): check it"
             target.gate = dataclasses.replace(cast(Equivalence, target.gate), advice=advice)
