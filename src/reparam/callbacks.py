@@ -14,14 +14,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 
 from . import __version__
 from .artifact import write_fused_artifact
-from .blocks import user_kind
 from .checkpoint import MODEL_SPEC_KEY, net_state, read_checkpoint
 from .compare import ComparisonReport
-from .convert import EquivalenceError, first_differing_block, fusable_blocks, verify_equivalence
+from .convert import EquivalenceError, verify_equivalence, where_fusion_differs
 from .device import synchronize
 from .ema import EMAWeights  # noqa: F401  (callbacks=ema's target: reparam.callbacks.EMAWeights)
 from .errors import UserError
@@ -96,22 +94,6 @@ class BestCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.best_tie_value = state_dict.get("best_tie_value")
-
-
-def _where_fusion_differs(train_form: nn.Module, example: torch.Tensor) -> str:
-    """The first block whose own fusion is wrong, said after a whole-model mismatch; a kind registered outside
-    reparam is the user's code to check (a built-in one, a bug to report)."""
-    if not fusable_blocks(train_form):  # model=custom: auto_fuse merged the graph, no block to test alone
-        return ""
-    found = first_differing_block(train_form, example)
-    if found is None:
-        return "; every block alone fuses exactly: the difference is outside the blocks"
-    name, what = found
-    kind = getattr(train_form.get_submodule(name) if name != "<root>" else train_form, "kind", None)
-    owner = (
-        "its fusion is your code (reparam.register_block): check it" if user_kind(kind) else "a bug: please report it"
-    )
-    return f"; the first block that differs is {name} ({what}): {owner}"
 
 
 def pruned_at_epoch(trainer: L.Trainer) -> int | None:
@@ -209,7 +191,8 @@ class ReparameterizeCallback(L.Callback):
             inputs64 = inputs[: self.float64_samples].double()
             fp64 = verify_equivalence(train_form64, fuse_model(spec, train_form64, inputs64[:2]), inputs64)
         except EquivalenceError as err:
-            raise EquivalenceError(f"{err}{_where_fusion_differs(train_form, inputs[:2])}", err.report) from err
+            where = where_fusion_differs(train_form, inputs[:2])
+            raise EquivalenceError(f"{err}; {where}" if where else str(err), err.report) from err
 
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector
         best = getattr(trainer.checkpoint_callback, "best_model_score", None)

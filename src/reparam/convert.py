@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .blocks import user_kind
 from .compare import Comparison, ComparisonReport, Tolerance
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "EquivalenceError",
     "first_differing_block",
     "fusable_blocks",
+    "where_fusion_differs",
 ]
 
 # the report type of every comparison in reparam; the old name stays for callers of verify_equivalence
@@ -120,6 +122,24 @@ def first_differing_block(model: nn.Module, example: torch.Tensor, rtol: float =
         if not diff <= rtol * max(1.0, float(want.abs().max())):
             return name or "<root>", f"kind '{kind}', max |diff| {diff:.3e} in float64"
     return None
+
+
+def where_fusion_differs(model: nn.Module, example: torch.Tensor) -> str | None:
+    """After a whole-model mismatch, where it comes from and whose code that is, as words: ``the first block that
+    differs is <name> (<what>): <owner>``, the owner being the user for a kind registered outside reparam (a built-in
+    one is a bug to report); or that every block alone fuses exactly. None for a model with no block to test alone
+    (``model=custom``: auto_fuse merged its graph)."""
+    if not fusable_blocks(model):
+        return None
+    found = first_differing_block(model, example)
+    if found is None:
+        return "every block alone fuses exactly: the difference is outside the blocks"
+    name, what = found
+    kind = getattr(model.get_submodule(name) if name != "<root>" else model, "kind", None)
+    owner = (
+        "its fusion is your code (reparam.register_block): check it" if user_kind(kind) else "a bug: please report it"
+    )
+    return f"the first block that differs is {name} ({what}): {owner}"
 
 
 class EquivalenceError(AssertionError):

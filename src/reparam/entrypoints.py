@@ -52,9 +52,11 @@ def deploy_task(cfg: DictConfig) -> None:
 
         print_prediction_summary(predict_files(cfg))
         return
-    from .deploy import deploy, print_deploy_summary
+    from .deploy import deploy, print_deploy_summary, raise_failed_checks
 
-    print_deploy_summary(deploy(cfg))
+    report = deploy(cfg, raise_failed=False)
+    print_deploy_summary(report)  # the table first: it shows what failed beside what passed
+    raise_failed_checks(report)
 
 
 @guarded

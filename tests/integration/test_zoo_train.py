@@ -159,16 +159,25 @@ def test_a_block_kind_of_ones_own_trains_fuses_and_deploys_through_imports(tmp_p
 """
     )
     (tmp_path / "broken_blocks.py").write_text(broken)
+    # the benchmark on, as by default: a wrong fusion is not timed (its speed means nothing; it took minutes)
+    timed = ["benchmark.enabled=true", "benchmark.batch_sizes=[1]", "benchmark.min_run_time=0.05"]
     proc = run_entry(
         "deploy.py",
-        [f"ckpt={run}", "imports=[broken_blocks]", *EVALUATE_ONLY, f"hydra.run.dir={tmp_path / 'd3'}"],
+        [f"ckpt={run}", "imports=[broken_blocks]", *EVALUATE_ONLY, *timed, f"hydra.run.dir={tmp_path / 'd3'}"],
         run_env,
         cwd=tmp_path,
     )
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2 and "the fused model is NOT equivalent to the train form" in line, proc.stderr[-2000:]
-    assert "the fusion of block kind 'double_kxk' is your code (reparam.register_block): check it" in line
+    # the line says which block fuses wrong, and that it is the user's code, as training's does
+    assert "; the first block that differs is stages.0.0 (kind 'double_kxk', max |diff| " in line
+    assert line.endswith(
+        "its fusion is your code (reparam.register_block): check it; see " + str(tmp_path / "d3" / "report.json")
+    )
     assert "please report" not in line
+    report = json.loads((tmp_path / "d3" / "report.json").read_text())
+    assert report["benchmark"] == [] and "speed means nothing" in report["benchmark_skipped"]
+    assert "skipped benchmark: the fused model does not compute" in proc.stdout
     for args, said in [
         ([f"ckpt={run}/fused", *EVALUATE_ONLY], "unknown block kind 'double_kxk'"),
         ([f"ckpt={run}", "imports=[my_blokcs]", *EVALUATE_ONLY], "imports: no module 'my_blokcs' here"),

@@ -14,6 +14,7 @@ from torch import nn
 import reparam
 from reparam import BLOCKS, MultiBranchBlock, make_block, register_block, reparameterize_model, verify_equivalence
 from reparam.branches import ConvBN
+from reparam.convert import where_fusion_differs
 from reparam.models import build_model
 
 KINDS = zoo_kinds()
@@ -172,10 +173,10 @@ def test_a_whole_model_mismatch_is_traced_to_the_first_block_that_fuses_wrong() 
         bad = randomize_bn(build_model({**spec, "block": "test_forgets_a_bias"})).eval()
         name, what = reparam.first_differing_block(bad, torch.randn(2, 3, 32, 32))
         assert name == "stages.0.0" and what.startswith("kind 'test_forgets_a_bias', max |diff| ")
-        from reparam.callbacks import _where_fusion_differs  # what training's error line adds
-
-        said = _where_fusion_differs(bad, torch.randn(2, 3, 32, 32))
-        assert said.startswith("; the first block that differs is stages.0.0 (kind 'test_forgets_a_bias', max |diff| ")
+        # what training's and deploy's error lines add: where, and whose code that is
+        said = where_fusion_differs(bad, torch.randn(2, 3, 32, 32))
+        assert said.startswith("the first block that differs is stages.0.0 (kind 'test_forgets_a_bias', max |diff| ")
         assert said.endswith("): its fusion is your code (reparam.register_block): check it")
+        assert where_fusion_differs(good, torch.randn(2, 3, 32, 32)).startswith("every block alone fuses exactly")
     finally:
         BLOCKS.pop("test_forgets_a_bias")

@@ -6,7 +6,7 @@ from .evaluate import TargetEvaluation, evaluate_targets
 from .export import ExportResult, export_onnx, export_program
 from .load import Loaded, load_for_deploy, plain_vgg_like
 from .report import DeployReport, TargetReport
-from .run import deploy
+from .run import deploy, raise_failed_checks
 from .targets import TARGETS, Target, register_target
 from .timing import BenchmarkResult, Ratio, count_flops, ratios
 
@@ -28,6 +28,7 @@ __all__ = [
     "load_for_deploy",
     "plain_vgg_like",
     "print_deploy_summary",
+    "raise_failed_checks",
     "Ratio",
     "ratios",
     "register_target",

@@ -77,6 +77,8 @@ def print_deploy_summary(report: DeployReport) -> None:
         )
     for name, why in report.skipped_targets.items():
         _say("skipped ", f"{name}: {why}")
+    if report.benchmark_skipped:
+        _say("skipped ", f"benchmark: {report.benchmark_skipped}")
     machine = report.machine
     if report.benchmark:
         load = (

@@ -22,7 +22,7 @@ from .machine import Machine
 from .targets import REFERENCE, Target
 from .timing import BenchmarkResult, Ratio, ratios
 
-__all__ = ["SCHEMA_VERSION", "DeployReport", "TargetReport", "write_report"]
+__all__ = ["SCHEMA_VERSION", "DeployReport", "TargetReport", "outcome_of", "write_report"]
 
 SCHEMA_VERSION = 3
 
@@ -30,6 +30,18 @@ SCHEMA_VERSION = 3
 def _by_batch(values: dict[int, Any]) -> dict[str, Any]:
     """JSON keys are strings: ``{"1": ..., "32": ...}``."""
     return {str(bs): value.to_dict() if isinstance(value, Ratio) else value for bs, value in values.items()}
+
+
+def outcome_of(target: Target, evaluation: TargetEvaluation, reference: TargetEvaluation) -> Outcome:
+    """What a target's gate judges: its correct count and logits against the reference's."""
+    return Outcome(
+        target.label,
+        target.precision,
+        evaluation.correct,
+        reference.correct,
+        evaluation.num_images,
+        evaluation.comparison,
+    )
 
 
 @dataclass
@@ -65,9 +77,7 @@ class TargetReport:
         benchmark: Sequence[BenchmarkResult],
     ) -> TargetReport:
         comparison = evaluation.comparison
-        outcome = Outcome(
-            target.label, target.precision, evaluation.correct, reference.correct, evaluation.num_images, comparison
-        )
+        outcome = outcome_of(target, evaluation, reference)
         rows = [r for r in benchmark if r.target == target.name]
         return cls(
             name=target.name,
@@ -123,6 +133,7 @@ class DeployReport:
     schema_version: int = SCHEMA_VERSION
     # what looks wrong with the test data (an accuracy far below the recorded one): printed, never a failure
     data_warnings: list[str] = field(default_factory=list)
+    benchmark_skipped: str | None = None  # why no target was timed although the benchmark was on
 
     def target(self, name: str) -> TargetReport | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -160,6 +171,7 @@ class DeployReport:
             "targets": {t.name: t.to_dict() for t in self.targets},
             "skipped_targets": self.skipped_targets,
             "benchmark": [r.to_dict() for r in self.benchmark],
+            "benchmark_skipped": self.benchmark_skipped,
             "machine": self.machine.to_dict(),
             "exports": {fmt: r.to_dict() for fmt, r in self.exports.items()},
             "equivalent": self.equivalent,
