@@ -114,15 +114,21 @@ import lightning as _L  # noqa: E402
 
 class KillAtStep(_L.Callback):
     """Test-only: the process sends itself ``signal`` in the middle of a training step (``phase="train"``) or of
-    the first test batch (``phase="test"``)."""
+    the first test batch (``phase="test"``); with ``once=<file>``, only while that file does not exist (it is made
+    first), so a resumed run with the same overrides goes on."""
 
-    def __init__(self, step: int = 0, signal: str = "SIGKILL", phase: str = "train") -> None:
-        self.step, self.signal, self.phase = step, signal, phase
+    def __init__(self, step: int = 0, signal: str = "SIGKILL", phase: str = "train", once: str | None = None) -> None:
+        self.step, self.signal, self.phase, self.once = step, signal, phase, once
 
     def _kill(self) -> None:
         import os
         import signal
+        from pathlib import Path
 
+        if self.once is not None:
+            if Path(self.once).exists():
+                return
+            Path(self.once).touch()
         os.kill(os.getpid(), getattr(signal, self.signal))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from . import __version__
 from .artifact import write_fused_artifact
@@ -28,6 +28,7 @@ from .models import build_model, fuse_model, fuse_model_with_report
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ConsoleProgressBar",
     "BestCheckpoint",
     "ReparameterizeCallback",
     "FusionResult",
@@ -339,3 +340,17 @@ class SpeedMonitor(L.Callback):
     def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers:  # floats, straight to the loggers: nothing for Lightning to reduce or sync
             logger.log_metrics(metrics, step=trainer.global_step)
+
+
+class ConsoleProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, closed where a run stops on Ctrl-C or SIGTERM: left open, tqdm printed it again at
+    interpreter exit, after the error line and a stopped sweep's table."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        for stage in ("train", "val", "test", "predict"):
+            try:
+                bar = getattr(self, f"{stage}_progress_bar")
+            except TypeError:  # Lightning raises this for a bar not made yet
+                continue
+            if not bar.disable:
+                bar.close()

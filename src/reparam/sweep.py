@@ -15,7 +15,9 @@ jobs run in this process only (the basic launcher).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
 import math
 import os
 import shlex
@@ -33,6 +35,7 @@ from rich.table import Table
 
 from .artifact import atomic_write_json
 from .console import console, pct, seconds, text
+from .errors import UserError
 from .run_summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "SweepRecord",
     "SweepSummary",
     "print_stopped_sweep",
+    "done_runs",
     "SWEEP_SUMMARY_FILE",
     "rank_runs",
     "reproducing_overrides",
@@ -302,9 +306,10 @@ def print_sweep_summary(record: SweepRecord) -> None:
     console.print(table)
 
 
-def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[str]) -> None:
-    """What a grid sweep stopped part way (Ctrl-C, SIGTERM, a crash) did: the table of the jobs that ended, and the
-    jobs that did not, each by what the sweep varied (the stopped job's own error line says how to resume it)."""
+def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[str], arguments: list[str]) -> None:
+    """What a grid sweep stopped part way (Ctrl-C, SIGTERM, a crash) did: the table of the jobs that ended, the
+    jobs that did not, each by what the sweep varied, and the command that continues the sweep (``arguments``: the
+    sweep's command-line overrides)."""
     done = {run.job for run in record.ranked()}
     left = [i for i in range(len(jobs)) if i not in done]
     if left:
@@ -316,11 +321,40 @@ def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[
         return
     shown = [f"job {i} ({' '.join(o for o in jobs[i] if o.partition('=')[0] in swept) or '-'})" for i in left[:10]]
     more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+    kept = [a for a in arguments if not a.startswith(("auto_resume=", "hydra.sweep.dir="))]
+    command = " ".join(["python train.py -m", *map(shlex.quote, kept), "auto_resume=true"])
     print(
-        f"the sweep stopped with {len(done)} of {len(jobs)} jobs done; not done: {', '.join(shown)}{more}",
+        f"the sweep stopped with {len(done)} of {len(jobs)} jobs done; not done: {', '.join(shown)}{more}. "
+        f"Continue it with: {command} hydra.sweep.dir={shlex.quote(record.sweep_dir)}",
         file=sys.stderr,
         flush=True,
     )
+
+
+def done_runs(sweep_dir: Path, jobs: list[list[str]]) -> dict[int, SweepRun]:
+    """The jobs of the grid sweep in ``sweep_dir`` that ended ok, by job number, from its ``sweep_summary.json``
+    (none without one). A sweep there that ran other jobs (other overrides) is refused: continuing it would mix two
+    sweeps in one table."""
+    path = sweep_dir / SWEEP_SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        runs = json.loads(path.read_text())["runs"]
+        previous = [SweepRun(**{f.name: run[f.name] for f in dataclasses.fields(SweepRun)}) for run in runs]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} cannot be read ({err}); continue the sweep in another hydra.sweep.dir") from err
+
+    def same(overrides: list[str]) -> list[str]:
+        return sorted(o for o in overrides if not o.startswith("auto_resume="))
+
+    for run in previous:
+        if run.job >= len(jobs) or same(run.overrides) != same(jobs[run.job]):
+            expected = " ".join(jobs[run.job]) if run.job < len(jobs) else "none"
+            raise UserError(
+                f"{sweep_dir} holds another sweep: its job {run.job} ran {' '.join(run.overrides)}, this one's is "
+                f"{expected}; continue it with the same overrides, or choose another hydra.sweep.dir"
+            )
+    return {run.job: run for run in previous if run.status == "ok"}
 
 
 def _sweep_row(record: SweepRecord, run: SweepRun, with_value: bool) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ collection of results are what is tested, and they are the real ones.
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -79,38 +80,52 @@ def test_submitit_local_sweep_runs_two_jobs_at_a_time_and_the_table_collects_all
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
-def test_a_grid_sweep_stopped_in_a_job_shows_the_jobs_done_and_names_those_not_done(
+def test_a_grid_sweep_stopped_in_a_job_shows_the_jobs_done_and_continues_with_the_command_it_prints(
     signal_name, tmp_path: Path, run_env
 ) -> None:
     """Ctrl-C or SIGTERM in job 1 of 3 (the job sends itself the signal at step 4; job 0 runs to its end): the table
-    of job 0, sweep_summary.json with it, and one line naming jobs 1 and 2 by what the sweep varied."""
+    of job 0, sweep_summary.json with it, and one line naming jobs 1 and 2 by what the sweep varied, with the command
+    that continues the sweep; that command, as printed, keeps job 0, resumes job 1 from its last.ckpt, runs job 2."""
     sweep = tmp_path / "sweep"
     env = {**run_env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), run_env.get("PYTHONPATH", "")])}
-    proc = run_entry(
-        "train.py",
-        [
-            "-m",
-            *TINY,
-            "+callbacks.kill._target_=helpers.KillAtStep",
-            f"+callbacks.kill.signal={signal_name}",
-            "+callbacks.kill.step=1000,4,1000",  # job 0 never reaches step 1000; job 1 stops in epoch 1
-            f"hydra.sweep.dir={sweep}",
-        ],
-        env,
-    )
+    overrides = [
+        *TINY,
+        "+callbacks.kill._target_=helpers.KillAtStep",
+        f"+callbacks.kill.signal={signal_name}",
+        f"+callbacks.kill.once={tmp_path / 'killed'}",  # the continued sweep runs with the same overrides
+        "+callbacks.kill.step=1000,4,1000",  # job 0 never reaches step 1000; job 1 stops in epoch 1
+    ]
+    proc = run_entry("train.py", ["-m", *overrides, f"hydra.sweep.dir={sweep}"], env, cwd=tmp_path)
     assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[signal_name], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "reparam: sweep of 1 runs, stopped before 2 more" in proc.stdout
-    assert f"sweep summary: {sweep / 'sweep_summary.json'}" in proc.stdout
+    # the last line: the stopped job's progress bar is closed where it stopped, not printed again at exit
+    assert proc.stdout.rstrip().splitlines()[-1] == f"sweep summary: {sweep / 'sweep_summary.json'}"
     assert [r["job"] for r in report(sweep)["runs"]] == [0] and report(sweep)["counts"]["ok"] == 1
     assert report(sweep)["stopped"] == {"jobs": 3, "not_done": [1, 2]}
     lines = proc.stderr.splitlines()
     assert any(line.startswith("error: training stopped by") and "hydra.run.dir=" in line for line in lines)
-    assert lines[-1] == (
+    stopped, _, command = lines[-1].partition(". Continue it with: python train.py ")
+    assert stopped == (
         "the sweep stopped with 1 of 3 jobs done; not done: job 1 (+callbacks.kill.step=4), "
         "job 2 (+callbacks.kill.step=1000)"
     )
+    assert command.endswith(f"auto_resume=true hydra.sweep.dir={sweep}"), lines[-1]
     assert not (sweep / "2").exists()
+    job0 = (sweep / "0" / "summary.json").stat().st_mtime_ns
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()  # epoch 0 of job 1
+
+    again = run_entry("train.py", shlex.split(command), env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"continuing the sweep in {sweep}: 1 of 3 jobs done before" in again.stdout
+    assert "reparam: sweep of 3 runs (sorted by" in again.stdout and "stopped before" not in again.stdout
+    summary = report(sweep)
+    assert sorted(r["job"] for r in summary["runs"]) == [0, 1, 2] and summary["counts"]["ok"] == 3
+    assert summary["stopped"] is None
+    assert (sweep / "0" / "summary.json").stat().st_mtime_ns == job0  # kept, not trained again
+    job1 = next(r for r in summary["runs"] if r["job"] == 1)  # went on from its epoch 0
+    assert job1["summary"]["resumed_from"] == str(sweep / "1" / "checkpoints" / "last.ckpt")
+    assert next(r for r in summary["runs"] if r["job"] == 2)["summary"]["resumed_from"] is None
 
 
 def test_local_launcher_gives_each_job_running_at_once_a_gpu_of_its_own(tmp_path: Path, run_env) -> None:

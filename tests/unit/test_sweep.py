@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from reparam.sweep import SweepRecord, SweepRun, rank_runs, reproducing_overrides
@@ -167,3 +168,35 @@ def test_overrides_with_brackets_are_printed_as_typed_not_read_as_markup(tmp_pat
     printed = out.getvalue()
     assert "imports=[my_blocks] targets=[auto,fused]" in printed  # the table's overrides cell
     assert "to reproduce it: python train.py 'imports=[my_blocks]' 'targets=[auto,fused]' optimizer.lr=0.1" in printed
+
+
+def test_a_stopped_sweep_continues_with_the_jobs_that_ended_ok_and_refuses_another_sweeps_directory(
+    tmp_path: Path,
+) -> None:
+    from hydra_plugins.reparam_sweeper import _not_done
+    from reparam.errors import UserError
+    from reparam.sweep import done_runs
+
+    grid = [["optimizer.lr=0.1"], ["optimizer.lr=0.2"], ["optimizer.lr=0.3"], ["optimizer.lr=0.4"]]
+    assert done_runs(tmp_path, grid) == {}  # no record: a new sweep
+    record = SweepRecord(str(tmp_path), "best_val_acc")
+    record.add_batch(
+        [
+            SweepRun(0, grid[0], str(tmp_path / "0"), "ok", 0.5, summary={"best_val_acc": 0.5}),
+            SweepRun(2, grid[2], str(tmp_path / "2"), "failed", error="diverged"),
+        ]
+    )
+    record.stopped = {"jobs": 4, "not_done": [1, 3]}
+    record.write()
+    # the continuing command adds auto_resume=true to every job: the same jobs still
+    done = done_runs(tmp_path, [[*job, "auto_resume=true"] for job in grid])
+    assert list(done) == [0] and done[0].value == 0.5 and done[0].summary == {"best_val_acc": 0.5}
+    # a failed job runs again; consecutive jobs not done launch together, numbered as in the first sweep
+    assert _not_done(grid, 0, done) == [(1, grid[1:])]
+    assert _not_done(grid[2:], 2, {**done, 3: done[0]}) == [(2, [grid[2]])]
+    other = [["optimizer.lr=0.1"], ["optimizer.lr=0.2"], ["optimizer.lr=0.5"]]
+    with pytest.raises(UserError, match="holds another sweep: its job 2 ran optimizer.lr=0.3, this one's is optimizer"):
+        done_runs(tmp_path, other)
+    (tmp_path / "sweep_summary.json").write_text("{not json")
+    with pytest.raises(UserError, match="sweep_summary.json cannot be read"):
+        done_runs(tmp_path, grid)

@@ -91,7 +91,7 @@ class FailTolerantSweeper(_LaunchingSweeper):
         self.params = params or {}
 
     def _sweep(self, arguments: list[str]) -> Any:
-        from reparam.sweep import SweepRecord, SweepRun, print_stopped_sweep, set_active_record
+        from reparam.sweep import SweepRecord, SweepRun, done_runs, print_stopped_sweep, set_active_record
 
         config, launcher, parser = self._set_up()
         configured = [f"{key}={value}" for key, value in self.params.items()]
@@ -99,26 +99,47 @@ class FailTolerantSweeper(_LaunchingSweeper):
         swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        batches = job_batches(overrides, self.max_batch_size)
+        jobs = [job for batch in batches for job in batch]
+        # auto_resume=true in a sweep directory that has a record: a stopped sweep goes on; its jobs that ended ok
+        # are kept, the interrupted one resumes from its last.ckpt, the others run
+        done = done_runs(sweep_dir, jobs) if config.get("auto_resume") is True else {}
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
         record = SweepRecord(str(sweep_dir), config.get("optimized_metric"))
+        if done:
+            record.add_batch(list(done.values()))
+            print(f"continuing the sweep in {sweep_dir}: {len(done)} of {len(jobs)} jobs done before", flush=True)
         set_active_record(record)
         returns, first = [], 0
-        batches = job_batches(overrides, self.max_batch_size)
         try:
             for batch in batches:
                 self.validate_batch_is_legal(batch)
-                results = launcher.launch(batch, initial_job_idx=first)
-                runs = [SweepRun.from_job(result) for result in results]
-                for run in runs:
-                    run.params = {k: v for o in run.overrides for k, _, v in [o.partition("=")] if k in swept}
-                record.add_batch(runs)  # on disk after every batch: it survives whatever happens to the sweep later
-                returns.append(results)
+                for start, segment in _not_done(batch, first, done):
+                    results = launcher.launch(segment, initial_job_idx=start)
+                    runs = [SweepRun.from_job(result) for result in results]
+                    for run in runs:
+                        run.params = {k: v for o in run.overrides for k, _, v in [o.partition("=")] if k in swept}
+                    record.add_batch(runs)  # on disk after every batch: it survives whatever happens to the sweep
+                    returns.append(results)
                 first += len(batch)
         except BaseException:  # Ctrl-C, SIGTERM, a crash: what ended and what did not, as the end of a sweep shows it
             with contextlib.suppress(Exception):
-                print_stopped_sweep(record, [job for batch in batches for job in batch], swept)
+                print_stopped_sweep(record, jobs, swept, arguments)
             raise
         return returns
+
+
+def _not_done(batch: list[list[str]], first: int, done: dict[int, Any]) -> list[tuple[int, list[list[str]]]]:
+    """The runs of consecutive jobs of ``batch`` (numbered from ``first``) not in ``done``: (first job, jobs)."""
+    segments: list[tuple[int, list[list[str]]]] = []
+    for i, job in enumerate(batch, start=first):
+        if i in done:
+            continue
+        if segments and segments[-1][0] + len(segments[-1][1]) == i:
+            segments[-1][1].append(job)
+        else:
+            segments.append((i, [job]))
+    return segments
 
 
 class OptunaSearchSweeper(_LaunchingSweeper):
