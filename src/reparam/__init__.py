@@ -3,7 +3,7 @@
 The fusion core (this namespace) imports neither Lightning nor Hydra.
 """
 
-from .autofuse import FuseReport, auto_fuse
+from .autofuse import AutoFuseError, FuseReport, auto_fuse
 from .blocks import (
     BLOCKS,
     ACBlock,
@@ -49,6 +49,7 @@ __all__ = [
     "ConvBN",
     "DiverseBranchBlock",
     "EquivalenceError",
+    "AutoFuseError",
     "EquivalenceReport",
     "FormMismatchError",
     "FuseReport",

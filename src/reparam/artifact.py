@@ -225,7 +225,11 @@ def _fused_skeleton(directory: Path, spec: dict) -> torch.nn.Module:
         elsewhere = (
             f", or run {directory / PROGRAM} with a torch.export runtime" if (directory / PROGRAM).is_file() else ""
         )
-        raise UserError(
-            f"{directory}: the recorded model cannot be built ({str(err).splitlines()[0]}); code of your own that "
-            f"defines it is named by imports=[<module>] as when training{elsewhere}"
-        ) from err
+        why = str(err).splitlines()[0]
+        own = (
+            ""  # an unknown block kind's message says it already
+            if "imports=[" in why
+            else "; code of your own that defines it is imported first, as when training (in Python: import it; "
+            "deploy.py and serve.py: imports=[<module>])"
+        )
+        raise UserError(f"{directory}: the recorded model cannot be built ({why}){own}{elsewhere}") from err

@@ -29,7 +29,6 @@ import copy
 import inspect
 import math
 import operator
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -89,14 +88,22 @@ class FuseReport:
         out["verification"] = self.verification.to_dict() if self.verification else None
         return out
 
-    def summary(self) -> str:
+    def summary(self, shown: int = 5) -> str:
+        """What was merged (each new conv and the nodes it replaces) and what was left alone and why, by graph node
+        name, ``shown`` of each at most (all of them: ``merged``, ``skipped``, ``to_dict()``)."""
         ops = sum(len(m.replaces) for m in self.merged)
-        lines = [
-            f"auto_fuse ({self.tracer}): {ops} ops merged into {len(self.merged)} convs; params "
-            f"{self.params_before:,} -> {self.params_after:,}"
-        ]
-        reasons = Counter(s.reason for s in self.skipped)
-        lines += [f"  left alone x{n}: {reason}" for reason, n in reasons.most_common()]
+        convs = len(self.merged)
+        merged = f"{ops} ops merged into {convs} conv{'s' if convs != 1 else ''}" if convs else "nothing merged"
+        lines = [f"auto_fuse ({self.tracer}): {merged}; params {self.params_before:,} -> {self.params_after:,}"]
+        lines += [f"  {m.name} <- {', '.join(m.replaces)}" for m in self.merged[:shown]]
+        if convs > shown:
+            lines.append(f"  ... and {convs - shown} more (report.merged)")
+        by_reason: dict[str, list[str]] = {}
+        for skipped in self.skipped:
+            by_reason.setdefault(skipped.reason, []).append(skipped.node)
+        for reason, nodes in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+            names = ", ".join(nodes[:shown]) + (f", ... {len(nodes) - shown} more" if len(nodes) > shown else "")
+            lines.append(f"  left alone x{len(nodes)}: {reason} ({names})")
         if self.verification is not None:
             lines.append(f"  verified on example inputs ({self.verification.dtype}): {self.verification.describe()}")
         return "\n".join(lines)
@@ -539,10 +546,35 @@ def _trace(model: nn.Module) -> tuple[fx.GraphModule, str]:
         return fx.symbolic_trace(model), "torch.fx"
     except Exception as err:  # noqa: BLE001 - any tracing failure is reported, never a partial fuse
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise AutoFuseError(
-            f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {first}); make the forward free of "
-            "data-dependent Python control flow, or fuse with the model's own reparameterize()"
-        ) from err
+        name, culprit = _untraceable_part(model)
+        where = (
+            type(model).__name__
+            if culprit is model
+            else f"{type(culprit).__name__} at {name} of {type(model).__name__}"
+        )
+        if callable(getattr(culprit, "fused_form", None)) or callable(getattr(culprit, "reparameterize", None)):
+            advice = f"{type(culprit).__name__} has a fusion of its own: fuse with reparam.reparameterize_model(model)"
+        else:
+            advice = (
+                "make its forward free of data-dependent Python control flow, or fuse with the model's own "
+                "reparameterize()"
+            )
+        raise AutoFuseError(f"torch.fx cannot trace {where} ({type(err).__name__}: {first}); {advice}") from err
+
+
+def _untraceable_part(model: nn.Module) -> tuple[str, nn.Module]:
+    """The deepest submodule torch.fx cannot trace by itself (the model when every part traces alone)."""
+    found: tuple[str, nn.Module] = ("", model)
+    for name, module in model.named_modules():
+        if not name or type(module).__module__.startswith("torch.nn"):
+            continue  # torch's own layers are leaves of the trace
+        if found[0] and not name.startswith(found[0] + "."):
+            break  # past the first failing part and what it holds
+        try:
+            fx.symbolic_trace(module)
+        except Exception:  # noqa: BLE001 - a failure is what is searched for
+            found = (name, module)
+    return found
 
 
 def _strip_asserts(gm: fx.GraphModule) -> int:
@@ -591,7 +623,7 @@ def auto_fuse(
     report.params_after = sum(p.numel() for p in gm.parameters())
     if verify:
         comparison = Comparison(tolerance)
-        comparison.update(reference(*args), gm(*args))
+        comparison.update_outputs(reference(*args), gm(*args))
         report.verification = comparison.report()
         if not report.verification.passed:
             raise AutoFuseError(

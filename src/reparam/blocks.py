@@ -228,14 +228,34 @@ BLOCKS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_block(kind: str) -> Callable[[type], type]:
-    """Class decorator: make a block class available as ``make_block(kind, ...)`` and ``model.block=kind``."""
+    """Class decorator: make a block class available as ``make_block(kind, ...)`` and ``model.block=kind``.
+
+    The class is an ``nn.Module`` with ``fused_form()`` or ``reparameterize()`` (subclass :class:`MultiBranchBlock`
+    for both). A kind already registered by another class is refused (``BLOCKS.pop(kind)`` first replaces it on
+    purpose); the same class registered again (its module imported twice) is not."""
 
     def add(cls: type) -> type:
+        fusable = callable(getattr(cls, "fused_form", None)) or callable(getattr(cls, "reparameterize", None))
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module) and fusable):
+            raise TypeError(
+                f"register_block('{kind}'): {getattr(cls, '__qualname__', cls)!s} is not a block: a block kind is an "
+                "nn.Module with fused_form() or reparameterize(); subclass reparam.MultiBranchBlock"
+            )
+        held = BLOCKS.get(kind)
+        if held is not None and _qualified(held) != _qualified(cls):
+            raise ValueError(
+                f"register_block('{kind}'): block kind '{kind}' is already {_qualified(held)}; choose another name "
+                f"(or reparam.BLOCKS.pop('{kind}') first, to replace it on purpose)"
+            )
         BLOCKS[kind] = cls
         cls.kind = kind  # type: ignore[attr-defined]  # the registry gives each class its kind
         return cls
 
     return add
+
+
+def _qualified(cls: Any) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def user_kind(kind: object) -> bool:
@@ -247,7 +267,8 @@ def unknown_block(kind: str) -> str:
     """What to do about a block kind nothing registered (in training ``model.block``; in deploy the recorded one)."""
     return (
         f"unknown block kind '{kind}'; choose one of {sorted(BLOCKS)}, or register your own with "
-        "reparam.register_block in a module named by imports=[<module>]"
+        "reparam.register_block in a module that is imported first (in Python: import it; train.py, deploy.py and "
+        "serve.py: imports=[<module>])"
     )
 
 
@@ -271,7 +292,7 @@ def make_block(
             known = sorted(set(accepted) - {"in_channels", "out_channels", "kernel_size", "stride", "groups"})
             raise ValueError(
                 f"block kind '{kind}' has no option(s) {unknown}; its options are {known} "
-                "(model.block_options.<name>=...)"
+                "(make_block(..., <name>=...); in train.py model.block_options.<name>=...)"
             )
     return cls(in_channels, out_channels, kernel_size, stride=stride, groups=groups, **options)
 

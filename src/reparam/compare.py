@@ -13,10 +13,19 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["Tolerance", "Comparison", "ComparisonReport", "compare", "strict_fp32", "tf32_enabled"]
+__all__ = [
+    "Tolerance",
+    "Comparison",
+    "ComparisonReport",
+    "compare",
+    "output_tensors",
+    "strict_fp32",
+    "tf32_enabled",
+]
 
 
 def tf32_enabled() -> bool:
@@ -135,6 +144,21 @@ class Comparison:
             self.disagreements += int((ref.argmax(1) != act.argmax(1)).sum())
             self.argmax_rows += int(ref.shape[0])
 
+    def update_outputs(self, reference: Any, actual: Any) -> None:
+        """Two models' outputs of any nesting (a tensor, or tuples, lists and dicts of tensors): every tensor of
+        ``actual`` against the one at the same place in ``reference``."""
+        expected, got = output_tensors(reference), output_tensors(actual)
+        if [where for where, _ in expected] != [where for where, _ in got]:
+            raise ValueError(
+                f"the outputs differ in structure: reference {[w or 'tensor' for w, _ in expected]}, "
+                f"other {[w or 'tensor' for w, _ in got]}"
+            )
+        for (where, ref), (_, act) in zip(expected, got, strict=True):
+            if ref.shape != act.shape:
+                place = f" at {where}" if where else ""
+                raise ValueError(f"output shapes differ{place}: reference {tuple(ref.shape)}, other {tuple(act.shape)}")
+            self.update(ref, act)
+
     def report(self) -> ComparisonReport:
         dtype = self.dtype or torch.float32
         tol = self.tolerance or Tolerance.for_dtype(dtype)
@@ -154,6 +178,27 @@ class Comparison:
             rtol=tol.rtol,
             passed=bool(self.finite and max_abs <= tol.limit(scale)),
         )
+
+
+def output_tensors(output: Any, where: str = "") -> list[tuple[str, torch.Tensor]]:
+    """The tensors of a model's output, each with where it sits (``""`` for a lone tensor, ``[0]``, ``['logits']``,
+    ``[1][0]``): tuples, lists (named tuples too) and dicts, in order; ``None`` entries are skipped. Anything else is
+    refused with a ``TypeError`` that says what and where."""
+    if isinstance(output, torch.Tensor):
+        return [(where, output)]
+    if output is None:
+        return []
+    if isinstance(output, dict):
+        items: list[tuple[str, Any]] = [(f"{where}[{key!r}]", value) for key, value in output.items()]
+    elif isinstance(output, (tuple, list)):
+        items = [(f"{where}[{i}]", value) for i, value in enumerate(output)]
+    else:
+        place = f" at output{where}" if where else ""
+        raise TypeError(
+            f"cannot compare a {type(output).__name__}{place}: outputs compared are tensors, or tuples, lists and "
+            "dicts of them"
+        )
+    return [found for key, value in items for found in output_tensors(value, key)]
 
 
 def compare(reference: torch.Tensor, actual: torch.Tensor, tolerance: Tolerance | None = None) -> ComparisonReport:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .blocks import user_kind
-from .compare import Comparison, ComparisonReport, Tolerance
+from .compare import Comparison, ComparisonReport, Tolerance, output_tensors
 
 __all__ = [
     "reparameterize_model",
@@ -161,12 +162,22 @@ def verify_equivalence(
 ) -> EquivalenceReport:
     """Run both models in eval mode on ``inputs`` and compare their outputs (:class:`reparam.compare.Comparison`).
 
-    Passes when ``max|fused - reference| <= atol + rtol * max|reference|``. Defaults come from
-    :meth:`Tolerance.for_dtype` for the output dtype. Both models are put back in the train/eval mode
-    they came in. Raises :class:`EquivalenceError` (carrying the report) on a mismatch unless
-    ``raise_on_mismatch=False``.
+    ``inputs`` is one tensor (one batch), or a sequence of the forward's positional arguments (for a model taking
+    two inputs: ``(x, y)``; not several batches). Outputs may be a tensor or tuples, lists and dicts of tensors:
+    every tensor is compared. Both models must hold the same floating dtype (compare a bfloat16 copy with a
+    bfloat16 reference). Passes when ``max|fused - reference| <= atol + rtol * max|reference|``; defaults come from
+    :meth:`Tolerance.for_dtype` for the output dtype. Both models are put back in the train/eval mode they came in.
+    Raises :class:`EquivalenceError` (carrying the report) on a mismatch unless ``raise_on_mismatch=False``; for a
+    model made of reparam blocks, its message names the first block whose own fusion differs.
     """
     args = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    dtypes = {name: _float_dtypes(model) for name, model in (("reference", reference), ("fused", fused))}
+    if dtypes["reference"] and dtypes["fused"] and dtypes["reference"] != dtypes["fused"]:
+        raise ValueError(
+            f"the reference holds {_names(dtypes['reference'])} parameters and the fused model "
+            f"{_names(dtypes['fused'])}: compare them in one dtype (e.g. fused.to(torch.float32), or a reference "
+            "converted like the fused model)"
+        )
     modes = (reference.training, fused.training)
     reference.eval()
     fused.eval()
@@ -176,14 +187,27 @@ def verify_equivalence(
     finally:
         reference.train(modes[0])
         fused.train(modes[1])
-    if expected.shape != actual.shape:
+    tensors = output_tensors(expected)
+    dtype = tensors[0][1].dtype if tensors else torch.float32
+    comparison = Comparison(Tolerance.resolve(dtype, atol, rtol))
+    try:
+        comparison.update_outputs(expected, actual)
+    except ValueError as err:  # another structure or shape: no number compares them
         raise EquivalenceError(
-            f"output shapes differ: reference {tuple(expected.shape)}, fused {tuple(actual.shape)}",
-            ComparisonReport(float("inf"), float("inf"), 0.0, 0.0, 0, 0, str(expected.dtype), 0.0, 0.0, False),
-        )
-    comparison = Comparison(Tolerance.resolve(expected.dtype, atol, rtol))
-    comparison.update(expected, actual)
+            str(err), ComparisonReport(math.inf, math.inf, 0.0, 0.0, 0, 0, str(dtype), 0.0, 0.0, False)
+        ) from err
     report = comparison.report()
     if not report.passed and raise_on_mismatch:
-        raise EquivalenceError(f"fused model differs from the reference: {report.describe()}", report)
+        # a few samples are enough to find the block, in float64, one block at a time
+        where = where_fusion_differs(reference, args[0][:8]) if len(args) == 1 and args[0].dim() else None
+        located = f"; {where}" if where else ""
+        raise EquivalenceError(f"fused model differs from the reference: {report.describe()}{located}", report)
     return report
+
+
+def _float_dtypes(model: nn.Module) -> set[torch.dtype]:
+    return {p.dtype for p in model.parameters() if p.is_floating_point()}
+
+
+def _names(dtypes: set[torch.dtype]) -> str:
+    return "/".join(sorted(str(d).removeprefix("torch.") for d in dtypes))

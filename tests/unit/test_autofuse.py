@@ -7,7 +7,7 @@ import torch
 from helpers import TINY_SPEC, calibrate_bn, randomize_bn, zoo_kinds
 from torch import nn
 
-from reparam import Tolerance, auto_fuse, reparameterize_model
+from reparam import EquivalenceError, Tolerance, auto_fuse, reparameterize_model, verify_equivalence
 from reparam.autofuse import AutoFuseError
 from reparam.models import build_model
 
@@ -106,6 +106,74 @@ def test_untraceable_model_is_one_clear_error() -> None:
 
     with pytest.raises(AutoFuseError, match="torch.fx cannot trace DataDependent"):
         auto_fuse(DataDependent(), torch.randn(1, 3, 4, 4))
+
+
+def test_an_untraceable_part_is_named_and_a_block_with_its_own_fusion_points_to_reparameterize_model() -> None:
+    """A library user's auto_fuse on a linear_add model was told to rewrite their forward's control flow."""
+    model = build_model({**TINY_SPEC, "block": "linear_add"}).eval()
+    with pytest.raises(AutoFuseError) as caught:
+        auto_fuse(model, torch.randn(1, 3, 32, 32))
+    said = str(caught.value)
+    assert said.startswith("torch.fx cannot trace LinearAddBlock at stages.0.0 of RepVGG (")
+    assert said.endswith("LinearAddBlock has a fusion of its own: fuse with reparam.reparameterize_model(model)")
+
+    class Inner(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.gate = nn.Conv2d(3, 3, 1), nn.Sequential(Inner())
+
+        def forward(self, x):
+            return self.gate(self.conv(x))
+
+    with pytest.raises(AutoFuseError, match=r"cannot trace Inner at gate\.0 of Outer .*free of data-dependent"):
+        auto_fuse(Outer(), torch.randn(1, 3, 4, 4))
+
+
+class TwoHeads(nn.Module):
+    """A model returning a tuple and a dict (detection- and multi-task-style outputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.side = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x)) + self.side(x)
+        return y, {"pooled": y.mean((2, 3)), "nothing": None}
+
+
+def test_outputs_of_any_nesting_are_compared_tensor_by_tensor() -> None:
+    """auto_fuse and verify_equivalence failed on a tuple output with AttributeError inside reparam."""
+    model = randomize_bn(TwoHeads()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    fused, report = auto_fuse(model, x)
+    assert report.verification.passed and len(report.merged) == 1
+    assert verify_equivalence(model, fused, x).passed
+    other = randomize_bn(TwoHeads()).eval()
+    with pytest.raises(EquivalenceError, match="fused model differs from the reference"):
+        verify_equivalence(model, other, x)
+
+    class Flat(TwoHeads):
+        def forward(self, x):
+            return super().forward(x)[0]
+
+    with pytest.raises(EquivalenceError, match="the outputs differ in structure"):
+        verify_equivalence(model, Flat().eval(), x)
+    with pytest.raises(ValueError, match="reference holds float32 parameters and the fused model bfloat16"):
+        verify_equivalence(model, fused.to(torch.bfloat16), x)
+
+
+def test_the_summary_names_what_was_merged_and_left_alone() -> None:
+    model = randomize_bn(TwoHeads()).eval()
+    _, report = auto_fuse(model, torch.randn(2, 3, 8, 8))
+    lines = report.summary().splitlines()
+    assert lines[0].startswith("auto_fuse (torch.fx): 4 ops merged into 1 conv; params ")
+    assert lines[1].split(" <- ")[1] == "conv, bn, side, add"
+    _, nothing = auto_fuse(nn.Sequential(nn.ReLU()), torch.randn(1, 3, 4, 4))
+    assert nothing.summary().startswith("auto_fuse (torch.fx): nothing merged; params 0 -> 0")
 
 
 def test_auto_fuse_leaves_the_model_untouched() -> None:

@@ -178,5 +178,26 @@ def test_a_whole_model_mismatch_is_traced_to_the_first_block_that_fuses_wrong() 
         assert said.startswith("the first block that differs is stages.0.0 (kind 'test_forgets_a_bias', max |diff| ")
         assert said.endswith("): its fusion is your code (reparam.register_block): check it")
         assert where_fusion_differs(good, torch.randn(2, 3, 32, 32)).startswith("every block alone fuses exactly")
+        # a library user's verify_equivalence says it too
+        with pytest.raises(reparam.EquivalenceError, match=r"; the first block that differs is stages\.0\.0 \(kind"):
+            verify_equivalence(bad, reparameterize_model(bad), torch.randn(2, 3, 32, 32))
     finally:
         BLOCKS.pop("test_forgets_a_bias")
+
+
+def test_register_block_refuses_a_taken_kind_and_a_class_that_is_not_a_block() -> None:
+    """A library user's register_block("repvgg") replaced the built-in kind silently, and any class was accepted."""
+    with pytest.raises(
+        ValueError, match=r"block kind 'repvgg' is already reparam\.blocks\.RepVGGBlock; choose another"
+    ):
+
+        @register_block("repvgg")
+        class Mine(MultiBranchBlock):
+            pass
+
+    assert BLOCKS["repvgg"].__name__ == "RepVGGBlock"
+    with pytest.raises(TypeError, match="is not a block: a block kind is an nn.Module with fused_form"):
+        register_block("test_not_a_block")(nn.Conv2d)
+    assert "test_not_a_block" not in BLOCKS
+    # the same class again (its module imported twice, as imports=[...] may) is no conflict
+    register_block("repvgg")(BLOCKS["repvgg"])
