@@ -6,8 +6,9 @@ from some *source* node ``x``::
 
     node = conv2d(x, kernel, bias, stride, padding, dilation, groups)     (float64 throughout)
 
-built from conv, BatchNorm (module or ``F.batch_norm``), average pooling, zero padding, identity/dropout and
-``add`` of branches that start from the same ``x`` (any branch types, nested, in any order). Where a chain
+built from conv, BatchNorm (module or ``F.batch_norm``), average pooling, zero padding, identity/dropout, a
+multiplication or division by a number, negation, and ``add`` / ``sub`` of branches that start from the same ``x``
+(any branch types, nested, in any order). Where a chain
 ends (a nonlinear op, a value used twice, a composition that would not be exact or would grow the conv),
 the map is materialized as one ``nn.Conv2d``. Everything else is left as it was, and the report says what
 was merged and what was skipped, with the reason. The result is verified on ``example_inputs``.
@@ -46,6 +47,10 @@ __all__ = ["auto_fuse", "FuseReport", "MergedConv", "Skipped", "AutoFuseError"]
 
 Pair = tuple[int, int]
 _ADD = {operator.add, operator.iadd, torch.add}
+_SUB = {operator.sub, operator.isub, torch.sub}
+_MUL = {operator.mul, operator.imul, torch.mul}
+_DIV = {operator.truediv, operator.itruediv, torch.div}
+_NEG = {operator.neg, torch.neg}
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -160,6 +165,14 @@ def _channel_affine(
     )
 
 
+def _matches(node: fx.Node, functions: set[Any], methods: tuple[str, ...]) -> bool:
+    """Whether ``node`` calls one of ``functions`` (``operator.add``, ``torch.add``) or a tensor method named in
+    ``methods`` (``x.add(y)``)."""
+    if node.op == "call_function":
+        return node.target in functions
+    return node.op == "call_method" and node.target in methods
+
+
 def _is_diagonal(m: _Map) -> bool:
     return m.pointwise and m.padding == (0, 0) and m.groups == m.out_channels and m.kernel.shape[1] == 1
 
@@ -200,6 +213,8 @@ def _compose(a: _Map, b: _Map) -> _Map | str:
     elif a.pointwise and (a.bias is None or b.padding == (0, 0)):
         geometry = (b.stride, (a.padding[0] + b.padding[0], a.padding[1] + b.padding[1]), b.dilation)
         compose = compose_1x1_kxk
+    elif a.pointwise and a.bias is not None:
+        return "a per-channel shift (a bias, BN) before a zero-padded conv: the padded border would not see the shift"
     else:
         return "two spatial convs in a row (merging them would change the receptive field)"
     groups = math.gcd(a.groups, b.groups)
@@ -343,8 +358,11 @@ class _Pass:
             self.absorb(source, base)
             self.maps[node] = _Map(**{**base.__dict__, "nodes": base.nodes + [node]})
 
-    def extend(self, node: fx.Node, op: _Map | None, reason_if_none: str | None = None) -> None:
-        source = node.args[0] if node.args else None
+    def extend(
+        self, node: fx.Node, op: _Map | None, reason_if_none: str | None = None, source: fx.node.Argument = None
+    ) -> None:
+        """``op`` applied to ``source`` (default: the node's first argument), composed with ``source``'s map."""
+        source = source if source is not None else node.args[0] if node.args else None
         base = self.input_map(source, node)
         if op is None or base is None:
             if reason_if_none:
@@ -441,13 +459,39 @@ class _Pass:
             base.weights,
         )
 
+    def visit_scale(self, node: fx.Node) -> None:
+        """``x * c``, ``c * x``, ``x / c``, ``-x`` for a number ``c``: a per-channel scale without a shift."""
+        if _matches(node, _NEG, ("neg",)):
+            tensor, factor = node.args[0], -1.0
+        else:
+            operands = list(node.args[:2])
+            tensors = [o for o in operands if isinstance(o, fx.Node)]
+            numbers = [o for o in operands if isinstance(o, (int, float)) and not isinstance(o, bool)]
+            if len(tensors) != 1 or len(numbers) != 1 or node.kwargs:
+                return  # a product of two tensors is not linear; rounding modes and out= are not plain division
+            tensor, factor = tensors[0], float(numbers[0])
+            if _matches(node, _DIV, ("div", "div_")):
+                if operands[0] is not tensor or factor == 0:
+                    return  # c / x is not linear
+                factor = 1.0 / factor
+        if not isinstance(tensor, fx.Node):
+            return
+        shape = self.shape(tensor)
+        if shape is None or len(shape) != 4:
+            return
+        scale = torch.full((shape[1],), factor, dtype=torch.float64, device=self.device)
+        self.extend(node, _channel_affine(tensor, scale, None, node, 0), source=tensor)
+
     def visit_add(self, node: fx.Node) -> None:
-        if node.target is torch.add and node.kwargs.get("alpha", 1) != 1:
+        """``a + b`` and ``a - b`` of two branches from one source: one conv for both."""
+        subtract = _matches(node, _SUB, ("sub", "sub_"))
+        if node.target in (torch.add, torch.sub) and node.kwargs.get("alpha", 1) != 1:
             return
         operands = list(node.args[:2])
         tensors = [o for o in operands if isinstance(o, fx.Node)]
         if len(tensors) == 1 and all(o == 0 for o in operands if not isinstance(o, fx.Node)):
-            self.pass_through(node, tensors[0])  # 0 + x
+            if not subtract or operands[0] is tensors[0]:
+                self.pass_through(node, tensors[0])  # 0 + x, x - 0
             return
         if len(tensors) != 2:
             return
@@ -464,7 +508,12 @@ class _Pass:
         out_shape, in_shape = self.shape(node), self.shape(first.source)
         if out_shape is None or in_shape is None:
             return
-        merged = _sum([first, second], node, out_shape, in_shape)
+        subtrahend = (
+            _Map(**{**second.__dict__, "kernel": -second.kernel, "bias": None if second.bias is None else -second.bias})
+            if subtract
+            else second
+        )
+        merged = _sum([first, subtrahend], node, out_shape, in_shape)
         if isinstance(merged, str):
             self.report.skipped.append(Skipped(node.name, merged))
             return
@@ -476,10 +525,10 @@ class _Pass:
         for node in list(self.gm.graph.nodes):
             if node.op == "call_function" and node.target is F.pad:
                 self.visit_pad(node)
-            elif node.op in ("call_function", "call_method") and (
-                node.target in _ADD or node.target in ("add", "add_")
-            ):
+            elif _matches(node, _ADD | _SUB, ("add", "add_", "sub", "sub_")):
                 self.visit_add(node)
+            elif _matches(node, _MUL | _DIV | _NEG, ("mul", "mul_", "div", "div_", "neg")):
+                self.visit_scale(node)
             elif node.op == "call_module" and isinstance(self.gm.get_submodule(node.target), _IDENTITY_MODULES):
                 self.pass_through(node, node.args[0])  # identity, dropout (eval)
             elif node.op in ("call_module", "call_function"):

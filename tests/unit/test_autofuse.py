@@ -176,6 +176,47 @@ def test_the_summary_names_what_was_merged_and_left_alone() -> None:
     assert nothing.summary().startswith("auto_fuse (torch.fx): nothing merged; params 0 -> 0")
 
 
+class Signed(nn.Module):
+    """Branches scaled by numbers, negated and subtracted (as in hand-written re-weighted blocks)."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.kxk, self.bn, self.pw = nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Conv2d(4, 6, 1)
+
+    def forward(self, x):
+        a, b = self.bn(self.kxk(x)), self.pw(x)
+        if self.form == "sub":
+            y = a - b
+        elif self.form == "scaled":
+            y = 0.5 * a + b * 3
+        elif self.form == "divided":
+            y = a / 4 - (-b).mul(2)
+        else:
+            y = torch.sub(a, b.div(2)).neg()
+        return torch.relu(y)
+
+
+@pytest.mark.parametrize("form", ["sub", "scaled", "divided", "method"])
+def test_numbers_negation_and_subtraction_merge_exactly(form: str) -> None:
+    """A library user's 0.5 * BN(conv(x)) + conv1x1(x) and BN(conv(x)) - conv1x1(x) were left alone, unexplained."""
+    model = randomize_bn(Signed(form)).double().eval()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    fused, report = auto_fuse(model, x)
+    assert len(report.merged) == 1 and not report.skipped, report.summary()
+    assert sum(isinstance(m, nn.Conv2d) for m in fused.modules()) == 1
+    assert (fused(x) - model(x)).abs().max() <= 1e-12
+
+
+def test_a_shift_before_a_padded_conv_is_left_alone_with_that_reason() -> None:
+    model = randomize_bn(nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1))).eval()
+    fused, report = auto_fuse(model, torch.randn(2, 3, 8, 8))
+    assert not report.merged
+    assert [s.reason for s in report.skipped] == [
+        "a per-channel shift (a bias, BN) before a zero-padded conv: the padded border would not see the shift"
+    ]
+
+
 def test_auto_fuse_leaves_the_model_untouched() -> None:
     model = randomize_bn(build_model(TINY_SPEC)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
