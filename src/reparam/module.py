@@ -186,8 +186,9 @@ class ClassifierModule(L.LightningModule):
             f"{stage}/loss", self.criterion(logits, y), on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y)
         )
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        # how many images the accuracy is over (batch limits and DDP padding included): one image is 1/n of it;
-        # filled on the device (a Python number would be copied there, which waits for the GPU, every batch)
+        # how many images the accuracy is over (batch limits included; under DDP each image once: EvalShard): one
+        # image is 1/n of it; filled on the device (a Python number would be copied there, which waits for the GPU,
+        # every batch)
         images = y.new_full((), len(y), dtype=torch.float32)
         self.log(
             f"{stage}/images", images, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=len(y)

@@ -49,6 +49,38 @@ def test_ddp_on_two_cpu_processes_writes_exactly_one_fused_model(
         assert summary["shipped_weights"] in ("averaged", "raw") and summary["val_acc_raw"] is not None
 
 
+def test_ddp_accuracies_count_every_image_once_and_match_a_single_process_deploy(tmp_path: Path, run_env) -> None:
+    """Two processes on 41 validation and 41 test images: Lightning's sampler padded each share to 21, so the
+    recorded accuracies were over 42 images, one of them twice (a new user's demo: 360 of 359)."""
+    from helpers import write_fake_cifar
+
+    write_fake_cifar(tmp_path / "data", "cifar10", per_batch=40, n_test=41)
+    run_dir = tmp_path / "run"
+    all_eval = ["trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0", "data.val_size=41"]
+    args = ["trainer=ddp_sim", *TINY, *all_eval, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run_dir}"]
+    proc = run_entry("train.py", args, run_env, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["val_images"] == 41 and summary["test_images"] == 41, summary
+    assert "of 41 images" in proc.stdout
+    # one process, deploy.py on the same test split, measures what training recorded
+    deployed = run_entry(
+        "deploy.py",
+        [
+            f"ckpt={run_dir}",
+            "benchmark.enabled=false",
+            "export.onnx=false",
+            "export.torch_export=false",
+            f"hydra.run.dir={tmp_path / 'deploy'}",
+        ],
+        run_env,
+    )
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    report = json.loads((tmp_path / "deploy" / "report.json").read_text())
+    assert report["num_test_images"] == 41
+    assert report["correct"]["train_form"] == round(summary["test_acc"] * 41)
+
+
 def test_missing_cifar_explains_where_it_looked(tmp_path: Path, run_env) -> None:
     proc = run_entry("train.py", [*TINY, f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"], run_env)
     assert_one_clear_line(proc, str(tmp_path / "cifar-10-batches-py"), "data.download=true", "experiment=demo")
