@@ -285,8 +285,12 @@ class SpeedMonitor(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
+        # a resumed run's best so far is not this run's: its time to best counts from the resume
+        self._best_path = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the checkpoint callbacks run after this one (Lightning puts them last): the previous epoch's is saved now
+        self._note_best(trainer)
         self._epoch_start = time.perf_counter()
         self._running, self._epoch_images, self._epoch_train_time = False, 0, 0.0
 
@@ -322,12 +326,13 @@ class SpeedMonitor(L.Callback):
         rate = self._epoch_images / self._epoch_train_time if self._epoch_train_time > 0 else 0.0
         self._log(trainer, {"speed/epoch_time_s": now - self._epoch_start, "speed/epoch_images_per_s": rate})
         self._last_epoch_end = now
-        self._note_best(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._note_best(trainer)  # a checkpoint callback that saved after this callback's epoch end
+        self._note_best(trainer)  # the last epoch's checkpoint
 
     def _note_best(self, trainer: L.Trainer) -> None:
+        """When the best checkpoint changed since the last look, it is the last ended epoch's: the time to best is
+        that epoch's end (looked at from the next epoch's start, once the checkpoint callbacks saved)."""
         best = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
         if best and best != self._best_path and self._last_epoch_end is not None:
             self._best_path = best

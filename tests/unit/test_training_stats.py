@@ -77,3 +77,61 @@ def test_a_fit_logs_epoch_loss_and_accuracy_and_the_step_loss_every_n_steps(tmp_
         acc = float(row["train/acc"])
         assert 0.0 <= acc <= 1.0 and (acc * 40) == pytest.approx(round(acc * 40), abs=1e-4)  # k correct of 40
     assert module.train_stats.update_count == 0  # reset for the next epoch
+
+
+class ScriptedScores(L.LightningModule):
+    """Validation accuracy from a script, one value per epoch; each training epoch takes about ``step_s``."""
+
+    def __init__(self, scores: list[float], step_s: float) -> None:
+        super().__init__()
+        self.scores, self.step_s = scores, step_s
+        self.layer = torch.nn.Linear(2, 2)
+        self.epoch_ends: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        import time
+
+        time.sleep(self.step_s)
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/acc", self.scores[self.current_epoch])
+        self.log("val/loss", 1.0)
+
+    def on_fit_start(self) -> None:
+        import time
+
+        self.fit_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        import time
+
+        self.epoch_ends.append(time.perf_counter() - self.fit_start)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_time_to_best_is_the_end_of_the_epoch_whose_checkpoint_is_kept(tmp_path) -> None:
+    """The best checkpoint is saved after the other callbacks' epoch end: time to best was the next epoch's end
+    (a new user's demo kept epoch 8 of 10 and was told the time to the end of epoch 9, past the training time)."""
+    from reparam.callbacks import BestCheckpoint, SpeedMonitor
+
+    data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    module = ScriptedScores([0.1, 0.9, 0.5, 0.9], step_s=0.1)
+    speed = SpeedMonitor()
+    best = BestCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max", tie_break="val/loss")
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=[best, speed],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, data, data)
+    assert best.best_model_path.endswith("epoch=1-step=4.ckpt")  # the tie at epoch 3 keeps epoch 1
+    # epochs of two 0.1 s steps: epoch 1's end, not epoch 2's (the module's clock and the callback's differ by
+    # the hooks between them, well under a step)
+    assert speed.time_to_best_s == pytest.approx(module.epoch_ends[1], abs=0.05)
+    assert speed.time_to_best_s < module.epoch_ends[2] - 0.15
