@@ -79,7 +79,8 @@ def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     if isinstance(err, MisconfigurationException):
         text = (
-            f"invalid trainer settings: {text} (check trainer.accelerator / trainer.devices; trainer=cpu runs anywhere)"
+            f"invalid trainer settings: {text} (check trainer.accelerator / trainer.devices; trainer=cpu runs anywhere"
+            "; DDP without GPUs: trainer=ddp_sim, processes on the CPU)"
         )
     elif isinstance(err, EquivalenceError):
         text = f"fused model failed verification: {text.removeprefix('fused model differs from the reference: ')}"

@@ -106,6 +106,12 @@ def test_bad_settings_end_with_one_line(
     assert line in (tmp_path / "train.log").read_text()  # the run's log says what went wrong too
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_ddp_on_a_machine_without_gpus_points_to_the_cpu_preset(tmp_path: Path, run_env) -> None:
+    proc = run_entry("train.py", ["experiment=demo", "trainer=ddp", f"hydra.run.dir={tmp_path}"], run_env)
+    assert_one_clear_line(proc, "invalid trainer settings", "trainer=cpu runs anywhere", "trainer=ddp_sim")
+
+
 def test_a_required_setting_left_out_is_one_line(tmp_path: Path, run_env) -> None:
     """data=imagefolder without data.data_dir (``???`` in its config) ended in OmegaConf's traceback."""
     proc = run_entry("train.py", ["data=imagefolder", "data.image_size=64", f"hydra.run.dir={tmp_path}"], run_env)

@@ -357,6 +357,20 @@ def test_slurm_sweep_runs_each_job_as_a_slurm_job_and_collects_both(tmp_path: Pa
     assert "#SBATCH --array=0-1" in script.read_text() and "#SBATCH --cpus-per-task=1" in script.read_text()
 
 
+@pytest.mark.skipif(slurm_partition() is None, reason="no SLURM cluster here (sinfo/sbatch missing or not answering)")
+def test_a_job_slurm_refuses_is_one_line_that_says_which_settings(tmp_path: Path, run_env) -> None:
+    """The SLURM preset asks one GPU per job; on this cluster of CPUs sbatch refuses it: that was submitit's
+    traceback, exit 1."""
+    gpu_jobs = [o for o in on_slurm() if not o.startswith("hydra.launcher.gpus_per_node=")]
+    proc = run_entry(
+        "train.py", ["-m", *TINY, "optimizer.lr=0.05,0.1", *gpu_jobs, f"hydra.sweep.dir={tmp_path}"], run_env
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: SLURM refused the sweep's jobs (sbatch: error: "), line
+    assert line.endswith("on one without GPUs: hydra.launcher.gpus_per_node=0")
+
+
 def _slurm_job_state(job: str) -> dict[str, str]:
     """``scontrol show job``'s fields of one job (JobState, Restarts, ...)."""
     shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout

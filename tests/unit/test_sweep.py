@@ -200,3 +200,17 @@ def test_a_stopped_sweep_continues_with_the_jobs_that_ended_ok_and_refuses_anoth
     (tmp_path / "sweep_summary.json").write_text("{not json")
     with pytest.raises(UserError, match="sweep_summary.json cannot be read"):
         done_runs(tmp_path, grid)
+
+
+def test_a_launcher_failure_is_one_line_and_a_jobs_own_error_is_not_one() -> None:
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from hydra_plugins.reparam_sweeper import _launch_failure, _launch_failure_line
+
+    refused = FailedJobError("sbatch: error: Invalid generic resource (gres) specification\n")
+    assert _launch_failure(refused) and not _launch_failure(ValueError("a job's own error"))
+    assert _launch_failure_line(refused).startswith(
+        "SLURM refused the sweep's jobs (sbatch: error: Invalid generic resource (gres) specification); check "
+    )
+    lost = UncompletedJobError("Job 12_0 (task: 0) with path /s/.submitit/12_0/12_0_0_result.pkl\nhas not produced")
+    assert _launch_failure_line(lost).startswith("a job of the sweep ended outside its own code (Job 12_0 (task: 0)")

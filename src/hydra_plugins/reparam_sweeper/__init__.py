@@ -71,6 +71,11 @@ class _LaunchingSweeper(Sweeper):
         except UserError as err:
             print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
             sys.exit(err.exit_code)
+        except Exception as err:
+            if not _launch_failure(err):
+                raise
+            print(f"error: {_launch_failure_line(err)}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     def _sweep(self, arguments: list[str]) -> Any:
         raise NotImplementedError
@@ -122,11 +127,32 @@ class FailTolerantSweeper(_LaunchingSweeper):
                     record.add_batch(runs)  # on disk after every batch: it survives whatever happens to the sweep
                     returns.append(results)
                 first += len(batch)
-        except BaseException:  # Ctrl-C, SIGTERM, a crash: what ended and what did not, as the end of a sweep shows it
-            with contextlib.suppress(Exception):
-                print_stopped_sweep(record, jobs, swept, arguments)
+        except BaseException as err:  # Ctrl-C, SIGTERM, a crash: what ended and what did not, as a sweep's end does
+            if record.ranked() or not _launch_failure(err):  # a launcher that ran nothing: its error line says why
+                with contextlib.suppress(Exception):
+                    print_stopped_sweep(record, jobs, swept, arguments)
             raise
         return returns
+
+
+def _launch_failure(err: BaseException) -> bool:
+    """Whether ``err`` is submitit's: a job it could not submit (sbatch refused it) or that ended outside its own
+    code (killed, out of memory, lost by the scheduler). A job's own errors come back as failed jobs instead."""
+    try:
+        from submitit.core.utils import UncompletedJobError
+    except ImportError:  # no submitit: no submitit launcher ran
+        return False
+    return isinstance(err, UncompletedJobError)
+
+
+def _launch_failure_line(err: BaseException) -> str:
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    if "sbatch" in first:
+        return (
+            f"SLURM refused the sweep's jobs ({first}); check hydra.launcher.partition, gpus_per_node, cpus_per_task, "
+            "mem_gb and timeout_min against the cluster (sinfo); on one without GPUs: hydra.launcher.gpus_per_node=0"
+        )
+    return f"a job of the sweep ended outside its own code ({first[:300]}); its logs are in the sweep's .submitit/"
 
 
 def _not_done(batch: list[list[str]], first: int, done: dict[int, Any]) -> list[tuple[int, list[list[str]]]]:
