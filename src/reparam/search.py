@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -350,9 +353,10 @@ def _refresh(record: SweepRecord, study: optuna.Study) -> None:
     record.write()
 
 
-def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[Any]:
+def run_search(config: DictConfig, launcher: Any, overrides: list[Any], typed: Sequence[str] = ()) -> list[Any]:
     """The search loop of ``OptunaSearchSweeper``: ask ``n_jobs`` trials, launch them as one batch through the
-    launcher, tell the study what came back (value, pruned or failed), until ``n_trials`` trials have finished."""
+    launcher, tell the study what came back (value, pruned or failed), until ``n_trials`` trials have finished.
+    ``typed``, the command line's overrides (Hydra's included), make the command that continues a stopped search."""
     import optuna
     from optuna.trial import TrialState
 
@@ -377,9 +381,9 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
     storage = _storage(url)
     study = open_study(settings, storage, url, metric)
     seed = sampler_seed(settings.seed, len(study.trials))
-    retried = _retry_interrupted(study, storage)
+    _retry_interrupted(study, storage)  # a search killed outright left them running
     if settings.resume:
-        _say_resumed(study, url, settings.n_trials, retried)
+        _say_resumed(study, url, settings.n_trials, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
     record = SweepRecord(
         str(sweep_dir),
         metric,
@@ -422,8 +426,34 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any]) -> list[
             returns.append(results)
     except BaseException:  # Ctrl-C, SIGTERM, a failure: the trials done so far, as the end of a search shows them
         with contextlib.suppress(Exception):
-            _refresh(record, study)
-            if record.runs:
-                print_sweep_summary(record)
+            _print_stopped_search(record, study, storage, settings.n_trials, typed)
         raise
     return returns
+
+
+def _print_stopped_search(
+    record: SweepRecord,
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    n_trials: int,
+    typed: Sequence[str],
+) -> None:
+    """The trials in flight are interrupted now (run again first when the search resumes), then the table of the
+    trials so far, ``sweep_summary.json`` with ``stopped``, and the command that continues the search."""
+    from .console import console
+
+    _retry_interrupted(study, storage)
+    _refresh(record, study)
+    done = _counted(study)
+    record.stopped = {"trials": n_trials, "done": done}
+    path = record.write()
+    if record.runs:
+        print_sweep_summary(record)
+        console.print(f"sweep summary: {path}", soft_wrap=True, markup=False)
+    kept = [a for a in typed if not a.startswith("hparams_search.resume=")]
+    command = " ".join(["python train.py -m", *map(shlex.quote, kept), "hparams_search.resume=true"])
+    print(
+        f"the search stopped with {done} of {n_trials} trials done; continue it with: {command}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -132,7 +132,8 @@ class SweepRecord:
     # jobs that ended in this process while their batch runs (basic launcher): written at once, replaced by the
     # sweeper's rows when the launcher returns the batch
     pending: list[SweepRun] = field(default_factory=list)
-    # a grid sweep stopped part way (Ctrl-C, SIGTERM): how many jobs it had, and the numbers of those not done
+    # stopped part way (Ctrl-C, SIGTERM): a grid's {"jobs": how many, "not_done": [job numbers]}, a search's
+    # {"trials": n_trials, "done": trials counted towards it}
     stopped: dict[str, Any] | None = None
 
     def add_batch(self, runs: list[SweepRun]) -> None:
@@ -270,7 +271,12 @@ class SweepSummary(Callback):
 def print_sweep_summary(record: SweepRecord) -> None:
     kind = "search" if record.study else "sweep"
     runs = record.ranked()
-    stopped = f", stopped before {len(record.stopped['not_done'])} more" if record.stopped else ""
+    if record.stopped is None:
+        stopped = ""
+    elif "not_done" in record.stopped:  # a grid: the jobs it did not start
+        stopped = f", stopped before {len(record.stopped['not_done'])} more"
+    else:  # a search: the trials counted towards n_trials
+        stopped = f", stopped with {record.stopped['done']} of {record.stopped['trials']} trials done"
     # run directories named <sweep dir>/<job> (every launcher's default) are said once, below the table
     in_sweep_dir = all(Path(run.run_dir) == Path(record.sweep_dir) / str(run.job) for run in runs)
     table = Table(
@@ -306,10 +312,10 @@ def print_sweep_summary(record: SweepRecord) -> None:
     console.print(table)
 
 
-def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[str], arguments: list[str]) -> None:
+def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[str], typed: list[str]) -> None:
     """What a grid sweep stopped part way (Ctrl-C, SIGTERM, a crash) did: the table of the jobs that ended, the
-    jobs that did not, each by what the sweep varied, and the command that continues the sweep (``arguments``: the
-    sweep's command-line overrides)."""
+    jobs that did not, each by what the sweep varied, and the command that continues the sweep (``typed``: the
+    sweep's command-line overrides, Hydra's included)."""
     done = {run.job for run in record.ranked()}
     left = [i for i in range(len(jobs)) if i not in done]
     if left:
@@ -321,7 +327,7 @@ def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[
         return
     shown = [f"job {i} ({' '.join(o for o in jobs[i] if o.partition('=')[0] in swept) or '-'})" for i in left[:10]]
     more = f" and {len(left) - 10} more" if len(left) > 10 else ""
-    kept = [a for a in arguments if not a.startswith(("auto_resume=", "hydra.sweep.dir="))]
+    kept = [a for a in typed if not a.startswith(("auto_resume=", "hydra.sweep.dir="))]
     command = " ".join(["python train.py -m", *map(shlex.quote, kept), "auto_resume=true"])
     print(
         f"the sweep stopped with {len(done)} of {len(jobs)} jobs done; not done: {', '.join(shown)}{more}. "

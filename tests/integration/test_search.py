@@ -259,18 +259,31 @@ def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path
     stdout, stderr = search.communicate(timeout=300)
     # 143: Lightning's handler turned it into reparam's Preempted; -15: it came before fit installed that handler
     assert search.returncode in (143, -signal.SIGTERM), stderr[-3000:]
+    continuing = [*args, "hparams_search.resume=true"]
     if search.returncode == 143:  # the search's way on, not the single-run resume that would leave the study
-        assert "reparam: search of 1 runs" in stdout  # the trial done so far, as the end of a search shows it
+        # the trials so far, as the end of a search shows them: the one done and the one stopped
+        assert "reparam: search of 2 runs, stopped with 1 of 3 trials done" in stdout
+        assert f"sweep summary: {sweep / 'sweep_summary.json'}" in stdout
         (line,) = [line for line in stderr.splitlines() if line.startswith("error: training stopped by SIGTERM")]
         assert line.endswith(
             "Continue the search with its command and hparams_search.resume=true: finished trials "
             "are kept and this one runs again"
         )
+        last = stderr.splitlines()[-1]
+        assert last.startswith("the search stopped with 1 of 3 trials done; continue it with: python train.py -m ")
+        assert last.endswith(" hparams_search.resume=true") and f"hydra.sweep.dir={sweep}" in last
+        continuing = [str(ROOT / "train.py"), *shlex.split(last.partition("python train.py ")[2])]  # as printed
+        stopped = report(sweep)
+        assert stopped["stopped"] == {"trials": 3, "done": 1} and stopped["counts"]["interrupted"] == 1
+        # the stopped trial is marked at once (not only when the search resumes), and queued to run again
+        states = [t.state for t in study(sweep, "s").trials]
+        assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    else:  # killed before Lightning's handler: the resumed search marks it
+        assert [t.state for t in study(sweep, "s").trials] == [TrialState.COMPLETE, TrialState.RUNNING]
     assert (
         not (sweep / "1" / "summary.json").exists()
         or json.loads((sweep / "1" / "summary.json").read_text())["status"] != "completed"
     )
-    assert [t.state for t in study(sweep, "s").trials] == [TrialState.COMPLETE, TrialState.RUNNING]
 
     again = subprocess.run([sys.executable, *args], cwd=tmp_path, env=run_env, capture_output=True, text=True)
     assert (
@@ -281,7 +294,7 @@ def test_search_killed_mid_trial_resumes_without_counting_a_trial_twice(tmp_path
     )
 
     resumed = subprocess.run(
-        [sys.executable, *args, "hparams_search.resume=true"],
+        [sys.executable, *continuing],
         cwd=tmp_path,
         env=run_env,
         capture_output=True,

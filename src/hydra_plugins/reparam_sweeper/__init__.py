@@ -130,9 +130,16 @@ class FailTolerantSweeper(_LaunchingSweeper):
         except BaseException as err:  # Ctrl-C, SIGTERM, a crash: what ended and what did not, as a sweep's end does
             if record.ranked() or not _launch_failure(err):  # a launcher that ran nothing: its error line says why
                 with contextlib.suppress(Exception):
-                    print_stopped_sweep(record, jobs, swept, arguments)
+                    print_stopped_sweep(record, jobs, swept, _command_line(config, arguments))
             raise
         return returns
+
+
+def _command_line(config: DictConfig, arguments: list[str]) -> list[str]:
+    """The sweep's command-line overrides as typed: Hydra's own (``hydra/launcher=...``, ``hydra.sweep.dir=...``)
+    and the task's (``arguments``), for a command that continues the sweep."""
+    typed = [str(o) for o in config.hydra.overrides.hydra if not str(o).startswith("hydra.mode=")]
+    return [*typed, *arguments]
 
 
 def _launch_failure(err: BaseException) -> bool:
@@ -181,4 +188,5 @@ class OptunaSearchSweeper(_LaunchingSweeper):
 
         config, launcher, parser = self._set_up()
         configured = [f"{key!s}={value}" for key, value in self.params.items()]
-        return run_search(config, launcher, parser.parse_overrides([*configured, *arguments]))
+        overrides = parser.parse_overrides([*configured, *arguments])
+        return run_search(config, launcher, overrides, _command_line(config, arguments))
