@@ -314,5 +314,8 @@ def test_few_training_steps_an_epoch_are_warned_about_with_a_batch_size_that_giv
         said = [r.getMessage() for r in caplog.records if "training step(s) an epoch" in r.getMessage()]
         assert bool(said) == warned, said
         if warned:  # 4: the largest power of two that leaves 8 steps or more (9)
-            assert said[0].startswith("2 training step(s) an epoch (36 images at data.batch_size=16)")
+            assert said[0].startswith(
+                "2 training step(s) an epoch (36 images at data.batch_size=16; each epoch leaves out a partial batch "
+                "of 4, other images each time): "
+            )
             assert said[0].endswith("e.g. data.batch_size=4")

@@ -371,14 +371,16 @@ class ImageDataModule(L.LightningDataModule):
         smaller = 1 << max(0, (per_process // SOME_STEPS).bit_length() - 1)  # a power of two
         if steps >= FEW_STEPS or smaller >= batch_size or (trainer is not None and not trainer.is_global_zero):
             return
+        unused = per_process - steps * batch_size  # the last, partial batch is dropped (drop_last)
         log.warning(
-            "%d training step(s) an epoch (%d images%s at data.batch_size=%d): BatchNorm's running statistics, which "
-            "validation and the fused model use, move a little each step, so early validations are poor; on few "
-            "images a smaller batch trains better, e.g. data.batch_size=%d",
+            "%d training step(s) an epoch (%d images%s at data.batch_size=%d%s): BatchNorm's running statistics, "
+            "which validation and the fused model use, move a little each step, so early validations are poor; on "
+            "few images a smaller batch trains better, e.g. data.batch_size=%d",
             steps,
             per_process,
             f" per process, {world} processes" if world > 1 else "",
             batch_size,
+            f"; each epoch leaves out a partial batch of {unused}, other images each time" if unused else "",
             smaller,
         )
 
