@@ -103,9 +103,12 @@ class FuseReport:
         lines += [f"  {m.name} <- {', '.join(m.replaces)}" for m in self.merged[:shown]]
         if convs > shown:
             lines.append(f"  ... and {convs - shown} more (report.merged)")
+        made = {m.name: m.replaces for m in self.merged}  # a later pass sees a conv of an earlier one: say its parts
         by_reason: dict[str, list[str]] = {}
         for skipped in self.skipped:
-            by_reason.setdefault(skipped.reason, []).append(skipped.node)
+            node = skipped.node
+            named = f"{node} = {' + '.join(made[node])}" if node in made else node
+            by_reason.setdefault(skipped.reason, []).append(named)
         for reason, nodes in sorted(by_reason.items(), key=lambda item: -len(item[1])):
             names = ", ".join(nodes[:shown]) + (f", ... {len(nodes) - shown} more" if len(nodes) > shown else "")
             lines.append(f"  left alone x{len(nodes)}: {reason} ({names})")

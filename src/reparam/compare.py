@@ -93,24 +93,27 @@ class ComparisonReport:
     max_abs_diff: float
     max_rel_diff: float  # max_abs_diff / max|reference|
     max_abs_reference: float
-    argmax_agreement: float  # fraction of rows with the same argmax (class prediction); nan for non-2D outputs
-    disagreements: int  # rows whose argmax differs
-    num_samples: int
+    argmax_agreement: float  # fraction of rows with the same argmax (class prediction); nan without 2-D outputs
+    disagreements: int  # rows of 2-D outputs whose argmax differs
+    num_samples: int  # rows compared, every output's
     dtype: str
     atol: float
     rtol: float
     passed: bool
+    predictions: int = 0  # rows of 2-D outputs: the class predictions ``disagreements`` is out of
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         """One line, for error messages."""
-        return (
+        line = (
             f"max |diff| = {self.max_abs_diff:.3e} (relative {self.max_rel_diff:.3e}) against a limit of atol "
-            f"{self.atol:.1e} + rtol {self.rtol:.1e} x max|ref| {self.max_abs_reference:.3e}; "
-            f"{self.disagreements} of {self.num_samples} predictions differ"
+            f"{self.atol:.1e} + rtol {self.rtol:.1e} x max|ref| {self.max_abs_reference:.3e}"
         )
+        if self.predictions:
+            line += f"; {self.disagreements} of {self.predictions} predictions differ"
+        return line
 
 
 class Comparison:
@@ -140,7 +143,7 @@ class Comparison:
             self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
             self.max_abs_reference = max(self.max_abs_reference, float(ref.abs().max()))
         self.rows += int(ref.shape[0]) if ref.dim() else 1
-        if ref.dim() >= 2 and ref.numel():
+        if ref.dim() == 2 and ref.numel():  # (rows, classes): one prediction per row; feature maps have none
             self.disagreements += int((ref.argmax(1) != act.argmax(1)).sum())
             self.argmax_rows += int(ref.shape[0])
 
@@ -177,6 +180,7 @@ class Comparison:
             atol=tol.atol,
             rtol=tol.rtol,
             passed=bool(self.finite and max_abs <= tol.limit(scale)),
+            predictions=self.argmax_rows,
         )
 
 

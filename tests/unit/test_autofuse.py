@@ -151,7 +151,12 @@ def test_outputs_of_any_nesting_are_compared_tensor_by_tensor() -> None:
     x = torch.randn(2, 3, 8, 8)
     fused, report = auto_fuse(model, x)
     assert report.verification.passed and len(report.merged) == 1
-    assert verify_equivalence(model, fused, x).passed
+    checked = verify_equivalence(model, fused, x)
+    # predictions are the rows of 2-D outputs (the pooled head: 2 images), not feature maps' rows or pixels
+    assert checked.passed and checked.predictions == 2 and checked.num_samples == 4
+    assert checked.describe().endswith("; 0 of 2 predictions differ")
+    feature_map = verify_equivalence(model.conv, model.conv, x)
+    assert feature_map.predictions == 0 and "predictions" not in feature_map.describe()
     other = randomize_bn(TwoHeads()).eval()
     with pytest.raises(EquivalenceError, match="fused model differs from the reference"):
         verify_equivalence(model, other, x)
