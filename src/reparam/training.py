@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shlex
 import time
 from collections.abc import Iterator, Mapping
@@ -358,11 +359,25 @@ def _resume_advice(run_dir: Path, last: Path) -> str:
             " Continue the search with its command and hparams_search.resume=true: finished trials are kept and this "
             "one runs again"
         )
+    if _in_multirun():  # a grid sweep's job: the sweep's own last line continues every job, this one included
+        return (
+            " The sweep's last line gives the command that continues the sweep (this job resumes from its checkpoint)."
+        )
     if not last.is_file():
-        return " No checkpoint was saved yet: run the command again to start over."
+        return " No checkpoint was saved yet: run the same command again to start over."
     kept = [o for o in overrides if not o.startswith(_PLACEMENT)]
     command = " ".join(["python train.py", *(shlex.quote(o) for o in kept)])
     return f" Resume with: {command} auto_resume=true hydra.run.dir={shlex.quote(str(run_dir))}"
+
+
+def _in_multirun() -> bool:
+    """Whether this run is a job of a ``-m`` sweep running in the sweep's own process (Hydra's basic launcher), which
+    a Ctrl-C or SIGTERM stops too; a job submitit runs (its own process, a SLURM job) goes on alone."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return in_sweep and not os.environ.get("SUBMITIT_EXECUTOR")
 
 
 def _close_loggers(trainer: L.Trainer) -> None:

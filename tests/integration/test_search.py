@@ -104,7 +104,11 @@ def test_a_grid_sweep_stopped_in_a_job_shows_the_jobs_done_and_continues_with_th
     assert [r["job"] for r in report(sweep)["runs"]] == [0] and report(sweep)["counts"]["ok"] == 1
     assert report(sweep)["stopped"] == {"jobs": 3, "not_done": [1, 2]}
     lines = proc.stderr.splitlines()
-    assert any(line.startswith("error: training stopped by") and "hydra.run.dir=" in line for line in lines)
+    (stopped_job,) = [line for line in lines if line.startswith("error: training stopped by")]
+    # the job points to the sweep's way on, not to resuming itself alone (which would leave the sweep's table)
+    assert stopped_job.endswith(
+        "The sweep's last line gives the command that continues the sweep (this job resumes from its checkpoint)."
+    )
     stopped, _, command = lines[-1].partition(". Continue it with: python train.py ")
     assert stopped == (
         "the sweep stopped with 1 of 3 jobs done; not done: job 1 (+callbacks.kill.step=4), "
