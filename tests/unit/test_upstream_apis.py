@@ -47,6 +47,11 @@ def test_grid_sweep_jobs_follow_hydras_basic_sweeper_order() -> None:
     jobs = [[f"a={a}", f"b={b}", "c=3", f"d={d}"] for a in (1, 2) for b in "xy" for d in (0, 1)]
     assert job_batches(overrides, None) == [jobs]
     assert job_batches(overrides, 3) == [jobs[0:3], jobs[3:6], jobs[6:8]]
+    # a fixed override stays as typed: Hydra's own rendering would write auto_resume=True, +x=0.001
+    typed = OverridesParser.create().parse_overrides(["auto_resume=true", "+x=1e-3", "a=1,2"])
+    assert job_batches(typed, None) == [
+        [["auto_resume=true", "+x=1e-3", "a=1"], ["auto_resume=true", "+x=1e-3", "a=2"]]
+    ]
 
 
 def test_grid_sweep_refuses_an_interval_in_one_line() -> None:

@@ -30,8 +30,8 @@ def job_batches(overrides: list[Override], max_batch_size: int | None) -> list[l
     choices: dict[str, list[str]] = {}
     for override in overrides:
         key = override.get_key_element()
-        if not override.is_sweep_override():
-            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        if not override.is_sweep_override():  # as typed (auto_resume=true, not Hydra's auto_resume=True)
+            choices[key] = [override.input_line or f"{key}={override.get_value_element_as_str()}"]
         elif override.is_discrete_sweep():
             choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
