@@ -334,9 +334,10 @@ class SpeedMonitor(L.Callback):
         """When the best checkpoint changed since the last look, it is the last ended epoch's: the time to best is
         that epoch's end (looked at from the next epoch's start, once the checkpoint callbacks saved)."""
         best = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
-        if best and best != self._best_path and self._last_epoch_end is not None:
+        if best and best != self._best_path:
             self._best_path = best
-            self.time_to_best_s = self._last_epoch_end - self._fit_start
+            if self._last_epoch_end is not None:  # else restored from a checkpoint after fit start: not this run's
+                self.time_to_best_s = self._last_epoch_end - self._fit_start
 
     @staticmethod
     def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:

@@ -280,7 +280,8 @@ def print_sweep_summary(record: SweepRecord) -> None:
     # run directories named <sweep dir>/<job> (every launcher's default) are said once, below the table
     in_sweep_dir = all(Path(run.run_dir) == Path(record.sweep_dir) / str(run.job) for run in runs)
     table = Table(
-        title=f"reparam: {kind} of {len(runs)} runs{stopped} (sorted by {record.optimized_metric or 'job'})",
+        title=f"reparam: {kind} of {len(runs)} run{'' if len(runs) == 1 else 's'}{stopped} "
+        f"(sorted by {record.optimized_metric or 'job'})",
         title_justify="left",
         caption=f"run directories: {record.sweep_dir}/<job>" if in_sweep_dir else None,
         caption_justify="left",

@@ -98,7 +98,7 @@ def test_a_grid_sweep_stopped_in_a_job_shows_the_jobs_done_and_continues_with_th
     proc = run_entry("train.py", ["-m", *overrides, f"hydra.sweep.dir={sweep}"], env, cwd=tmp_path)
     assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[signal_name], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert "reparam: sweep of 1 runs, stopped before 2 more" in proc.stdout
+    assert "reparam: sweep of 1 run, stopped before 2 more" in proc.stdout
     # the last line: the stopped job's progress bar is closed where it stopped, not printed again at exit
     assert proc.stdout.rstrip().splitlines()[-1] == f"sweep summary: {sweep / 'sweep_summary.json'}"
     assert [r["job"] for r in report(sweep)["runs"]] == [0] and report(sweep)["counts"]["ok"] == 1
