@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .run_summary import SUMMARY_METRICS
-from .sweep import SweepRecord, SweepRun, print_sweep_summary, set_active_record
+from .sweep import SweepRecord, SweepRun, continue_command, print_sweep_summary, set_active_record
 
 if TYPE_CHECKING:
     import optuna
@@ -450,8 +449,7 @@ def _print_stopped_search(
     if record.runs:
         print_sweep_summary(record)
         console.print(f"sweep summary: {path}", soft_wrap=True, markup=False)
-    kept = [a for a in typed if not a.startswith("hparams_search.resume=")]
-    command = " ".join(["python train.py -m", *map(shlex.quote, kept), "hparams_search.resume=true"])
+    command = continue_command(typed, ["hparams_search.resume=true"])
     print(
         f"the search stopped with {done} of {n_trials} trials done; continue it with: {command}",
         file=sys.stderr,

@@ -22,6 +22,7 @@ import math
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "SweepSummary",
     "print_stopped_sweep",
     "done_runs",
+    "continue_command",
     "SWEEP_SUMMARY_FILE",
     "rank_runs",
     "reproducing_overrides",
@@ -328,14 +330,21 @@ def print_stopped_sweep(record: SweepRecord, jobs: list[list[str]], swept: list[
         return
     shown = [f"job {i} ({' '.join(o for o in jobs[i] if o.partition('=')[0] in swept) or '-'})" for i in left[:10]]
     more = f" and {len(left) - 10} more" if len(left) > 10 else ""
-    kept = [a for a in typed if not a.startswith(("auto_resume=", "hydra.sweep.dir="))]
-    command = " ".join(["python train.py -m", *map(shlex.quote, kept), "auto_resume=true"])
+    command = continue_command(typed, ["auto_resume=true", f"hydra.sweep.dir={record.sweep_dir}"])
     print(
         f"the sweep stopped with {len(done)} of {len(jobs)} jobs done; not done: {', '.join(shown)}{more}. "
-        f"Continue it with: {command} hydra.sweep.dir={shlex.quote(record.sweep_dir)}",
+        f"Continue it with: {command}",
         file=sys.stderr,
         flush=True,
     )
+
+
+def continue_command(typed: Sequence[str], settings: list[str]) -> str:
+    """``python train.py -m`` with a stopped sweep's overrides as typed (``typed``, Hydra's included), each of
+    ``settings`` (``key=value``) put in place of the typed one with its key."""
+    keys = tuple(setting.partition("=")[0] + "=" for setting in settings)
+    kept = [o for o in typed if not o.startswith(keys)]
+    return " ".join(["python train.py -m", *map(shlex.quote, [*kept, *settings])])
 
 
 def done_runs(sweep_dir: Path, jobs: list[list[str]]) -> dict[int, SweepRun]:

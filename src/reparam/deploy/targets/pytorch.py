@@ -8,16 +8,14 @@ CPU in float32 for the exports.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ...blocks import user_kind
 from ...compare import Tolerance
 from ...device import place
 from ..gates import Equivalence, Gate, MaxDrop, Reference
@@ -154,16 +152,6 @@ class TrainForm(_Float32Form):
             cls.settings_key,
             mismatch="the fused model is NOT equivalent to the train form",
         )
-
-    @classmethod
-    def build(cls, context: TargetContext, settings: Mapping[str, Any]) -> TorchTarget:
-        target = super().build(context, settings)
-        kind = context.loaded.spec.get("block")
-        if user_kind(kind):
-            # not reparam's bug to report: the fusion of a kind the user registered (imports=[...])
-            advice = f"the fusion of block kind '{kind}' is your code (reparam.register_block): check it"
-            target.gate = dataclasses.replace(cast(Equivalence, target.gate), advice=advice)
-        return target
 
 
 @register_target("fused")
