@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-__all__ = ["EpochStats", "TrainingStats"]
+__all__ = ["EpochStats", "MeanLoss", "TrainingStats"]
 
 
 @dataclass  # not frozen: torchmetrics maps over the result (squeezing scalars), which a frozen dataclass refuses
@@ -52,3 +52,32 @@ class TrainingStats(Metric):
     def compute(self) -> EpochStats:
         total = self.total.clamp(min=1)
         return EpochStats(loss=self.loss_sum / total, acc=self.correct / total)
+
+
+class MeanLoss(Metric):
+    """Mean of batch losses weighted by batch size, over every image of every process.
+
+    Lightning's ``self.log(..., sync_dist=True)`` divides the processes' mean loss sum by their mean image count,
+    averaged as an integer: with shares of 21 and 20 images (:class:`~reparam.data.datamodule.EvalShard`) that is
+    20, and the recorded loss was 41/40 of the true mean (Lightning 2.6; Lightning-AI/pytorch-lightning#21859).
+    Summing losses and counts across processes weights each image once. A NaN stays NaN.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("loss_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    loss_sum: torch.Tensor
+    total: torch.Tensor
+
+    def update(self, loss: torch.Tensor, n: int) -> None:
+        self.loss_sum += loss.detach().double() * n  # the batch mean times its size
+        self.total += n
+
+    def compute(self) -> torch.Tensor:
+        return (self.loss_sum / self.total.clamp(min=1)).float()

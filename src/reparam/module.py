@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .checkpoint import MODEL_SPEC_KEY
 from .device import device_of, place
-from .metrics import TrainingStats
+from .metrics import MeanLoss, TrainingStats
 from .models import build_model, input_size
 
 __all__ = ["ClassifierModule", "parameter_groups", "COMPILE_MODES", "RUN_OVERRIDES_KEY"]
@@ -106,6 +106,9 @@ class ClassifierModule(L.LightningModule):
         self.train_stats = TrainingStats()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # each image once across processes (Lightning's sync_dist truncates the mean image count: MeanLoss)
+        self.val_loss = MeanLoss()
+        self.test_loss = MeanLoss()
         if channels_last:
             self.net = place(self.net, device_of(self.net), channels_last=True)
         # one image: Lightning's model summary shows layer shapes and FLOPs from it (run eagerly, in eval mode)
@@ -178,13 +181,12 @@ class ClassifierModule(L.LightningModule):
         self.log("train/acc", stats.acc, on_step=False, on_epoch=True, sync_dist=True, prog_bar=True)
         self.train_stats.reset()
 
-    def _eval_step(self, batch: Batch, metric: MulticlassAccuracy, stage: str) -> torch.Tensor:
+    def _eval_step(self, batch: Batch, metric: MulticlassAccuracy, loss: MeanLoss, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         metric.update(logits, y)
-        self.log(
-            f"{stage}/loss", self.criterion(logits, y), on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y)
-        )
+        loss.update(self.criterion(logits, y), len(y))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         # how many images the accuracy is over (batch limits included; under DDP each image once: EvalShard): one
         # image is 1/n of it; filled on the device (a Python number would be copied there, which waits for the GPU,
@@ -197,10 +199,10 @@ class ClassifierModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # the logits: callbacks=ema scores them next to the raw weights' (on_validation_batch_end's outputs)
-        return self._eval_step(batch, self.val_acc, "val")
+        return self._eval_step(batch, self.val_acc, self.val_loss, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_acc, "test")
+        self._eval_step(batch, self.test_acc, self.test_loss, "test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_overrides is not None:

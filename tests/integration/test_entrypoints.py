@@ -79,6 +79,38 @@ def test_ddp_accuracies_count_every_image_once_and_match_a_single_process_deploy
     report = json.loads((tmp_path / "deploy" / "report.json").read_text())
     assert report["num_test_images"] == 41
     assert report["correct"]["train_form"] == round(summary["test_acc"] * 41)
+    # the recorded test loss is the mean over the 41 images: Lightning's sync_dist divided the loss sum by the
+    # processes' image counts (21 and 20) averaged as integers, 20, so it recorded 41/40 of the mean
+    assert abs(_logged(run_dir, "test/loss") - _single_process_test_loss(run_dir, tmp_path / "data")) < 1e-5
+
+
+def _logged(run_dir: Path, key: str) -> float:
+    import csv
+
+    (metrics,) = run_dir.rglob("metrics.csv")
+    values = [float(row[key]) for row in csv.DictReader(metrics.open()) if row.get(key)]
+    assert len(values) == 1, values
+    return values[0]
+
+
+def _single_process_test_loss(run_dir: Path, data_root: Path) -> float:
+    """Cross-entropy of the shipped (fused) model over the whole CIFAR test batch, in this one process."""
+    import pickle
+
+    import torch
+
+    from reparam.artifact import read_fused_artifact
+    from reparam.preprocess import Preprocessing
+
+    artifact = read_fused_artifact(run_dir / "fused")
+    with open(data_root / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        batch = pickle.load(f, encoding="bytes")  # the file this test wrote
+    images = torch.as_tensor(batch[b"data"]).reshape(-1, 3, 32, 32)
+    labels = torch.as_tensor(batch[b"labels"])
+    x = Preprocessing.from_record(artifact.config["input"])(images)
+    with torch.no_grad():
+        logits = artifact.model(x).double()
+    return float(torch.nn.functional.cross_entropy(logits, labels))
 
 
 def test_missing_cifar_explains_where_it_looked(tmp_path: Path, run_env) -> None:
