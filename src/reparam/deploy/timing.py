@@ -7,8 +7,11 @@ use it without importing one another.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
@@ -30,15 +33,21 @@ def _import_torch_benchmark() -> ModuleType:
 
     It imports ``torch.utils.cpp_extension`` (for its Valgrind timer, which deploy never uses), whose import logs
     "No CUDA runtime is found, using CUDA_HOME=..." on every CPU machine with a CUDA toolkit: a warning about compiling
-    extensions, which deploy never does. Only that logger, only below ERROR, only during this import.
+    extensions, which deploy never does (torch before 2.7 prints it to stderr instead). Only that logger, only below
+    ERROR, and only that printed line, only during this import.
     """
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    printed = io.StringIO()
     try:
-        import torch.utils.benchmark as tbench
+        with contextlib.redirect_stderr(printed):
+            import torch.utils.benchmark as tbench
     finally:
         logger.setLevel(level)
+        for line in printed.getvalue().splitlines(keepends=True):
+            if not line.startswith("No CUDA runtime is found"):
+                sys.stderr.write(line)
     return tbench
 
 
