@@ -148,3 +148,17 @@ def test_complete_spec_fills_what_the_data_decides_per_family() -> None:
     custom = complete_spec({**CUSTOM_SPEC, "input_size": None}, lambda: 3, (48, 48))
     assert custom["num_classes"] == 10 and custom["input_size"] == [3, 48, 48] and "strides" not in custom
     assert input_size(custom) == (3, 48, 48) and input_size(TINY_SPEC) == (3, 32, 32)
+
+
+def test_a_custom_network_gets_the_class_count_an_image_folder_counts(tmp_path) -> None:
+    """model=custom with data=imagefolder: the config's ${model.num_classes} reached the network as null (Hydra
+    resolves it before the folder is counted), and building it failed with torch's 'empty(): ... NoneType'."""
+    from helpers import compose_config
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("train", ["data=imagefolder", f"data.data_dir={tmp_path}", "model=custom"], tmp_path)
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    assert spec["num_classes"] is None and spec["net"]["num_classes"] is None
+    completed = complete_spec(spec, lambda: 3, (32, 32))
+    assert completed["net"]["num_classes"] == 3
+    assert build_model(completed).eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 3)

@@ -7,7 +7,7 @@ and deploy fuse it with :func:`reparam.auto_fuse`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -57,6 +57,15 @@ class CustomFamily(ModelFamily):
 
     arch = "custom"
     has_fused_constructor = False
+
+    def complete(self, spec: Mapping, num_classes: Callable[[], int], image_size: tuple[int, int]) -> dict:
+        """Also the network's own ``num_classes`` argument where it is null: the config passes
+        ``${model.num_classes}``, which Hydra resolved to null before the data (an image folder) counted its classes."""
+        spec = super().complete(spec, num_classes, image_size)
+        net = spec.get("net")
+        if isinstance(net, Mapping) and "num_classes" in net and net["num_classes"] is None:
+            spec["net"] = {**net, "num_classes": spec["num_classes"]}
+        return spec
 
     def build(self, spec: Mapping, deploy: bool = False) -> nn.Module:
         if deploy:
