@@ -12,6 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .blocks import user_kind
 from .compare import Comparison, ComparisonReport, Tolerance, output_tensors
+from .fusion import bn_statistics, fold_bn
 
 __all__ = [
     "reparameterize_model",
@@ -19,6 +20,7 @@ __all__ = [
     "EquivalenceReport",
     "EquivalenceError",
     "first_differing_block",
+    "fold_conv_bn_pairs",
     "fusable_blocks",
     "where_fusion_differs",
 ]
@@ -88,6 +90,35 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
         reparameterize()
     _fuse_children(model)
     return model.eval()
+
+
+@torch.no_grad()
+def fold_conv_bn_pairs(model: nn.Module) -> nn.Module:
+    """Fold each ``Conv2d`` directly followed by a ``BatchNorm2d`` in an ``nn.Sequential`` (a stem or head outside
+    blocks), in place; return ``model``.
+
+    With the BN's running statistics (eval mode), per output channel: ``W' = W * gamma / sqrt(var + eps)``,
+    ``b' = beta + (b - mean) * gamma / sqrt(var + eps)`` (:func:`reparam.fusion.fold_bn`, in float64); the BN becomes
+    ``nn.Identity`` (its state_dict keys go, the conv gains a bias). A BN without running statistics, or with
+    another channel count, is left as it is.
+    """
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, bn = seq._modules[first], seq._modules[second]
+            if (
+                type(conv) is nn.Conv2d
+                and type(bn) is nn.BatchNorm2d
+                and bn.track_running_stats
+                and bn.running_mean is not None
+                and bn.num_features == conv.out_channels
+            ):
+                weight, bias = fold_bn(conv.weight, conv.bias, *bn_statistics(bn))
+                folded = copy.deepcopy(conv)
+                folded.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+                folded.bias = nn.Parameter(bias, requires_grad=conv.weight.requires_grad)
+                seq._modules[first], seq._modules[second] = folded, nn.Identity()
+    return model
 
 
 def fusable_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -88,11 +88,12 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
         if missing in keys:
             continue
         names = [k for k in keys if not k.startswith("_")]
-        arguments = _target_arguments(parent)
+        target = parent.get("_target_") or _ARGUMENTS_OF.get((config_name, where))
+        arguments = _target_arguments(target, parent)
         added_path = ".".join([*parts[:depth], "{}", *parts[depth + 1 :]])
         if missing in arguments:  # an argument of the node's _target_ the config does not set: Hydra's "+" is right
             hints.append(
-                f"hint: {where} does not set '{missing}', an argument of {parent['_target_']}: add it with "
+                f"hint: {where} does not set '{missing}', an argument of {target}: add it with "
                 f"+{added_path.format(missing)}={value}"
             )
             continue
@@ -104,7 +105,8 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
             )
         else:
             shown = ", ".join(names[:15]) + (", ..." if len(names) > 15 else "")
-            more = f"; other arguments of {parent['_target_']} are added with +{where}.<name>=..." if arguments else ""
+            unset = set(arguments) - set(names)
+            more = f"; other arguments of {target} are added with +{where}.<name>=..." if unset else ""
             hints.append(f"hint: {where} has no setting '{missing}' (its settings: {shown}{more})")
     return hints
 
@@ -113,17 +115,25 @@ def _line(override) -> str:  # noqa: ANN001
     return override.input_line or ""
 
 
-def _target_arguments(node) -> list[str]:  # noqa: ANN001
-    """The keyword arguments the node's ``_target_`` accepts (none when it has no target or it cannot be imported)."""
+# nodes without a _target_ whose keys are another's arguments: deploy.py's data.* go to the training run's datamodule
+_ARGUMENTS_OF = {("deploy", "data"): "reparam.data.ImageDataModule"}
+
+
+def _target_arguments(target, node) -> list[str]:  # noqa: ANN001
+    """The keyword arguments ``target`` accepts for ``node`` (none when there is no target or it cannot be imported).
+    A target with ``config_arguments(dataset)`` says them itself (the datamodule: those of the node's dataset)."""
     import inspect
 
     from hydra.utils import get_method
 
-    target = node.get("_target_")
     if not isinstance(target, str):
         return []
     try:
-        parameters = inspect.signature(get_method(target)).parameters.values()
+        owner = get_method(target)
+        own = getattr(owner, "config_arguments", None)
+        if callable(own):
+            return list(own(node.get("dataset")))
+        parameters = inspect.signature(owner).parameters.values()
     except (ImportError, ValueError, TypeError):
         return []
     keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)

@@ -53,6 +53,13 @@ CONFIGS = ROOT / "configs"
             "hint: trainer has no setting 'accumulate_grad_batch': did you mean +trainer.accumulate_grad_batches=4 ?",
         ),
         ("deploy", ["benchmark.batch_size=[1,8]"], "did you mean benchmark.batch_sizes=[1,8] ?"),
+        # deploy's data.* go to the training run's datamodule: an option its config does not list is added with "+"
+        (
+            "deploy",
+            ["ckpt=x", "data.skip_bad_images=true"],
+            "hint: data does not set 'skip_bad_images', an argument of reparam.data.ImageDataModule: add it with "
+            "+data.skip_bad_images=true",
+        ),
         ("serve", ["serve.max_batchsize=4"], "did you mean serve.max_batch_size=4 ?"),
     ],
 )
@@ -134,3 +141,11 @@ def test_the_console_command_gives_the_same_hint(tmp_path: Path, run_env) -> Non
     assert proc.stderr.rstrip().splitlines()[-1] == (
         "hint: trainer has no setting 'max_epoch': did you mean trainer.max_epochs=2 ?"
     )
+
+
+def test_an_option_the_chosen_dataset_does_not_read_is_not_offered_with_a_plus() -> None:
+    """CIFAR does not read skip_bad_images: "+data.skip_bad_images=true" was suggested, then refused by the datamodule
+    (data=cifar10 does not read data.skip_bad_images). Every data.* setting CIFAR reads is in its config."""
+    (hint,) = unknown_key_hints(CONFIGS, "train", ["data.skip_bad_images=true"])
+    assert hint.startswith("hint: data has no setting 'skip_bad_images' (its settings: dataset, data_dir,"), hint
+    assert "+" not in hint, hint

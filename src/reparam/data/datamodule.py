@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -17,7 +18,16 @@ from ..errors import UserError
 from ..preprocess import Preprocessing
 from .fast import ERASE_RATIO, ERASE_SCALE, TensorBatchLoader
 from .imagefolder import FileDataset, skip_missing_collate
-from .registry import IMAGENET_MEAN, IMAGENET_STD, ArraySplit, FileSplit, dataset_source, refuse_unread_options
+from .registry import (
+    COMMON_OPTIONS,
+    DATASETS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArraySplit,
+    FileSplit,
+    dataset_source,
+    refuse_unread_options,
+)
 
 __all__ = ["ImageDataModule", "ArrayDataset"]
 
@@ -97,8 +107,9 @@ def _val_count(val_size: int | float, n: int) -> int:
 class ImageDataModule(L.LightningDataModule):
     """Train/val/test splits of any registered dataset (:data:`reparam.data.DATASETS`), with its augmentation.
 
-    ``dataset``: the registry name (cifar10, cifar100, digits, imagefolder). Options a dataset does not read
-    (``data_dir`` for digits, ``image_size`` for CIFAR, ...) are refused when set, never ignored.
+    ``dataset``: the registry name (:data:`reparam.data.DATASETS`). Options a dataset does not read (``data_dir`` for
+    digits, ``image_size`` for CIFAR, ...) are refused when set, never ignored; options of a source's own (a CSV
+    source's ``train_csv``) are keyword arguments passed on to it.
     ``num_classes``: what the model was configured for; checked against the dataset in ``setup``.
     ``val_size``: images held out of the train split for validation (an int), or a fraction (a float < 1), or None
     for the dataset's default (5000 for CIFAR, 10% otherwise); drawn with ``split_seed``, independent of the
@@ -138,6 +149,7 @@ class ImageDataModule(L.LightningDataModule):
         min_crop_scale: float | None = None,
         normalization: str | None = None,
         skip_bad_images: bool | None = None,
+        **source_options: Any,
     ) -> None:
         super().__init__()
         source_cls = dataset_source(dataset)
@@ -150,6 +162,7 @@ class ImageDataModule(L.LightningDataModule):
             "min_crop_scale": min_crop_scale,
             "normalization": normalization,
             "skip_bad_images": skip_bad_images,
+            **source_options,  # a source's own options (its `options`; any other one is refused below)
         }
         refuse_unread_options(source_cls, specific)
         if pipeline not in ("standard", "fast"):
@@ -186,6 +199,15 @@ class ImageDataModule(L.LightningDataModule):
         self._splits: dict[str, ArraySplit | FileSplit] = {}
         self._recorded: Preprocessing | None = None
 
+    @classmethod
+    def config_arguments(cls, dataset: str | None) -> list[str]:
+        """The ``data.*`` settings read with ``dataset`` (every source's when None or not registered here): what
+        the command line's hints offer to add with ``+data.<name>=...``."""
+        if isinstance(dataset, str) and dataset in DATASETS:
+            return sorted(COMMON_OPTIONS | DATASETS[dataset].options)
+        fixed = set(inspect.signature(cls).parameters) - {"source_options"}
+        return sorted(fixed.union(*(source.options for source in DATASETS.values())))
+
     @property
     def _hp(self) -> AttributeDict:
         # save_hyperparameters() stores an AttributeDict; Lightning types hparams as any mutable mapping
@@ -200,9 +222,12 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
+        """The class count: the source's without reading the images where it knows it, else read once (``setup``)."""
         known = self.source.num_classes()
         if self._classes is None and known is not None:
             return int(known)
+        if self._classes is None:  # a source that only knows its classes once read
+            self.setup()
         return len(self.classes)
 
     @property

@@ -163,9 +163,12 @@ class ImageFolderSource(DatasetSource):
             raise DataNotFoundError(f"{root} has no train/ folder: expected {root}/train/<class>/<image>{hint}")
         return root
 
-    def input_size(self) -> tuple[int, int]:
-        size = int(self.opts.get("image_size") or 224)
-        return (size, size)
+    @classmethod
+    def example_data(cls, root: Path) -> dict[str, Any]:
+        from .synthetic import write_digits_folder
+
+        folder = write_digits_folder(root / "images", per_class=3, splits=("train", "val", "test"))
+        return {"data_dir": str(folder)}
 
     def class_folders(self, split: str = "train") -> list[str]:
         return [e.name for e in _visible(os.scandir(self.root / split)) if e.is_dir()]

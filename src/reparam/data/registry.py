@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -119,10 +120,26 @@ class DatasetSource:
         return self.fixed_num_classes
 
     def input_size(self) -> tuple[int, int]:
-        """``(H, W)`` of the model's input."""
-        if self.native_size is None:
-            raise NotImplementedError(f"{self.name} must say its input size")
-        return self.native_size
+        """``(H, W)`` of the model's input: the native size, else ``data.image_size`` (square; 224 when unset)."""
+        if self.native_size is not None:
+            return self.native_size
+        if "image_size" not in self.options:
+            raise UserError(
+                f"dataset '{self.name}' has images of any size (native_size = None) but does not read "
+                "data.image_size: add 'image_size' to its options, or override input_size()"
+            )
+        size = int(self.opts.get("image_size") or 224)
+        return (size, size)
+
+    @classmethod
+    def example_data(cls, root: Path) -> dict[str, Any]:
+        """Write a few images of this dataset, in its real format, under ``root`` and return the ``data.*`` settings
+        that read them: the experiment tests run every experiment on it under ``fast_dev_run``
+        (``tests/integration/test_configs.py``), so a new dataset is tested without a line of test code."""
+        raise NotImplementedError(
+            f"dataset '{cls.name}' has no example_data(root): write a few images in its format there and return "
+            "the data.* settings that read them, so the experiment tests can run experiments that use it"
+        )
 
 
 DATASETS: dict[str, type[DatasetSource]] = {}

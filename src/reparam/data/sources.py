@@ -270,6 +270,13 @@ class CIFARSource(_ArraysSource):
     def arrays(self) -> ImageArrays:
         return read_cifar(Path(str(self.opts.get("data_dir") or "data")), self.name)
 
+    @classmethod
+    def example_data(cls, root: Path) -> dict[str, Any]:
+        from .synthetic import write_cifar_like
+
+        write_cifar_like(root, cls.name)
+        return {"data_dir": str(root), "val_size": 40}
+
 
 for _name in ("cifar10", "cifar100"):
     register_dataset(_name)(
@@ -291,6 +298,10 @@ class DigitsSource(_ArraysSource):
 
     def arrays(self) -> ImageArrays:
         return load_digits32()
+
+    @classmethod
+    def example_data(cls, root: Path) -> dict[str, Any]:
+        return {}  # bundled with scikit-learn
 
 
 SOURCES = ("cifar10", "cifar100", "digits")

@@ -7,7 +7,7 @@ import inspect
 from typing import Any
 
 from ..data import ImageDataModule
-from ..data.registry import COMMON_OPTIONS, dataset_source
+from ..data.registry import COMMON_OPTIONS, DATASETS, dataset_source
 from ..errors import UserError, reraise_as_user_error
 from ..preprocess import Preprocessing
 from .load import Loaded
@@ -24,7 +24,10 @@ ACCURACY_GAP = 0.05
 def deploy_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataModule:
     """The datamodule, set up for testing with the recorded preprocessing; the data's identity (dataset kind, class
     count and names) is checked against the model's before anything is evaluated."""
-    accepted = inspect.signature(ImageDataModule).parameters
+    accepted = set(inspect.signature(ImageDataModule).parameters) - {"source_options"}
+    recorded_dataset = loaded.data.get("dataset")
+    if isinstance(recorded_dataset, str) and recorded_dataset in DATASETS:  # and a source's own options
+        accepted |= DATASETS[recorded_dataset].options
     params = {k: v for k, v in loaded.data.items() if k in accepted}
     given = {k: v for k, v in overrides.items() if v is not None}
     recorded = _recorded_input(loaded)
@@ -44,7 +47,7 @@ def deploy_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataMod
     params.pop("num_classes", None)  # compared with the model's below, with its own message
     if "dataset" not in params:
         raise UserError(
-            f"{loaded.source} records no data config; pass data.dataset=cifar10|cifar100|digits|imagefolder "
+            f"{loaded.source} records no data config; pass data.dataset={_dataset_names()} "
             "(and data.data_dir=/path/to/data)"
         )
     known = dataset_source(params["dataset"]).fixed_num_classes
@@ -94,8 +97,12 @@ def _check_classes(loaded: Loaded, dataset: str, num_classes: int) -> None:
     if model_classes != num_classes:
         raise UserError(
             f"{loaded.source} is a {model_classes}-class model but {dataset} has {num_classes} classes; pass the "
-            "checkpoint that was trained on it, or data.dataset=cifar10|cifar100|digits|imagefolder"
+            f"checkpoint that was trained on it, or data.dataset={_dataset_names()}"
         )
+
+
+def _dataset_names() -> str:
+    return "|".join(sorted(DATASETS))
 
 
 def accuracy_warning(accuracy: float, recorded: float | None) -> str | None:

@@ -2,8 +2,8 @@
 
 ``build_model`` is the single way a network is rebuilt from its spec, ``fuse_model`` the single way it is fused,
 ``complete_spec`` fills what the data decides (class count, input size, RepVGG's stride plan) before training records
-the spec. Each asks the spec's family; a new architecture is one ``ModelFamily`` subclass and one entry below
-(docs/design.md, "Adding a model").
+the spec. Each asks the spec's family; a new architecture is one ``ModelFamily`` subclass registered with
+``@register_model_family`` and one config file (docs/design.md, "Adding a model").
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from ..autofuse import FuseReport
-from .custom import CustomFamily
-from .family import DEFAULT_INPUT_SIZE, ModelFamily
-from .repvgg import VARIANTS, RepVGG, RepVGGFamily, RepVGGSpec, stride_plan
-from .timm_models import TimmFamily
+from .custom import CustomFamily  # noqa: F401 - registers the family
+from .family import DEFAULT_INPUT_SIZE, MODELS, ModelFamily, register_model_family
+from .repvgg import VARIANTS, RepVGG, RepVGGFamily, RepVGGSpec, stride_plan  # noqa: F401 - RepVGGFamily registers
+from .timm_models import TimmFamily  # noqa: F401 - registers the family
 
 __all__ = [
     "DEFAULT_INPUT_SIZE",
@@ -31,10 +31,9 @@ __all__ = [
     "input_size",
     "load_pretrained",
     "model_family",
+    "register_model_family",
     "stride_plan",
 ]
-
-MODELS: dict[str, ModelFamily] = {family.arch: family for family in (RepVGGFamily(), CustomFamily(), TimmFamily())}
 
 Spec = Mapping | RepVGGSpec
 
@@ -47,7 +46,10 @@ def model_family(spec: Spec) -> ModelFamily:
     """The family of the spec's ``arch`` (``repvgg`` for specs recorded before the key existed)."""
     arch = _as_mapping(spec).get("arch", "repvgg")
     if arch not in MODELS:
-        raise ValueError(f"unknown model arch '{arch}'; choose one of {sorted(MODELS)}")
+        raise ValueError(
+            f"unknown model arch '{arch}'; choose one of {sorted(MODELS)} (a family of your own, registered with "
+            "@register_model_family: imports=[<its module>])"
+        )
     return MODELS[arch]
 
 

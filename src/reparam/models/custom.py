@@ -14,7 +14,7 @@ from torch import nn
 
 from ..autofuse import FuseReport, auto_fuse
 from ..device import device_of, place
-from .family import ModelFamily
+from .family import ModelFamily, register_model_family
 
 __all__ = ["CustomFamily", "build_custom"]
 
@@ -50,6 +50,7 @@ def _root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:300]
 
 
+@register_model_family
 class CustomFamily(ModelFamily):
     """``model=custom``: any ``nn.Module``, fused by :func:`reparam.auto_fuse`. Its fused form is a traced graph with
     no constructor: a fused artifact rebuilds it by fusing the train form again (auto_fuse decides from the structure,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..blocks import BLOCKS, MultiBranchBlock, check_state_dict_form, make_block, state_dict_form, unknown_block
-from .family import ModelFamily
+from .family import ModelFamily, register_model_family
 
 __all__ = ["VARIANTS", "RepVGGSpec", "RepVGG", "RepVGGFamily", "build_repvgg", "stride_plan"]
 
@@ -174,6 +174,7 @@ def build_repvgg(spec: RepVGGSpec | Mapping, deploy: bool = False) -> RepVGG:
     return RepVGG(spec, deploy=deploy)
 
 
+@register_model_family
 class RepVGGFamily(ModelFamily):
     """``model=repvgg_*``: the layout above with any registered block kind; its blocks fuse themselves."""
 

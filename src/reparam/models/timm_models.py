@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .family import ModelFamily
+from .family import ModelFamily, register_model_family
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ def load_pretrained(model: nn.Module, spec: Mapping) -> str | None:
     return where
 
 
+@register_model_family
 class TimmFamily(ModelFamily):
     """``model=timm``: timm's re-parameterizable networks; their blocks fuse themselves (``reparameterize()``)."""
 
