@@ -114,11 +114,14 @@ import lightning as _L  # noqa: E402
 
 class KillAtStep(_L.Callback):
     """Test-only: the process sends itself ``signal`` in the middle of a training step (``phase="train"``) or of
-    the first test batch (``phase="test"``); with ``once=<file>``, only while that file does not exist (it is made
-    first), so a resumed run with the same overrides goes on."""
+    the first test batch (``phase="test"``), or to its whole process group (``group=True``: start it in a session of
+    its own); with ``once=<file>``, only while that file does not exist (it is made first), so a resumed run with the
+    same overrides goes on."""
 
-    def __init__(self, step: int = 0, signal: str = "SIGKILL", phase: str = "train", once: str | None = None) -> None:
-        self.step, self.signal, self.phase, self.once = step, signal, phase, once
+    def __init__(
+        self, step: int = 0, signal: str = "SIGKILL", phase: str = "train", once: str | None = None, group: bool = False
+    ) -> None:
+        self.step, self.signal, self.phase, self.once, self.group = step, signal, phase, once, group
 
     def _kill(self) -> None:
         import os
@@ -129,7 +132,10 @@ class KillAtStep(_L.Callback):
             if Path(self.once).exists():
                 return
             Path(self.once).touch()
-        os.kill(os.getpid(), getattr(signal, self.signal))
+        if self.group:  # the whole process group, DataLoader workers included, as SLURM and kill -TERM -<pgid> do
+            os.killpg(os.getpgid(0), getattr(signal, self.signal))
+        else:
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.phase == "train" and trainer.global_step == self.step:

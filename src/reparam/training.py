@@ -201,7 +201,7 @@ def train(cfg: DictConfig) -> TrainSummary:
         summary.tested_weights = best or FINAL_WEIGHTS  # fast_dev_run saves no checkpoint: the final weights
         if trainer.is_global_zero and summary.fused_dir and summary.fused_weights == summary.tested_weights:
             # the fused model holds exactly the weights just tested: record their test accuracy with it
-            update_fused_metrics(summary.fused_dir, {"test_acc": summary.test_acc})
+            update_fused_metrics(summary.fused_dir, {"test_acc": summary.test_acc, "test_images": summary.test_images})
     summary.total_time_s = time.perf_counter() - started
     _write_summary(trainer, run_dir, summary)
     _close_loggers(trainer)
@@ -316,6 +316,12 @@ def _stops_cleanly(
             cause, how, error = Interrupted, "Ctrl-C", err
     except KeyboardInterrupt as err:  # outside Lightning's own handling (e.g. while fusing)
         cause, how, error = Interrupted, "Ctrl-C", err
+    except RuntimeError as err:
+        # a SIGTERM sent to the whole process group (SLURM ending or preempting the job, kill -TERM -<pgid>) also
+        # ends the DataLoader workers, and PyTorch says so before Lightning's own SIGTERM handling can
+        if "is killed by signal: Terminated" not in str(err):
+            raise
+        cause, how, error = Preempted, "SIGTERM", err
     else:
         return
     last = _last_checkpoint(run_dir)

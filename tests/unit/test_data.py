@@ -179,7 +179,7 @@ def test_tensor_loader_shards_ddp_ranks_disjointly() -> None:
 def test_epoch_order_depends_on_seed_and_epoch_only(cifar_root) -> None:
     from reparam.data.datamodule import EpochSeededSampler
 
-    def order(epoch: int) -> list[int]:
+    def order(epoch: int) -> list:
         torch.manual_seed(123)  # the run's seed
         dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0)
         dm.setup()
@@ -188,8 +188,28 @@ def test_epoch_order_depends_on_seed_and_epoch_only(cifar_root) -> None:
         sampler.set_epoch(epoch)  # what Lightning does before every epoch
         return list(sampler)
 
-    assert order(3) == order(3)  # a run resumed at epoch 3 replays it
-    assert order(3) != order(4) and sorted(order(3)) == list(range(160))
+    assert order(3) == order(3)  # a run resumed at epoch 3 replays it, the images' augmentation seeds included
+    assert [key.image for key in order(3)] != [key.image for key in order(4)]
+    assert sorted(key.image for key in order(3)) == list(range(160))
+    seeds = [key.seed for key in order(3) + order(4)]
+    assert len(set(seeds)) == len(seeds)  # every image of every epoch augmented from a seed of its own
+
+
+def test_a_worker_augments_an_image_from_its_own_seed_whatever_it_did_before(cifar_root) -> None:
+    """Persistent workers are seeded once: a resumed run's new workers and the uninterrupted run's older ones must
+    augment the same (image, seed) alike."""
+    from unittest import mock
+
+    from reparam.data.seeding import SeededIndex
+
+    dm = ImageDataModule("cifar10", str(cifar_root), val_size=40, num_workers=0)
+    dm.setup()
+    dataset = dm.train_dataloader().dataset
+    with mock.patch("reparam.data.seeding.get_worker_info", return_value=object()):  # as in a worker
+        first = dataset[SeededIndex(5, 1234)][0]
+        torch.rand(100)  # the worker's RNG moved on (other images, other epochs)
+        assert torch.equal(dataset[SeededIndex(5, 1234)][0], first)
+        assert not torch.equal(dataset[SeededIndex(5, 4321)][0], first)  # another seed, another crop/flip
 
 
 def test_under_ddp_the_order_goes_to_lightnings_distributed_sampler(cifar_root) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -11,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.data import AttributeDict
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
@@ -28,6 +30,7 @@ from .registry import (
     dataset_source,
     refuse_unread_options,
 )
+from .seeding import SeededIndex, seed_worker_for
 
 __all__ = ["ImageDataModule", "ArrayDataset"]
 
@@ -41,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 class ArrayDataset(Dataset):
-    """uint8 ``(N, H, W, C)`` images and labels; each item is ``(transform(CHW uint8 tensor), label)``."""
+    """uint8 ``(N, H, W, C)`` images and labels; each item is ``(transform(CHW uint8 tensor), label)``. A
+    :class:`SeededIndex` key seeds the augmentation of its image in a DataLoader worker."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: v2.Transform) -> None:
         self.images, self.labels, self.transform = images, labels, transform
@@ -49,17 +53,20 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | SeededIndex) -> tuple[torch.Tensor, int]:
+        i = seed_worker_for(key)
         image = torch.from_numpy(self.images[i]).permute(2, 0, 1)
         return self.transform(image), int(self.labels[i])
 
 
-class EpochSeededSampler(Sampler[int]):
+class EpochSeededSampler(Sampler[SeededIndex]):
     """A random order drawn from ``(seed, epoch)`` alone, so a run resumed at epoch k replays epoch k exactly.
 
-    Lightning calls ``set_epoch`` before every epoch. It also reseeds ``generator``, the DataLoader's,
-    from which each epoch's worker seeds (and so the augmentation) are drawn; with ``num_workers=0``
-    augmentation runs in this process, so the global torch RNG is reseeded instead.
+    Each index comes with a seed of its own, drawn from ``(seed, epoch, index)``: a DataLoader worker seeds the
+    image's augmentation with it (:func:`seed_worker_for`). Workers are seeded once, when they start, and persistent
+    workers live across epochs, so a run resumed at epoch k (new workers) augmented epoch k otherwise than the run
+    that was never stopped (its workers two epochs older). With ``num_workers=0`` augmentation runs in this process,
+    whose global torch RNG is reseeded at each epoch instead. Lightning calls ``set_epoch`` before every epoch.
     """
 
     def __init__(self, size: int, seed: int, generator: torch.Generator, reseed_global: bool) -> None:
@@ -76,9 +83,58 @@ class EpochSeededSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
-        return iter(order.tolist())
+    def __iter__(self) -> Iterator[SeededIndex]:
+        epoch_seed = self.seed * 1_000_003 + self.epoch
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed))
+        epoch_key = _mix64(epoch_seed)
+        return (SeededIndex(i, _mix64(epoch_key ^ i)) for i in order.tolist())
+
+
+def _init_worker(worker_id: int) -> None:
+    """Lightning's worker seeding where ``seed_everything(workers=True)`` asked for it: Lightning adds it to the
+    DataLoaders it sees, and the training loader is wrapped (:class:`StartsAtFirstBatch`). numpy's and Python's RNGs
+    in a worker, for transforms of one's own; torchvision's draw from torch's, seeded per image."""
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        pl_worker_init_function(worker_id)
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finalizer, a bijection of 64-bit integers: distinct inputs give distinct, well-spread seeds."""
+    x &= 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+class StartsAtFirstBatch:
+    """A DataLoader whose workers start on the first batch asked for, not when ``iter()`` is called.
+
+    Lightning calls ``iter()`` on the training loader while setting up, before a resumed run's loop state is restored
+    and before ``set_epoch``; a DataLoader with workers hands them their first indices at once, so a run resumed at
+    epoch k drew epoch 0's order for it (and a run never stopped epoch k's). The sampler and dataset are the loader's,
+    where Lightning looks for ``set_epoch``.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    @property
+    def sampler(self) -> Any:
+        return self.loader.sampler
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.loader.dataset
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.loader  # the loader's iterator, and its workers' first indices, on the first next()
 
 
 class EvalShard(DistributedSampler):
@@ -409,7 +465,7 @@ class ImageDataModule(L.LightningDataModule):
             smaller,
         )
 
-    def _loader(self, split: str) -> DataLoader | TensorBatchLoader:
+    def _loader(self, split: str) -> DataLoader | TensorBatchLoader | StartsAtFirstBatch:
         self._require_setup()
         hp = self._hp
         data = self._splits[split]
@@ -441,7 +497,7 @@ class ImageDataModule(L.LightningDataModule):
                 epoch_source=self._current_epoch if trainer else None,
             )
         trainer = getattr(self, "trainer", None)
-        sampler: Sampler[int] | None = None
+        sampler: Sampler[int] | Sampler[SeededIndex] | None = None
         generator, shuffle = None, False
         if train and trainer is not None and trainer.world_size > 1:
             # Lightning swaps a plain shuffle for its DistributedSampler (order from seed and epoch); a custom
@@ -458,8 +514,9 @@ class ImageDataModule(L.LightningDataModule):
         else:
             skip = bool(hp.skip_bad_images)
             dataset, collate = FileDataset(data, self._transform(train), skip), skip_missing_collate if skip else None
-        return DataLoader(
+        loader = DataLoader(
             dataset,
+            worker_init_fn=_init_worker if hp.num_workers > 0 else None,
             collate_fn=collate,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -470,12 +527,15 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
         )
+        if isinstance(sampler, EpochSeededSampler) and hp.num_workers > 0:
+            return StartsAtFirstBatch(loader)
+        return loader
 
-    def train_dataloader(self) -> DataLoader | TensorBatchLoader:
+    def train_dataloader(self) -> DataLoader | TensorBatchLoader | StartsAtFirstBatch:
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader | TensorBatchLoader:
+    def val_dataloader(self) -> DataLoader | TensorBatchLoader | StartsAtFirstBatch:
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader | TensorBatchLoader:
+    def test_dataloader(self) -> DataLoader | TensorBatchLoader | StartsAtFirstBatch:
         return self._loader("test")

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, default_collate
 from ..errors import DataNotFoundError, UserError
 from ..preprocess import decode_image_bytes
 from .registry import DatasetSource, FileSplit, SourceSplits, register_dataset
+from .seeding import SeededIndex, seed_worker_for
 
 __all__ = [
     "BadImageError",
@@ -105,7 +106,8 @@ class FileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, key: int | SeededIndex) -> tuple[torch.Tensor, int] | None:
+        i = seed_worker_for(key)  # a training key seeds this image's augmentation in a worker
         path = self.split.paths[i]
         try:
             image = load_image(path)

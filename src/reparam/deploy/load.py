@@ -72,11 +72,33 @@ def _weights_in_run(directory: Path) -> tuple[Path | None, str]:
     best = _in_this_run(directory, recorded) if recorded else None
     if best is not None and best.is_file():
         return best, "the best checkpoint (summary.json)"
+    unfinished = (
+        "" if (directory / "summary.json").is_file() else "; the run wrote no summary: still training or stopped"
+    )
     for candidate in (directory / "last.ckpt", directory / "checkpoints" / "last.ckpt"):
         if candidate.is_file():
-            return candidate, "last.ckpt (no fused/ or best checkpoint recorded)"
+            return candidate, f"last.ckpt (no fused/ or best checkpoint recorded{unfinished})"
     ckpts = sorted(directory.glob("*.ckpt")) + sorted(directory.glob("checkpoints/*.ckpt"))
-    return (ckpts[-1], "the newest checkpoint") if ckpts else (None, "no checkpoint: evaluating fused/")
+    return (ckpts[-1], f"the newest checkpoint{unfinished}") if ckpts else (None, "no checkpoint: evaluating fused/")
+
+
+def _recorded_test(checkpoint: Path) -> dict:
+    """The test accuracy the run recorded for this very checkpoint (``summary.json``'s ``tested_weights``), if the
+    checkpoint is in a run directory and was the one tested: other weights of the run were not tested."""
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    tested, acc = (
+        (summary.get("tested_weights"), summary.get("test_acc")) if isinstance(summary, dict) else (None, None)
+    )
+    if not isinstance(tested, str) or not isinstance(acc, float) or not tested.endswith(".ckpt"):
+        return {}
+    if _in_this_run(run, tested).resolve() != checkpoint.resolve():
+        return {}
+    images = summary.get("test_images")
+    return {"test_acc": acc, **({"test_images": images} if isinstance(images, int) else {})}
 
 
 def _load_train_form(ckpt: dict, path: Path) -> tuple[nn.Module, dict]:
@@ -132,9 +154,15 @@ def load_for_deploy(path: str | Path) -> Loaded:
     if source.is_dir() and not (source / WEIGHTS).exists():  # a run directory: the weights fused/ was built from
         found, chosen_because = _weights_in_run(source)
         if found is None and not (source / "fused" / WEIGHTS).exists():
+            started = (source / ".hydra").is_dir() or (source / "train.log").is_file()
             raise UserError(
-                f"{source} holds no checkpoint (*.ckpt) and no fused model ({WEIGHTS} + {CONFIG}); "
-                "pass ckpt=<run>/checkpoints/last.ckpt or ckpt=<run>/fused"
+                f"{source} holds no checkpoint (*.ckpt) and no fused model ({WEIGHTS} + {CONFIG})"
+                + (
+                    ": the run saved none yet (it is still in its first epoch, or was stopped before the end of it); "
+                    "deploy it once it has written checkpoints/last.ckpt or fused/"
+                    if started
+                    else "; pass a run directory of train.py, ckpt=<run>/checkpoints/last.ckpt or ckpt=<run>/fused"
+                )
             )
         source = found or source / "fused"
     if source.is_dir():
@@ -160,7 +188,7 @@ def load_for_deploy(path: str | Path) -> Loaded:
             train_form,
             spec,
             dict(ckpt.get("datamodule_hyper_parameters") or {}),
-            {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
+            {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"), **_recorded_test(source)},
             _run_input(source),
         )
     loaded.chosen_because = chosen_because

@@ -151,13 +151,16 @@ def _report(
 ) -> DeployReport:
     reference = evaluations[targets[0].name]
     out_dir = Path(cfg.paths.output_dir)
+    # the training run's test accuracy, where it was measured on these images (not on a batch-limited share)
+    recorded_images = loaded.recorded.get("test_images")
+    recorded_acc = loaded.recorded.get("test_acc") if recorded_images in (None, reference.num_images) else None
     return DeployReport(
         checkpoint=str(loaded.source),
         source_kind=loaded.kind,
         weights_chosen_because=loaded.chosen_because,
         dataset=dm.hparams["dataset"],
         num_test_images=reference.num_images,
-        recorded_test_acc=loaded.recorded.get("test_acc"),
+        recorded_test_acc=recorded_acc,
         model=loaded.spec,
         device=str(device),
         comparison_precision=COMPARISON_PRECISION,
@@ -171,7 +174,7 @@ def _report(
         data_warnings=[
             w
             for w in (
-                accuracy_warning(reference.accuracy, loaded.recorded.get("test_acc")),
+                accuracy_warning(reference.accuracy, recorded_acc),
                 # as the training summary says it: these accuracies are not independent of the choice of checkpoint
                 f"the test images are {dm.test_split_note}" if dm.test_split_note else None,
             )
