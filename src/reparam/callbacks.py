@@ -341,8 +341,11 @@ class SpeedMonitor(L.Callback):
 
     @staticmethod
     def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        # the epoch too, as Lightning adds it to self.log's rows: an epoch's last row shares its step with the next
+        # epoch's first, and a resumed run keeps the rows of the epochs its checkpoint completed by their epoch
+        row = {**metrics, "epoch": float(trainer.current_epoch)}
         for logger in trainer.loggers:  # floats, straight to the loggers: nothing for Lightning to reduce or sync
-            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics(row, step=trainer.global_step)
 
 
 class ConsoleProgressBar(TQDMProgressBar):

@@ -123,6 +123,10 @@ def test_killed_run_resumes_to_the_same_fused_model(
     assert_same_weights(fused_weights(uninterrupted), fused_weights(tmp_path))
     # the resumed run continued its metrics: every epoch once, as in the run that was never stopped
     assert learned_metrics(tmp_path) == learned_metrics(uninterrupted)
+    # the speed of every epoch too (epoch 0's row, logged at the checkpoint's step, was dropped on resuming)
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
+        timed = [float(row["epoch"]) for row in csv.DictReader(f) if row.get("speed/epoch_time_s")]
+    assert timed == [0.0, 1.0, 2.0]
 
 
 def test_a_run_with_persistent_workers_resumes_to_the_same_fused_model(cifar_root, tmp_path, run_env) -> None:
