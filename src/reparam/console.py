@@ -97,7 +97,9 @@ def print_train_summary(
     if summary.test_split and summary.test_acc is not None:
         after = next(i for i, row in enumerate(rows) if row[0] == "test accuracy")
         rows.insert(after + 1, ("test split", text, "test_split"))
-    if summary.resumed_from:  # the times below count from there
+    if summary.resumed_from:  # the times count from there; the epochs and accuracies are the whole run's
+        timed = ("training images/s", "time to best epoch", "total time")
+        rows = [(f"{name} (since resuming)" if name in timed else name, fmt, key) for name, fmt, key in rows]
         rows.insert(2, ("resumed from", text, "resumed_from"))
     for name, fmt, key in rows:  # values are text, not rich markup (paths and errors may hold brackets)
         table.add_row(name, escape(fmt(field(summary, key))))

@@ -135,3 +135,21 @@ def test_time_to_best_is_the_end_of_the_epoch_whose_checkpoint_is_kept(tmp_path)
     # the hooks between them, well under a step)
     assert speed.time_to_best_s == pytest.approx(module.epoch_ends[1], abs=0.05)
     assert speed.time_to_best_s < module.epoch_ends[2] - 0.15
+
+
+def test_a_resumed_runs_summary_says_its_times_count_from_the_resume(capsys) -> None:
+    """A resumed run showed 'epochs trained 8' beside a total time of its last 6 epochs, unlabelled (a new user
+    read the times as the whole run's)."""
+    from reparam.console import print_train_summary
+    from reparam.run_summary import TrainSummary
+
+    summary = TrainSummary(
+        status="completed", run_dir="r", epochs=8, total_time_s=77.0, time_to_best_s=20.9, resumed_from="r/last.ckpt"
+    )
+    print_train_summary(summary)
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "resumed from │ r/last.ckpt" in shown
+    for row in ("total time (since resuming)", "time to best epoch (since resuming)", "training images/s (since"):
+        assert row in shown
+    print_train_summary(TrainSummary(status="completed", run_dir="r", epochs=8, total_time_s=77.0))
+    assert "since resuming" not in capsys.readouterr().out
