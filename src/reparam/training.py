@@ -125,6 +125,14 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
         path = str(last) if last.is_file() else None
     if path is None:
         return None, None
+    if Path(path).is_dir():
+        last = _last_checkpoint(Path(path))
+        resume = (
+            f"ckpt_path={last}, or continue that run in its own directory: auto_resume=true hydra.run.dir={path}"
+            if last.is_file()
+            else "ckpt_path=<run>/checkpoints/last.ckpt (this folder holds no checkpoints/last.ckpt)"
+        )
+        raise UserError(f"ckpt_path={path} is a folder, not a checkpoint file; resume with {resume}")
     if not Path(path).is_file():
         raise UserError(
             f"ckpt_path={path} does not exist; point it at a checkpoint such as <run>/checkpoints/last.ckpt"
@@ -145,7 +153,8 @@ def _resume_checkpoint(cfg: DictConfig, module: ClassifierModule) -> tuple[str |
             detail = detail[:200].rsplit(", ", 1)[0] + ", ..."
         recorded = ckpt.get(RUN_OVERRIDES_KEY)
         settings = (
-            f"the settings it was trained with: python train.py {' '.join(shlex.quote(o) for o in recorded)}"
+            "the settings it was trained with: python train.py "
+            + " ".join(shlex.quote(o) for o in [*recorded, f"ckpt_path={path}"])
             if isinstance(recorded, list)
             else "the model/data settings of the run that wrote it (its .hydra/overrides.yaml)"
         )

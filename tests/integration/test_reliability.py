@@ -203,8 +203,21 @@ def test_resuming_with_a_checkpoint_of_another_network_is_one_clear_line(uninter
             )
         )
     # the command that trained it, recorded in the checkpoint (the run's .hydra/ may have been overwritten since)
-    trained_with = " ".join(shlex.quote(o) for o in [*RUN, f"paths.data_dir={cifar_root}"])
+    # ...and the checkpoint again: without ckpt_path= the pasted command started a new run instead of resuming
+    trained_with = " ".join(shlex.quote(o) for o in [*RUN, f"paths.data_dir={cifar_root}", f"ckpt_path={last}"])
     assert f"resume with the settings it was trained with: python train.py {trained_with}, or drop" in str(e.value)
+
+
+def test_ckpt_path_naming_a_run_folder_says_which_file_to_give(uninterrupted, cifar_root, tmp_path) -> None:
+    """ckpt_path=<run dir> said 'does not exist' of a folder that exists."""
+    cfg = compose_config("train", [*RUN, f"paths.data_dir={cifar_root}", f"ckpt_path={uninterrupted}"], tmp_path)
+    with pytest.raises(UserError) as e:
+        train(cfg)
+    last = uninterrupted / "checkpoints" / "last.ckpt"
+    assert str(e.value) == (
+        f"ckpt_path={uninterrupted} is a folder, not a checkpoint file; resume with ckpt_path={last}, or continue "
+        f"that run in its own directory: auto_resume=true hydra.run.dir={uninterrupted}"
+    )
 
 
 def test_deterministic_runs_are_identical(uninterrupted, cifar_root, tmp_path) -> None:

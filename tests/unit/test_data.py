@@ -339,3 +339,30 @@ def test_few_training_steps_an_epoch_are_warned_about_with_a_batch_size_that_giv
                 "of 4, other images each time): "
             )
             assert said[0].endswith("e.g. data.batch_size=4")
+
+
+def test_cifar_one_level_off_names_where_it_is(tmp_path) -> None:
+    """data.data_dir one level above the folder that holds cifar-10-batches-py: the message offered a download
+    first (which fails offline) and did not say the data was right there."""
+    write_fake_cifar(tmp_path / "datasets")
+    with pytest.raises(DataNotFoundError) as info:
+        read_cifar(tmp_path, "cifar10")
+    found = tmp_path / "datasets" / "cifar-10-batches-py"
+    assert str(info.value) == (
+        f"cifar10 not found at {tmp_path / 'cifar-10-batches-py'}, but {found} exists: use data.data_dir={found.parent}"
+    )
+    assert read_cifar(found.parent, "cifar10").train_images.shape[0] == 200  # and that works
+
+
+def test_a_folder_of_cifar_batch_files_under_another_name_is_read(tmp_path) -> None:
+    """The README says data.data_dir may point at the folder of batch files itself; it had to be named
+    cifar-10-batches-py."""
+    folder = write_fake_cifar(tmp_path)
+    renamed = folder.rename(tmp_path / "my_cifar_copy")
+    assert read_cifar(renamed, "cifar10").test_images.shape[0] == 40
+
+
+def test_the_unpacked_archive_is_pointed_at(tmp_path) -> None:
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not really")
+    with pytest.raises(DataNotFoundError, match=r"cifar-10-python.tar.gz is there: unpack it \(tar xzf "):
+        read_cifar(tmp_path, "cifar10")

@@ -154,8 +154,36 @@ def _holds_class_folders(root: Path) -> bool:
         return False
 
 
+def _found_below(root: Path, folder_name: str, depth: int = 2) -> Path | None:
+    """``folder_name`` in a folder up to ``depth`` levels below ``root`` (data.data_dir one level off), if any; a
+    bounded look (hidden folders skipped, at most 200 folders a level)."""
+    level = [root]
+    for _ in range(depth):
+        below: list[Path] = []
+        for parent in level:
+            try:
+                entries = sorted(e for e in parent.iterdir() if e.is_dir() and not e.name.startswith("."))[:200]
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name == folder_name:
+                    return entry
+                below.append(entry)
+        level = below
+    return None
+
+
 def _missing_message(name: str, root: Path, folder: Path) -> str:
     info = CIFAR[name]
+    found = _found_below(root, info.folder) if root.is_dir() else None
+    if found is not None:
+        return f"{name} not found at {folder}, but {found} exists: use data.data_dir={found.parent}"
+    archive = root / Path(info.url).name
+    if archive.is_file():
+        return (
+            f"{name} not found at {folder}, but {archive} is there: unpack it (tar xzf {archive} -C {root}), or add "
+            "data.download=true, which checks and unpacks it without downloading"
+        )
     if _holds_class_folders(root):  # one's own images, without data=imagefolder
         return (
             f"{name} not found in data.data_dir={root}, which holds folders of images: to train on your own images "
@@ -178,8 +206,8 @@ def read_cifar(root: str | Path, name: str = "cifar10") -> ImageArrays:
     info = CIFAR[name]
     root = Path(root).expanduser()
     folder = root / info.folder
-    if not folder.is_dir() and root.name == info.folder:  # data_dir pointed at the folder itself
-        folder = root
+    if not folder.is_dir() and (root.name == info.folder or (root / info.meta_file).is_file()):
+        folder = root  # data_dir pointed at the folder of batch files itself (under any name)
     if not folder.is_dir():
         raise DataNotFoundError(_missing_message(name, root, folder))
     missing = [f for f in (*info.train_files, *info.test_files, info.meta_file) if not (folder / f).is_file()]
