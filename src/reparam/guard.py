@@ -10,9 +10,11 @@ instead of failing every remaining job on its first write.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -55,7 +57,38 @@ def find_user_error(err: BaseException | None) -> BaseException | None:
         found = UserError(
             f"{key} has no value and this command needs one: add {key}={REQUIRED_VALUES.get(key, '<value>')}"
         )
+    if found is None:
+        found = _disk_full(chain)
     return found
+
+
+# what torch's zip writer (torch.save, checkpoints, .pt2) says when a write comes short: the disk filled up
+_SHORT_WRITE = ("unexpected pos", "file write failed", "No space left on device")
+
+
+def _disk_full(chain: list[BaseException]) -> UserError | None:
+    """A write that failed for lack of space, as one line saying so and how much is free (deploy ended in torch's
+    ``RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos ...`` on a full disk)."""
+    if any(isinstance(e, RuntimeError) and "unable to write to file </torch_" in str(e) for e in chain):
+        # DataLoader workers hand batches over in shared memory
+        return UserError(
+            "shared memory (/dev/shm) is full: DataLoader workers pass batches through it; use fewer workers or "
+            "smaller batches (data.num_workers=0, data.batch_size=...), or give the container more (docker "
+            "--shm-size=8g)"
+        )
+    full = any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in chain)
+    short = any(isinstance(e, RuntimeError) and any(s in str(e) for s in _SHORT_WRITE) for e in chain)
+    if not (full or short):
+        return None
+    try:
+        free = shutil.disk_usage(os.getcwd()).free
+    except OSError:
+        free = None
+    room = f" ({free / 2**20:.0f} MB free where this command writes)" if free is not None else ""
+    cause = "the disk is full" if full else "a file could not be written whole: the disk is likely full"
+    return UserError(
+        f"{cause}{room}; free some space, or write elsewhere (hydra.run.dir=<folder on a larger disk>), and run again"
+    )
 
 
 def _console_lost(err: BaseException | None) -> bool:
