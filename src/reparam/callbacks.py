@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 
 from . import __version__
 from .artifact import write_fused_artifact
@@ -255,11 +256,11 @@ class FiniteLossGuard(L.Callback):
 class SpeedMonitor(L.Callback):
     """Training images/s and epoch time, logged as ``speed/*`` and kept for the run summary.
 
-    The rate is sampled every ``every_n_steps`` steps: one device sync per sample (a sync per step would stop the
-    CPU from queueing work ahead of a fast GPU, the very thing being measured). The training clock runs from the
-    first batch of an epoch (or after a validation) to the next validation or the epoch's end, so validation and
-    checkpointing count in the epoch time, not in the training rate. Counts are global: the per-process batch times
-    the world size.
+    The rate is sampled every ``every_n_steps`` training steps of the run, across epoch ends (epochs shorter than
+    that were never sampled): one device sync per sample (a sync per step would stop the CPU from queueing work ahead
+    of a fast GPU, the very thing being measured). The training clock runs from the first batch of an epoch (or after
+    a validation) to the next validation or the epoch's end, so validation and checkpointing count in the epoch time,
+    not in the training rates. Counts are global: the per-process batch times the world size.
     """
 
     def __init__(self, every_n_steps: int = 50) -> None:
@@ -267,10 +268,14 @@ class SpeedMonitor(L.Callback):
         self.train_images = 0
         self.train_time_s = 0.0
         self.time_to_best_s: float | None = None
-        self._fit_start = self._epoch_start = self._segment_start = self._window_start = 0.0
+        self._fit_start = self._epoch_start = self._segment_start = 0.0
         self._running = False
-        self._window_images = self._epoch_images = 0
+        self._epoch_images = 0
         self._epoch_train_time = 0.0
+        # the sample window: its images, its training time in segments already stopped, and where the running
+        # segment's share of it began (the segment's start, or the last sample in it)
+        self._steps = self._window_images = 0
+        self._window_time = self._window_mark = 0.0
         self._best_path: str | None = None
         self._last_epoch_end: float | None = None
 
@@ -285,6 +290,8 @@ class SpeedMonitor(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
+        self._steps = self._window_images = 0
+        self._window_time = 0.0
         # a resumed run's best so far is not this run's: its time to best counts from the resume
         self._best_path = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
 
@@ -296,26 +303,31 @@ class SpeedMonitor(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:  # noqa: ANN001
         if not self._running:  # the first batch of the epoch, or the first after a validation
-            self._segment_start = self._window_start = self._now(pl_module)
-            self._running, self._window_images = True, 0
+            self._segment_start = self._window_mark = self._now(pl_module)
+            self._running = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
         images = len(batch[0]) * trainer.world_size  # from the shape: no sync
         self._window_images += images
         self._epoch_images += images
-        if (batch_idx + 1) % self.every == 0:
+        self._steps += 1
+        if self._steps % self.every == 0:
             now = self._now(pl_module)
-            if now > self._window_start:
-                self._log(trainer, {"speed/images_per_s": self._window_images / (now - self._window_start)})
-            self._window_start, self._window_images = now, 0
+            window_time = self._window_time + (now - self._window_mark)
+            if window_time > 0:
+                self._log(trainer, {"speed/images_per_s": self._window_images / window_time})
+            self._window_images, self._window_time, self._window_mark = 0, 0.0, now
 
     def _stop_clock(self, pl_module: L.LightningModule) -> None:
         if self._running:
-            self._epoch_train_time += self._now(pl_module) - self._segment_start
+            now = self._now(pl_module)
+            self._epoch_train_time += now - self._segment_start
+            self._window_time += now - self._window_mark
             self._running = False
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training and not trainer.sanity_checking:
+        # a validation inside fit (trainer.training is already False here: Lightning switched to validating)
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._stop_clock(pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -343,7 +355,7 @@ class SpeedMonitor(L.Callback):
     def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
         # the epoch too, as Lightning adds it to self.log's rows: an epoch's last row shares its step with the next
         # epoch's first, and a resumed run keeps the rows of the epochs its checkpoint completed by their epoch
-        row = {**metrics, "epoch": float(trainer.current_epoch)}
+        row = {**metrics, "epoch": trainer.current_epoch}  # an int, as in Lightning's rows
         for logger in trainer.loggers:  # floats, straight to the loggers: nothing for Lightning to reduce or sync
             logger.log_metrics(row, step=trainer.global_step)
 

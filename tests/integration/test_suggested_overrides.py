@@ -33,6 +33,8 @@ SUGGESTED = {
     "data.data_dir": [("train", "data.data_dir=/tmp/somewhere"), ("deploy", "data.data_dir=/tmp/somewhere")],
     "data.download": [("train", "data.download=true"), ("deploy", "data.download=true")],
     "data.num_classes": [("train", "data.num_classes=10")],
+    "data.num_workers": [("train", "data.num_workers=0")],
+    "data.batch_size": [("train", "data.batch_size=64")],
     "data.val_size": [("train", "data.val_size=100")],
     "data.pipeline": [("train", "data.pipeline=fast")],
     "experiment": [("train", "experiment=demo")],

@@ -153,3 +153,44 @@ def test_a_resumed_runs_summary_says_its_times_count_from_the_resume(capsys) -> 
         assert row in shown
     print_train_summary(TrainSummary(status="completed", run_dir="r", epochs=8, total_time_s=77.0))
     assert "since resuming" not in capsys.readouterr().out
+
+
+def test_the_training_rate_is_sampled_across_short_epochs_without_their_validation(tmp_path) -> None:
+    """every_n_steps counted within an epoch: epochs shorter than it (25 steps against 50) never logged
+    speed/images_per_s. Counted over the run, a window spanning an epoch end leaves out the validation between.
+    And the validation inside fit was never left out of the epoch's training time (trainer.training is already
+    False at on_validation_start): the summary's training images/s counted every epoch's validation."""
+    from lightning.pytorch.loggers import CSVLogger as LightningCSV
+
+    from reparam.callbacks import SpeedMonitor
+
+    class SlowValidation(ScriptedScores):
+        def validation_step(self, batch, batch_idx):
+            import time
+
+            time.sleep(0.3)  # much longer than the training steps: it must not count
+            super().validation_step(batch, batch_idx)
+
+    data = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)  # 3 steps an epoch, 2 images each
+    module = SlowValidation([0.1, 0.2, 0.3, 0.4], step_s=0.05)
+    speed = SpeedMonitor(every_n_steps=4)
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=[speed],
+        logger=LightningCSV(tmp_path, name="csv"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2), data)
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("speed/images_per_s")]
+    assert [int(r["step"]) for r in rows] == [4, 8, 12]  # steps 4, 8, 12 of the run's 12, over epoch ends
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    for row in rows:  # 2 images per 0.05 s step: about 40 images/s; with a 0.9 s validation inside, under 10
+        assert 25 < float(row["speed/images_per_s"]) <= 41
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        epochs = [float(r["speed/epoch_images_per_s"]) for r in csv.DictReader(f) if r.get("speed/epoch_images_per_s")]
+    assert len(epochs) == 4 and all(25 < rate <= 41 for rate in epochs), epochs
+    assert speed.train_images == 24 and 25 < speed.train_images_per_s <= 41

@@ -89,7 +89,8 @@ F = TypeVar("F", bound=type[ModelFamily])
 
 
 def register_model_family(cls: F) -> F:
-    """Class decorator: register a :class:`ModelFamily` under its ``arch`` (``model.arch=<arch>`` then builds it).
+    """Class decorator: register a :class:`ModelFamily` under its ``arch`` (a model config whose ``arch`` is it then
+    builds it).
 
     A taken ``arch`` is refused (the same class again is not: a module imported twice), as is a class that is not
     a ``ModelFamily`` or names no ``arch``.
