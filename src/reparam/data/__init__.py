@@ -4,11 +4,14 @@ folders of any size), one datamodule, standard and fast pipelines."""
 from .datamodule import ArrayDataset, ImageDataModule
 from .fast import TensorBatchLoader, random_crop_flip, random_erase
 from .imagefolder import BadImageError, ImageFolderSource, load_image
-from .registry import DATASETS, DatasetSource, register_dataset
+from .registry import DATASETS, ArraySplit, DatasetSource, FileSplit, SourceSplits, register_dataset
 from .sources import CIFAR, ImageArrays, download_cifar, load_digits32, load_source, read_cifar
 
 __all__ = [
     "DATASETS",
+    "ArraySplit",
+    "FileSplit",
+    "SourceSplits",
     "BadImageError",
     "DatasetSource",
     "ImageFolderSource",
