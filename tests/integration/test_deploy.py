@@ -152,7 +152,7 @@ def test_run_directory_resolves_to_its_checkpoint(trained_run, tmp_path: Path) -
     assert report.machine.warnings == []  # nothing was timed, nothing to distrust
     # the run tested that checkpoint: its test accuracy is compared (it was null from a run directory)
     assert trained_run.tested_weights == fused_from and trained_run.test_images == report.num_test_images
-    assert report.recorded_test_acc == pytest.approx(trained_run.test_acc)
+    assert report.recorded_test_acc == pytest.approx(trained_run.test_acc) and report.recorded_test_images == 40
     assert round(report.target("fused").accuracy * report.num_test_images) == round(trained_run.test_acc * 40)
     # last.ckpt holds other weights, which the run did not test: nothing recorded to compare with
     assert load_for_deploy(trained_run.last_checkpoint).recorded.get("test_acc") is None

@@ -35,6 +35,8 @@ def _speed(target: TargetReport, batch_size: int) -> str:
 
 def _table(report: DeployReport) -> Table:
     recorded = "" if report.recorded_test_acc is None else f"; {pct(report.recorded_test_acc)} recorded at training"
+    if recorded and report.recorded_test_images not in (None, report.num_test_images):
+        recorded += f" on {report.recorded_test_images} images"
     title = (
         f"reparam deploy: {report.checkpoint}\n{report.dataset}, {report.num_test_images} test images{recorded}; "
         f"each target against the fused fp32 reference; images/s and x reference: medians over rounds timed round-robin"

@@ -134,6 +134,7 @@ class DeployReport:
     # what looks wrong with the test data (an accuracy far below the recorded one): printed, never a failure
     data_warnings: list[str] = field(default_factory=list)
     benchmark_skipped: str | None = None  # why no target was timed although the benchmark was on
+    recorded_test_images: int | None = None  # how many images recorded_test_acc was measured on (None: not recorded)
 
     def target(self, name: str) -> TargetReport | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -164,6 +165,7 @@ class DeployReport:
             "dataset": self.dataset,
             "num_test_images": self.num_test_images,
             "recorded_test_acc": self.recorded_test_acc,
+            "recorded_test_images": self.recorded_test_images,
             "data_warnings": list(self.data_warnings),
             "model": self.model,
             "device": self.device,

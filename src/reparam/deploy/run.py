@@ -151,9 +151,9 @@ def _report(
 ) -> DeployReport:
     reference = evaluations[targets[0].name]
     out_dir = Path(cfg.paths.output_dir)
-    # the training run's test accuracy, where it was measured on these images (not on a batch-limited share)
-    recorded_images = loaded.recorded.get("test_images")
-    recorded_acc = loaded.recorded.get("test_acc") if recorded_images in (None, reference.num_images) else None
+    # the training run's test accuracy, and on how many images (a batch-limited test, or other data, differ)
+    recorded_acc = loaded.recorded.get("test_acc")
+    recorded_images = loaded.recorded.get("test_images") if recorded_acc is not None else None
     return DeployReport(
         checkpoint=str(loaded.source),
         source_kind=loaded.kind,
@@ -161,6 +161,7 @@ def _report(
         dataset=dm.hparams["dataset"],
         num_test_images=reference.num_images,
         recorded_test_acc=recorded_acc,
+        recorded_test_images=recorded_images if isinstance(recorded_images, int) else None,
         model=loaded.spec,
         device=str(device),
         comparison_precision=COMPARISON_PRECISION,
