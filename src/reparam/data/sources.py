@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,20 +157,22 @@ def _holds_class_folders(root: Path) -> bool:
 
 def _found_below(root: Path, folder_name: str, depth: int = 2) -> Path | None:
     """``folder_name`` in a folder up to ``depth`` levels below ``root`` (data.data_dir one level off), if any; a
-    bounded look (hidden folders skipped, at most 200 folders a level)."""
+    bounded look: the first 1,000 entries of a folder (a folder of a million images is not listed whole), hidden
+    folders skipped, at most 200 folders a level."""
     level = [root]
     for _ in range(depth):
         below: list[Path] = []
         for parent in level:
             try:
-                entries = sorted(e for e in parent.iterdir() if e.is_dir() and not e.name.startswith("."))[:200]
+                with os.scandir(parent) as scan:
+                    entries = list(itertools.islice(scan, 1000))
             except OSError:
                 continue
-            for entry in entries:
-                if entry.name == folder_name:
-                    return entry
-                below.append(entry)
-        level = below
+            folders = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+            if folder_name in folders:
+                return parent / folder_name
+            below += [parent / name for name in folders]
+        level = below[:200]
     return None
 
 
