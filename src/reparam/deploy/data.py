@@ -3,7 +3,6 @@ against what the model records (dataset kind, class names) and preprocessed by t
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from ..data import ImageDataModule
@@ -24,10 +23,7 @@ ACCURACY_GAP = 0.05
 def deploy_datamodule(loaded: Loaded, overrides: dict[str, Any]) -> ImageDataModule:
     """The datamodule, set up for testing with the recorded preprocessing; the data's identity (dataset kind, class
     count and names) is checked against the model's before anything is evaluated."""
-    accepted = set(inspect.signature(ImageDataModule).parameters) - {"source_options"}
-    recorded_dataset = loaded.data.get("dataset")
-    if isinstance(recorded_dataset, str) and recorded_dataset in DATASETS:  # and a source's own options
-        accepted |= DATASETS[recorded_dataset].options
+    accepted = ImageDataModule.config_arguments(loaded.data.get("dataset"))  # its dataset's own options included
     params = {k: v for k, v in loaded.data.items() if k in accepted}
     given = {k: v for k, v in overrides.items() if v is not None}
     recorded = _recorded_input(loaded)
