@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from helpers import ROOT
 from PIL import Image
-from serving import Server, fastest_passing, split_pngs, start_server, train_and_deploy
+from serving import Server, fastest_passing, free_port, split_pngs, start_server, train_and_deploy
 
 from reparam.serve.http_input import pillow_pixel_limit
 
@@ -381,6 +381,62 @@ def test_the_server_stops_and_frees_the_port_when_a_process_of_it_dies(victim: s
     assert _port_is_free(server.port)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)
+
+
+FAILING_WORKER = """
+import multiprocessing, os, time
+import reparam.serve.api as api
+
+if multiprocessing.current_process().name != "MainProcess":  # only in the spawned inference workers
+    def build_target(*args, **kwargs):
+        if os.environ["LITSERVE_WORKER_ID"] == "{worker}":
+            time.sleep({delay})
+            raise RuntimeError("no session for\\nthis model")
+        return real(*args, **kwargs)
+
+    real, api.build_target = api.build_target, build_target
+"""
+
+
+@pytest.mark.parametrize("second", [False, True], ids=["the only worker", "the second, after the first is ready"])
+def test_a_worker_that_cannot_build_the_target_is_one_line_and_the_port_is_freed(
+    second: bool, deployed, tmp_path: Path
+) -> None:
+    """Before: LitServe's traceback of the worker's setup, then "RuntimeError: One or more workers failed to start"
+    with a second traceback (one worker); with two, the first served on and the second's failure read "exited with
+    code 0"."""
+    run, _ = deployed
+    (tmp_path / "failing_worker.py").write_text(
+        FAILING_WORKER.format(worker=1 if second else 0, delay=3 if second else 0)
+    )
+    port, tmp = free_port(), tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "serve.py"), f"ckpt={run}", f"serve.port={port}", "imports=[failing_worker]"]
+        + ["serve.workers_per_device=2"] * second,
+        cwd=tmp_path,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    target = out.split("serving ", 1)[1].split(" ", 1)[0]
+    why = f"building {target} on cpu failed: RuntimeError: no session for this model"
+    expected = (
+        "error: the server's inference worker (pid "
+        if second
+        else f"error: the inference worker could not start, so the server did not: {why}"
+    )
+    assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith(expected), out
+    if second:
+        assert errors[0].endswith(
+            f") could not start: {why}; the server stopped and freed port {port} (start it again)"
+        )
+    assert "Traceback" not in out and "server stopped" not in out.splitlines(), out
+    assert _port_is_free(port)
+    assert not list(tmp.glob("reparam-serve-*"))  # where the workers wrote why: removed
 
 
 def test_sigterm_answers_requests_in_flight_and_exits_0(server, test_split) -> None:

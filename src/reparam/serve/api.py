@@ -7,8 +7,11 @@ request. ``max_batch_size`` counts requests; a request with several images adds 
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import litserve as ls
 import torch
@@ -18,7 +21,7 @@ from .choice import ServedTarget
 from .http_input import unpack
 from .model import Classifier, Prediction, build_target
 
-__all__ = ["WorkerSpec", "ClassifierAPI"]
+__all__ = ["WorkerSpec", "ClassifierAPI", "setup_failure_lines"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,19 @@ class WorkerSpec:
     threads: int  # CPU threads of the target
     weights_sha256: str
     imports: tuple[str, ...] = ()  # the user's modules (imports=[...]): a spawned worker imports them again
+    failures: str = ""  # a folder where a worker whose setup fails writes why, for the server's one line
+
+
+def setup_failure_lines(folder: str | Path) -> list[str]:
+    """What the workers that could not start wrote (see :meth:`ClassifierAPI.setup`), one line each."""
+    return [p.read_text().strip() for p in sorted(Path(folder).glob("worker-*.txt"))] if str(folder) else []
+
+
+class _QuietSetupError(logging.Filter):
+    """Drops LitServe's traceback for a failed worker setup: the server reports it as one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Error setting up worker")
 
 
 @dataclass
@@ -46,6 +62,22 @@ class ClassifierAPI(ls.LitAPI):
         self.worker = worker  # not "spec": LitAPI.spec is its OpenAI-style API spec
 
     def setup(self, device: str) -> None:
+        try:
+            self._setup(device)
+        except Exception as err:  # noqa: BLE001 - whatever stops a worker, the server says it in one line
+            if not self.worker.failures:
+                raise
+            from ..errors import UserError
+
+            detail = " ".join(str(err).split())
+            why = detail if isinstance(err, UserError) else f"{type(err).__name__}: {detail or 'no message'}"
+            worker = os.environ.get("LITSERVE_WORKER_ID", str(os.getpid()))
+            note = Path(self.worker.failures, f"worker-{worker}.txt")
+            note.write_text(f"building {self.worker.target.name} on {device} failed: {why}\n")
+            logging.getLogger("litserve.loops.loops").addFilter(_QuietSetupError())
+            raise
+
+    def _setup(self, device: str) -> None:
         from ..deploy.load import load_for_deploy
         from ..user_modules import import_user_modules
 

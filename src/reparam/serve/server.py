@@ -9,10 +9,13 @@ the process exits 1 with one line (:class:`_Watch`).
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -29,7 +32,7 @@ from ..deploy.report_index import weights_sha256
 from ..device import resolve_device
 from ..errors import EXIT_SIGINT, UserError, reraise_as_user_error
 from ..preprocess import Preprocessing
-from .api import WorkerSpec
+from .api import WorkerSpec, setup_failure_lines
 from .choice import agreement_share, choose_target
 from .http_input import InputLimits, max_pixels_problem
 from .model import recorded_preprocessing, with_class_names
@@ -295,8 +298,9 @@ class _Watch:
     "server stopped").
     """
 
-    def __init__(self, server: ls.LitServer, poll_s: float = 0.5, grace_s: float = 1.0) -> None:
+    def __init__(self, server: ls.LitServer, poll_s: float = 0.5, grace_s: float = 1.0, failures: str = "") -> None:
         self.server = server
+        self.failures = failures  # where a worker whose setup failed wrote why (WorkerSpec.failures)
         self.poll_s, self.grace_s = poll_s, grace_s
         self.stopping = threading.Event()  # set on SIGTERM / Ctrl-C: processes ending then are expected
         self.died: str | None = None  # what ended, for the error line
@@ -335,6 +339,9 @@ class _Watch:
                 )
             else:
                 how = f"exited with code {code}"
+            notes = setup_failure_lines(self.failures) if what == "inference worker" else []
+            if notes:  # a second worker that failed to start after the first one was ready
+                how = f"could not start: {notes[0]}"
             self.died = f"the server's {what} (pid {getattr(process, 'pid', '?')}) {how}"
             try:
                 self.server._shutdown_event.set()  # run() stops everything else and returns
@@ -393,18 +400,36 @@ def serve(cfg: DictConfig) -> Prepared:
     print(prepared.startup_line(), flush=True)
     if prepared.settings.dry_run:
         return prepared
+    failures = tempfile.mkdtemp(prefix="reparam-serve-")
+    try:
+        _run(dataclasses.replace(prepared, worker=dataclasses.replace(prepared.worker, failures=failures)), failures)
+    finally:
+        shutil.rmtree(failures, ignore_errors=True)
+    print("server stopped", file=sys.stderr, flush=True)
+    return prepared
+
+
+def _run(prepared: Prepared, failures: str) -> None:
     server = build_server(prepared)
     server.uvicorn_graceful_timeout = UVICORN_DRAIN_S
-    watch = _Watch(server)
+    watch = _Watch(server, failures=failures)
     _drain_on_sigterm(watch)
     _note_ctrl_c(watch.stopping)
     s = prepared.settings
     _say_when_ready(s)
     try:
         server.run(host=s.host, port=s.port, log_level=s.log_level, generate_client_file=False)
+    except RuntimeError:
+        notes = setup_failure_lines(failures)
+        if not notes:
+            raise
+        for process in multiprocessing.active_children():  # the other workers and LitServe's manager: nothing served
+            process.kill()
+        raise ServerProcessDied(
+            f"the inference worker could not start, so the server did not: {notes[0]}"
+            + (f" (and {len(notes) - 1} more workers alike)" if len(notes) > 1 else "")
+        ) from None
     finally:
         watch.stopping.set()
     if watch.died:
         raise ServerProcessDied(f"{watch.died}; the server stopped and freed port {s.port} (start it again)")
-    print("server stopped", file=sys.stderr, flush=True)
-    return prepared
