@@ -108,7 +108,7 @@ def _detach_console() -> None:
     os.close(devnull)
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     if isinstance(err, MisconfigurationException):
         text = (
@@ -167,12 +167,16 @@ def _end_without_console() -> None:
 
 
 def _write_job_summary(job_dir: str, status: str, error: str) -> None:
-    """A sweep job's ``summary.json`` for a run that ended before training could write one."""
+    """A sweep job's ``summary.json`` for a run that ended before training could write one (training writes its own,
+    with the epochs and checkpoints it got to: kept)."""
     from pathlib import Path
 
     from .artifact import atomic_write_json
     from .run_summary import SUMMARY_FILE, TrainSummary
 
+    written = TrainSummary.read(Path(job_dir) / SUMMARY_FILE)
+    if written is not None and (written.status, written.error) == (status, error):
+        return
     atomic_write_json(Path(job_dir) / SUMMARY_FILE, TrainSummary(status, job_dir, error=error).to_dict())
 
 
@@ -218,7 +222,7 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             user_error = find_user_error(err)
             if user_error is None or os.environ.get("REPARAM_DEBUG"):
                 raise
-            line = _one_line(user_error)
+            line = one_line(user_error)
             _say(line)
             job_dir = _multirun_output_dir()
             if job_dir is None or isinstance(user_error, Stopped):  # Ctrl-C / SIGTERM end a whole sweep

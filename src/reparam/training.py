@@ -25,7 +25,7 @@ from .blocks import FormMismatchError
 from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback, SpeedMonitor, pruned_at_epoch
 from .checkpoint import net_state, read_checkpoint
 from .ema import EMAWeights
-from .errors import Interrupted, Preempted, UserError, reraise_as_user_error
+from .errors import Interrupted, Preempted, Stopped, UserError, reraise_as_user_error
 from .launching import is_submitit_requeue, slurm_job, slurm_restarts, use_cores_given
 from .loggers import ResumePoint
 from .models import complete_spec, load_pretrained
@@ -190,8 +190,12 @@ def train(cfg: DictConfig) -> TrainSummary:
             logger.log_hyperparams({"config": config})
     run_dir = Path(cfg.paths.output_dir)
     resumes = cfg.get("auto_resume") is not False  # on a SLURM restart (see _resume_checkpoint)
-    with _stops_cleanly(trainer, run_dir, "training", "no fused model was written", resumes_when_restarted=resumes):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    try:
+        with _stops_cleanly(trainer, run_dir, "training", "no fused model was written", resumes_when_restarted=resumes):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    except Exception as err:
+        _record_unfinished_fit(trainer, run_dir, err, threads, resume_path, time.perf_counter() - started)
+        raise
 
     summary = _fit_summary(trainer, run_dir)
     _record_averaging(trainer, summary)
@@ -258,6 +262,29 @@ def _fit_summary(trainer: L.Trainer, run_dir: Path) -> TrainSummary:
         summary.fusion_fp32_max_rel_diff = fuser.result.float32.max_rel_diff
         summary.fusion_fp64_max_rel_diff = fuser.result.float64.max_rel_diff
     return summary
+
+
+def _record_unfinished_fit(
+    trainer: L.Trainer, run_dir: Path, err: Exception, threads: int, resume_path: str | None, elapsed_s: float
+) -> None:
+    """``summary.json`` for a run whose training ended early: ``interrupted`` (Ctrl-C, SIGTERM) or ``failed`` (it
+    diverged, a file went bad, a bug), the error line, and what it got to (epochs, best and last checkpoints), so that
+    a script reading the run, or a person, learns what happened where only the console said it before."""
+    from .guard import find_user_error, one_line
+
+    user_error = find_user_error(err)
+    status = "interrupted" if isinstance(user_error, Stopped) else "failed"
+    error = one_line(user_error) if user_error is not None else f"{type(err).__name__}: {one_line(err)}"
+    try:
+        summary = _fit_summary(trainer, run_dir)
+    except Exception:  # noqa: BLE001 - the record must never hide the error that ended the run
+        summary = TrainSummary(status, str(run_dir))
+    summary.status, summary.error = status, error
+    summary.cpu_threads, summary.resumed_from, summary.total_time_s = threads, resume_path, elapsed_s
+    try:
+        _write_summary(trainer, run_dir, summary)
+    except OSError:  # a full disk, say: the error line is what matters
+        pass
 
 
 def _record_averaging(trainer: L.Trainer, summary: TrainSummary) -> None:

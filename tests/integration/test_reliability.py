@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from reparam.artifact import read_fused_artifact, write_fused_artifact
 from reparam.callbacks import DivergenceError
+from reparam.deploy.load import load_for_deploy
 from reparam.errors import UserError
 from reparam.training import train
 
@@ -170,6 +171,10 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(cifar_root, tmp_path, 
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "training stopped by SIGTERM at epoch 1, global step 6" in errors[0], errors
     assert "Resume with: python train.py" in errors[0]
+    # the run's record says so too (before: no summary.json, as if it were still training)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], f"error: {summary['error']}", summary["epochs"]) == ("interrupted", errors[0], 1)
+    assert Path(summary["best_checkpoint"]).is_file() and summary["fused_dir"] is None
 
 
 def test_ctrl_c_during_the_test_phase_still_writes_the_summary(cifar_root, tmp_path, run_env) -> None:
@@ -238,6 +243,15 @@ def test_nan_loss_stops_training_with_the_step_and_writes_nothing(cifar_root, tm
     finally:
         training.instantiate_group = original
     assert not (tmp_path / "fused").exists()
+    # summary.json records the failure and what the run got to (before: nothing), and deploy says which weights
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["epochs"] == 1 and summary["fused_dir"] is None
+    assert summary["error"].startswith("training diverged: the loss became nan at epoch 1, batch 1 (global step 5)")
+    best = Path(summary["best_checkpoint"])
+    assert best.is_file() and best.parent == tmp_path / "checkpoints"
+    loaded = load_for_deploy(str(tmp_path))
+    assert loaded.source == best
+    assert loaded.chosen_because == "the best checkpoint so far (summary.json: training failed before the end)"
 
 
 def test_crash_while_writing_leaves_the_previous_artifact_or_none(tmp_path, monkeypatch) -> None:

@@ -70,10 +70,19 @@ def _weights_in_run(directory: Path) -> tuple[Path | None, str]:
         return None, f"fused/ was built from {source}, which is not a checkpoint file here: evaluating fused/"
     recorded = _recorded(directory / "summary.json", "best_checkpoint")
     best = _in_this_run(directory, recorded) if recorded else None
+    status = _recorded(directory / "summary.json", "status")
+    # training's record of a run that ended early (its error says why)
+    ended_early = {"failed": "training failed", "interrupted": "training was interrupted"}.get(status or "")
     if best is not None and best.is_file():
+        if ended_early:
+            return best, f"the best checkpoint so far (summary.json: {ended_early} before the end)"
         return best, "the best checkpoint (summary.json)"
     unfinished = (
-        "" if (directory / "summary.json").is_file() else "; the run wrote no summary: still training or stopped"
+        f"; {ended_early} before the end (summary.json)"
+        if ended_early
+        else ""
+        if status is not None
+        else "; the run wrote no summary: still training or stopped"
     )
     for candidate in (directory / "last.ckpt", directory / "checkpoints" / "last.ckpt"):
         if candidate.is_file():
