@@ -80,15 +80,30 @@ def _disk_full(chain: list[BaseException]) -> UserError | None:
     short = any(isinstance(e, RuntimeError) and any(s in str(e) for s in _SHORT_WRITE) for e in chain)
     if not (full or short):
         return None
+    folder = _written_folder(chain)
     try:
-        free = shutil.disk_usage(os.getcwd()).free
+        free = shutil.disk_usage(folder).free
     except OSError:
         free = None
-    room = f" ({free / 2**20:.0f} MB free where this command writes)" if free is not None else ""
+    room = f" ({free / 2**20:.0f} MB free in {folder})" if free is not None else ""
     cause = "the disk is full" if full else "a file could not be written whole: the disk is likely full"
     return UserError(
         f"{cause}{room}; free some space, or write elsewhere (hydra.run.dir=<folder on a larger disk>), and run again"
     )
+
+
+def _written_folder(chain: list[BaseException]) -> str:
+    """Where the failed write went: the file an OSError names, else the run's output folder (which Hydra's
+    ``hydra.run.dir`` can put on another disk than the working directory), else the working directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    named = next((e.filename for e in chain if isinstance(e, OSError) and isinstance(e.filename, str)), None)
+    if named is None and HydraConfig.initialized():
+        named = HydraConfig.get().runtime.output_dir
+    path = os.path.abspath(named or os.getcwd())
+    while not os.path.isdir(path) and os.path.dirname(path) != path:  # a file, or a folder not made yet
+        path = os.path.dirname(path)
+    return path
 
 
 def _console_lost(err: BaseException | None) -> bool:
