@@ -383,6 +383,72 @@ def test_the_server_stops_and_frees_the_port_when_a_process_of_it_dies(victim: s
         httpx.get(f"{server.url}/health", timeout=5)
 
 
+BUSY_HTTP_PROCESS = """
+import time
+import reparam.serve.http_input as http_input
+
+calls = []
+
+def model_sized_image(*args, **kwargs):  # the first request holds the HTTP process's event loop, as a large
+    calls.append(1)                      # image's decoding would
+    time.sleep(3.0 if len(calls) == 1 else 0.0)
+    return real(*args, **kwargs)
+
+real, http_input.model_sized_image = http_input.model_sized_image, model_sized_image
+"""
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["to serve.py", "to the whole process group, 2 workers"])
+def test_sigterm_answers_the_connections_still_waiting_to_be_taken(
+    group: bool, deployed, test_split, server: Server, tmp_path: Path
+) -> None:
+    """A busy HTTP process leaves new connections in the kernel's accept queue. Before: uvicorn stopped accepting at
+    once and those requests were reset when the server exited 0 (24 of 48 in a user's test); SIGTERM to the whole
+    group (systemd, scancel) also killed the workers and LitServe's queue manager: 500s and tracebacks."""
+    run, _ = deployed
+    (tmp_path / "busy_http.py").write_text(BUSY_HTTP_PROCESS)  # imported before LitServe forks the HTTP process
+    other, server = server, start_server(run, tmp_path, "imports=[busy_http]", *["serve.workers_per_device=2"] * group)
+    images, _ = test_split
+    headers = {"Content-Type": "image/png"}
+
+    async def main() -> list[httpx.Response | Exception]:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
+
+            def post(i: int) -> asyncio.Task:
+                return asyncio.create_task(client.post(f"{server.url}/predict", content=images[i], headers=headers))
+
+            tasks = [post(0)]
+            await asyncio.sleep(0.5)  # the HTTP process is now busy with the first for 3 s
+            tasks += [post(i) for i in range(1, 48)]
+            await asyncio.sleep(1.0)  # every connection made, waiting in the kernel's accept queue
+            if group:
+                os.killpg(server.process.pid, signal.SIGTERM)
+            else:
+                server.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        answers = asyncio.run(main())
+        assert server.process.wait(90) == 0, server.output()
+    finally:
+        server.stop()
+    failed = [a if isinstance(a, Exception) else a.status_code for a in answers if getattr(a, "status_code", 0) != 200]
+    assert not failed, failed
+    served = [a.json()["predictions"][0]["index"] for a in answers if isinstance(a, httpx.Response)]
+    reference = [  # the same images from the module's server, MAX_IMAGES to a request
+        p["index"]
+        for start in range(0, 48, MAX_IMAGES)
+        for p in httpx.post(
+            f"{other.url}/predict",
+            json={"images": [base64.b64encode(i).decode() for i in images[start : start + MAX_IMAGES]]},
+            timeout=120,
+        ).json()["predictions"]
+    ]
+    assert served == reference
+    out = server.output()
+    assert "Traceback" not in out and "Error" not in out and out.splitlines()[-1] == "server stopped", out
+
+
 FAILING_WORKER = """
 import multiprocessing, os, time
 import reparam.serve.api as api

@@ -6,6 +6,7 @@ were used wherever one exists: the sweeper is a public ``hydra.plugins.sweeper.S
 read through ``JobReturn.return_value``, and the step-logging rule is computed from public trainer attributes.
 """
 
+import importlib.util
 import inspect
 from types import SimpleNamespace
 
@@ -223,3 +224,36 @@ def test_litserve_run_starts_its_monitor_through_a_method_with_the_http_processe
     assert "uvicorn_workers.items()" in shutdown, changed(
         "litserve.LitServer._perform_graceful_shutdown", user, "no longer stops the HTTP processes it is given"
     )
+    assert shutdown.index("uvicorn_workers.items()") < shutdown.index("iw.terminate()"), changed(
+        "litserve.LitServer._perform_graceful_shutdown",
+        "reparam.serve.server._Watch.start (workers ignore SIGTERM; their terminate() kills them)",
+        "no longer ends the inference workers with terminate() after the HTTP processes",
+    )
+    loops = inspect.getsource(pytest.importorskip("litserve.loops.loops").inference_worker)
+    assert 'logger.exception(f"Error setting up worker' in loops, changed(
+        "litserve.loops.loops.inference_worker",
+        "reparam.serve.api._QuietSetupError (drops the logged traceback of a failed setup)",
+        "no longer logs a failed setup as 'Error setting up worker'",
+    )
+
+
+def test_uvicorn_shutdown_closes_new_connections_and_takes_the_sockets() -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    protocols: list[type] = [H11Protocol]
+    if importlib.util.find_spec("httptools"):  # uvicorn uses it where installed
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        protocols.append(HttpToolsProtocol)
+    user = "reparam.serve.server._take_queued_connections_before_stopping"
+    assert list(inspect.signature(uvicorn.Server.shutdown).parameters) == ["self", "sockets"], changed(
+        "uvicorn.Server.shutdown", user, "takes other arguments than (sockets)"
+    )
+    assert "self.server_state.connections" in inspect.getsource(uvicorn.Server.shutdown), changed(
+        "uvicorn.Server.shutdown", user, "no longer walks server_state.connections"
+    )
+    for protocol in protocols:  # a connection whose request has not started has cycle None
+        assert "if self.cycle is None or self.cycle.response_complete:" in inspect.getsource(protocol.shutdown), (
+            changed(f"{protocol.__name__}.shutdown", user, "no longer closes a connection whose cycle is None")
+        )

@@ -86,6 +86,9 @@ class ClassifierAPI(ls.LitAPI):
         # Ctrl-C reaches every process of the terminal's group: the manager stops the workers itself, so a worker
         # interrupted mid-wait only printed a KeyboardInterrupt traceback before "server stopped"
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # likewise a SIGTERM sent to the whole group (systemd, scancel): the server drains first, then ends the workers
+        # (with SIGKILL, see server._Watch.start); dying here would fail the requests in flight with 500s
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         torch.set_num_threads(self.worker.threads)
         loaded = load_for_deploy(self.worker.checkpoint)
         preprocessing = Preprocessing.from_record(self.worker.preprocessing)
