@@ -133,9 +133,10 @@ def quantize_int8(
         input_name = OrtModel(pre).input_name
         head = output_nodes(pre)
         # equal batches: ORT's histogram calibrators (entropy, percentile) stack every batch's outputs into one array
-        # and fail on a smaller last batch, so the remainder of calibration_images / 32 is left out
-        batch = min(32, len(calibration))
-        calibration = calibration[: len(calibration) - len(calibration) % batch]
+        # and fail on a smaller last batch, so for them the remainder of the images / 32 is left out (minmax keeps all)
+        given, batch = len(calibration), min(32, len(calibration))
+        if method != "minmax":
+            calibration = calibration[: given - given % batch]
         # ORT's histogram calibrators print their progress ("Collecting tensor data ...") to stdout, before the
         # one console table deploy prints: kept out of it (the method and image count are in the report)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -163,9 +164,15 @@ def quantize_int8(
         tmp.unlink(missing_ok=True)
         for leftover in path.parent.glob("augmented_model*.onnx"):  # calibration's scratch model
             leftover.unlink(missing_ok=True)
+    left_out = given - len(calibration)
     return {
         "method": method,
         "calibration_images": len(calibration),
+        **(
+            {"calibration_left_out": f"{left_out} of {given} ({method} calibrates on whole batches of {batch})"}
+            if left_out
+            else {}
+        ),
         "per_channel": True,
         "fp32_nodes": head,
         "reduce_range": bool(reduce_range),

@@ -47,7 +47,12 @@ def int8_onnx(context: TargetContext, settings: Mapping[str, Any]) -> tuple[Path
             raise TargetUnavailable("no calibration images were given (INT8 calibrates on the training split)")
         path = context.out_dir / "model.int8.onnx"
         with reraise_as_user_error("quantize", ValueError):
-            details = quantize_int8(context.fp32_onnx(), path, context.calibration_images(images), method, reduce_range)
+            calibration = context.calibration_images(images)
+            details = quantize_int8(context.fp32_onnx(), path, calibration, method, reduce_range)
+            if len(calibration) < images:  # say why the count is not the one asked for
+                details["calibration_images_asked"] = (
+                    f"{images} (quantize.calibration_images); the training split has {len(calibration)}"
+                )
         context.shared_files[key] = (path, details)
     return context.shared_files[key]
 
