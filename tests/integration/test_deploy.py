@@ -3,6 +3,7 @@ exports that match, and one clear line for every bad input."""
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -377,3 +378,32 @@ def test_a_cifar100_checkpoint_on_digits_names_the_other_dataset(trained_run, tm
 def test_user_error_class_is_used_for_deploy_errors() -> None:
     with pytest.raises(UserError, match="ckpt is required"):
         load_for_deploy("")
+
+
+def test_the_command_says_what_it_is_doing_and_writes_deploy_log(trained_run, tmp_path: Path, run_env) -> None:
+    """A user's deploy at 224 px ran 9 minutes with nothing on the console until the table, and the deploy.log that
+    --help names was never written (nothing was logged)."""
+    out = tmp_path / "deploy"
+    proc = run_entry(
+        "deploy.py",
+        [f"ckpt={trained_run.run_dir}", *FAST_DEPLOY, "export.torch_export=false", f"hydra.run.dir={out}"],
+        run_env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    progress = [ln for ln in proc.stderr.splitlines() if ln.startswith(("deploying ", "evaluating ", "benchmark"))]
+    assert len(progress) == 5, proc.stderr
+    assert progress[0].startswith(f"deploying {trained_run.best_checkpoint} (") and progress[0].endswith(f" into {out}")
+    assert progress[1] == "evaluating fused, train_form, plain_vgg, onnxruntime_fp32 on the test split of cifar10"
+    assert progress[2] == (
+        "benchmark: 4 targets at batch sizes 1, 4 of 3x32x32, 3 rounds (benchmark.enabled=false skips it)"
+    )
+    assert re.fullmatch(r"benchmark batch 1: \d+ s; batch 4 next, roughly \d+ s", progress[3]), progress
+    assert re.fullmatch(r"benchmark batch 4: \d+ s", progress[4]), progress
+    log = (out / "deploy.log").read_text()
+    report = json.loads((out / "report.json").read_text())
+    for line in progress:  # timestamped, as train.log's lines
+        assert f"[reparam.deploy][INFO] {line}\n" in log
+    for name, target in report["targets"].items():  # the table's rows, with the report's figures
+        row = next(ln for ln in log.splitlines() if f"]   {target['label']}: accuracy " in ln)
+        assert f"({target['correct']})" in row and all(f"batch {bs} " in row for bs in (1, 4)), (name, row)
+    assert log.rstrip().endswith(f"report: {out / 'report.json'}")

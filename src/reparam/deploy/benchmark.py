@@ -5,8 +5,11 @@ The instruments (``torch.utils.benchmark``, the FLOP counter) and the result typ
 
 from __future__ import annotations
 
+import functools
+import logging
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -16,6 +19,8 @@ from .targets import Target
 from .timing import DTYPE_NAMES, BenchmarkResult, tbench
 
 __all__ = ["benchmark_targets"]
+
+log = logging.getLogger("reparam.deploy")
 
 
 def _warm_up(target: Target, prepared: object) -> float | None:
@@ -51,7 +56,13 @@ def benchmark_targets(
     costs = {target.name: target.cost(input_size) for target in targets}
     per_round = max(min_run_time / max(rounds, 1), 0.05)
     results = []
-    for batch_size in batch_sizes:
+    shape = "x".join(str(d) for d in input_size)
+    log.info(
+        f"benchmark: {len(targets)} targets at batch sizes {', '.join(map(str, batch_sizes))} of {shape}, "
+        f"{rounds} rounds (benchmark.enabled=false skips it)"
+    )
+    for position, batch_size in enumerate(batch_sizes):
+        started = time.perf_counter()
         images = torch.randn(batch_size, *input_size)
         inputs = {target.name: target.prepare(images) for target in targets}
         peaks = {target.name: _warm_up(target, inputs[target.name]) for target in targets}
@@ -67,6 +78,11 @@ def benchmark_targets(
                 measurement = timer.blocked_autorange(min_run_time=per_round)
                 times[target.name] += list(measurement.times)
                 round_medians[target.name].append(measurement.median)
+        calls = [statistics.median(round_medians[target.name]) for target in targets]
+        timed = functools.partial(_timed, rounds=rounds, per_round_s=per_round)
+        _say_progress(
+            batch_sizes[: position + 1], time.perf_counter() - started, batch_sizes[position + 1 :], calls, timed
+        )
         for target in targets:
             # pooled block times would weigh a round by how many blocks it timed (a slow round on a busy machine
             # can time many more): the median of the rounds' medians is what the table and the ratios say
@@ -97,3 +113,31 @@ def benchmark_targets(
                 )
             )
     return results
+
+
+def _say_progress(
+    done: Sequence[int], took_s: float, later: Sequence[int], calls_s: Sequence[float], timed: Callable[[float], float]
+) -> None:
+    """One line per batch size: what it took and, roughly, what the next will (a large input at batch 256 can take
+    minutes, with nothing on the console before). Each target's call at the next size is taken to cost its call at
+    this one times the size ratio; the time this size took beyond its calls (the timer's own) is taken again."""
+    batch_size = done[-1]
+    line = f"benchmark batch {batch_size}: {took_s:.0f} s"
+    if later:
+        scale = later[0] / batch_size
+        this = sum(map(timed, calls_s))
+        expected = max(0.0, took_s - this) + sum(timed(call * scale) for call in calls_s)
+        line += f"; batch {later[0]} next, roughly {_duration(expected)}"
+        if expected > 120:
+            line += f" (benchmark.batch_sizes=[{','.join(map(str, done))}] leaves it out)"
+    log.info(line)
+
+
+def _timed(call_s: float, rounds: int, per_round_s: float) -> float:
+    """A target's time at one batch size in ``benchmark_targets``: three warm-up calls, then in each round the
+    round's time or one call, whichever is longer."""
+    return 3 * call_s + rounds * max(per_round_s, call_s)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from rich.table import Table
 from rich.text import Text
 
-from ..console import console, pct
+from ..console import console, log_to_file, pct
 from .report import DeployReport, TargetReport
 from .timing import ratios
 
@@ -33,43 +35,61 @@ def _speed(target: TargetReport, batch_size: int) -> str:
     return f"{throughput:.0f}/s{relative}"
 
 
-def _table(report: DeployReport) -> Table:
+def _rows(report: DeployReport) -> tuple[str, list[str], list[list[str]]]:
+    """The table's title, columns and rows: printed as a table, written to deploy.log as lines."""
     recorded = "" if report.recorded_test_acc is None else f"; {pct(report.recorded_test_acc)} recorded at training"
     if recorded and report.recorded_test_images not in (None, report.num_test_images):
         recorded += f" on {report.recorded_test_images} images"
+    timed = (
+        "; images/s and x reference: medians over rounds timed round-robin"
+        if report.benchmark
+        else "; not timed (benchmark.enabled=false, or see below)"
+    )
     title = (
         f"reparam deploy: {report.checkpoint}\n{report.dataset}, {report.num_test_images} test images{recorded}; "
-        f"each target against the fused fp32 reference; images/s and x reference: medians over rounds timed round-robin"
+        f"each target against the fused fp32 reference{timed}"
     )
-    table = Table(title=Text(title), title_justify="left")
     sizes = sorted({r.batch_size for r in report.benchmark})
-    for column in ("target", "accuracy", "differs", "max |Δlogit|", "check", *(f"batch {bs}" for bs in sizes)):
-        table.add_column(column, justify="left" if column in ("target", "check") else "right")
+    columns = ["target", "accuracy", "differs", "max |Δlogit|", "check", *(f"batch {bs}" for bs in sizes)]
+    rows = []
     for target in report.targets:
         diff = target.max_abs_logit_diff
-        table.add_row(
-            *(
-                Text(cell)
-                for cell in (
-                    target.label,
-                    f"{pct(target.accuracy)} ({target.correct})",
-                    "-" if target.disagreements is None else str(target.disagreements),
-                    "-" if diff is None else f"{diff:.1e}",
-                    _check(target),
-                    *(_speed(target, bs) for bs in sizes),
-                )
-            )
+        rows.append(
+            [
+                target.label,
+                f"{pct(target.accuracy)} ({target.correct})",
+                "-" if target.disagreements is None else str(target.disagreements),
+                "-" if diff is None else f"{diff:.1e}",
+                _check(target),
+                *(_speed(target, bs) for bs in sizes),
+            ]
         )
+    return title, columns, rows
+
+
+def _table(report: DeployReport) -> Table:
+    title, columns, rows = _rows(report)
+    table = Table(title=Text(title), title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("target", "check") else "right")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 
 def _say(prefix: str, line: str, style: str = "") -> None:
-    """A line whose text may hold brackets (paths, overrides): printed without markup."""
+    """A line whose text may hold brackets (paths, overrides): printed without markup, and written to deploy.log."""
     console.print(Text.assemble((prefix, style or "bold"), line))
+    logging.getLogger("reparam.file").info(f"{prefix}{line}")
 
 
 def print_deploy_summary(report: DeployReport) -> None:
     console.print(_table(report))
+    title, columns, rows = _rows(report)
+    log_to_file(
+        title.replace("\n", "; "),
+        [(row[0], ", ".join(f"{c} {v}" for c, v in zip(columns[1:], row[1:], strict=True))) for row in rows],
+    )
     spread = ratios(report.benchmark, "fused", "train_form")
     if spread:
         _say(

@@ -4,6 +4,7 @@ benchmark them together, report. No step here knows a runtime: the targets (:mod
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from .timing import BenchmarkResult
 
 __all__ = ["deploy", "raise_failed_checks"]
 
+log = logging.getLogger("reparam.deploy")  # progress, on the console and in deploy.log
+
 
 def deploy(cfg: DictConfig, raise_failed: bool = True) -> DeployReport:
     """Every step of a deploy run. Writes report.json before failing (exit 2) on a check that did not pass; with
@@ -44,6 +47,7 @@ def deploy(cfg: DictConfig, raise_failed: bool = True) -> DeployReport:
     dm = deploy_datamodule(loaded, _plain_dict(cfg.data))
     out_dir = Path(cfg.paths.output_dir)
     with cpu_threads(cfg.benchmark.threads) as machine:
+        log.info(f"deploying {loaded.source} ({loaded.chosen_because}) into {out_dir}")
         exports = _export(loaded.fused, dm, cfg.export, out_dir, onnx=cfg.export.onnx or _needs_onnx(selection))
         context = TargetContext(
             loaded,
@@ -57,6 +61,7 @@ def deploy(cfg: DictConfig, raise_failed: bool = True) -> DeployReport:
         )
         settings = {"tolerance": _plain_dict(cfg.tolerance), **_plain_dict(cfg.target_settings)}
         targets = build_targets(selection, context, settings)
+        log.info(f"evaluating {', '.join(t.name for t in targets)} on the test split of {dm.hparams['dataset']}")
         evaluations = evaluate_targets(targets, dm.test_dataloader())
         wrong_fusion = _locate_wrong_fusion(targets, evaluations, loaded, dm)
         timed = cfg.benchmark.enabled and not wrong_fusion
