@@ -226,6 +226,12 @@ def test_the_fastest_passing_target_of_the_newest_report_is_chosen(tmp_path: Pat
     assert "left out: mine (no such target here: imports=[<the module that registers it>])" in default.chosen_because
     with pytest.raises(UserError, match=r"was not checked in .*newest\.json"):
         choose_target(ckpt, "h", "cpu", target="compiled")
+    # a deploy without a benchmark (benchmark.enabled=false) does not hide the newest one that measured speeds
+    untimed = _report(tmp_path / "untimed.json", ckpt, fused=(True, {}), plain_vgg=(True, {}))
+    record_report(untimed, ckpt, "h", "cpu")
+    kept = choose_target(ckpt, "h", "cpu", max_batch_size=32)
+    assert kept.report == str(newest.resolve()) and kept.name == "fused"
+    assert f"with a benchmark, {newest.resolve()} (the newer {untimed.resolve()} timed nothing)" in kept.chosen_because
 
 
 def test_a_target_that_changes_answers_is_not_the_default_but_can_be_named(tmp_path: Path) -> None:
