@@ -97,6 +97,9 @@ def unknown_key_hints(config_dir: Path, config_name: str, args: Sequence[str]) -
                 f"+{added_path.format(missing)}={value}"
             )
             continue
+        if not names and not arguments:  # a free-form mapping left empty ({}), e.g. model.block_options
+            hints.append(f"hint: {where} holds no settings yet: add it with +{added_path.format(missing)}={value}")
+            continue
         close = difflib.get_close_matches(missing, names + [a for a in arguments if a not in names], n=1, cutoff=0.6)
         if close:
             plus = "" if close[0] in names else "+"

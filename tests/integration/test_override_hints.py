@@ -61,6 +61,12 @@ CONFIGS = ROOT / "configs"
             "+data.skip_bad_images=true",
         ),
         ("serve", ["serve.max_batchsize=4"], "did you mean serve.max_batch_size=4 ?"),
+        # an empty mapping: the README's form once lacked the "+", and the hint listed nothing ("its settings: ")
+        (
+            "train",
+            ["model.block=mobileone", "model.block_options.num_conv_branches=4"],
+            "hint: model.block_options holds no settings yet: add it with +model.block_options.num_conv_branches=4",
+        ),
     ],
 )
 def test_a_misspelled_key_gets_the_setting_it_meant(config: str, args: list[str], hint: str) -> None:
