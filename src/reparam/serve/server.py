@@ -456,8 +456,9 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve(cfg: DictConfig) -> Prepared:
     torch.set_num_threads(1)  # this process only waits; its forked HTTP process must not inherit a thread pool
+    settings = ServeSettings.from_config(cfg.serve)
+    check_port_free(settings.host, settings.port)  # before loading the model: a taken port is said at once
     prepared = prepare(cfg)
-    check_port_free(prepared.settings.host, prepared.settings.port)
     print(prepared.startup_line(), flush=True)
     if prepared.settings.dry_run:
         return prepared
