@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import litserve as ls
 import torch
@@ -56,6 +58,18 @@ class _Batch:
     counts: list[int]  # images per request, in order
 
 
+def _ends_only_an_orphan(server_pid: int) -> Callable[[int, Any], None]:
+    """A SIGTERM handler that ignores the signal while the server process lives (it stops the worker itself, once
+    the requests in flight are answered), and ends the worker once the server is gone (killed with SIGKILL, say):
+    an orphan must still stop on a plain ``kill``."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getppid() != server_pid:
+            os._exit(0)
+
+    return handler
+
+
 class ClassifierAPI(ls.LitAPI):
     def __init__(self, worker: WorkerSpec, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
@@ -88,7 +102,7 @@ class ClassifierAPI(ls.LitAPI):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # likewise a SIGTERM sent to the whole group (systemd, scancel): the server drains first, then ends the workers
         # (with SIGKILL, see server._Watch.start); dying here would fail the requests in flight with 500s
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _ends_only_an_orphan(os.getppid()))
         torch.set_num_threads(self.worker.threads)
         loaded = load_for_deploy(self.worker.checkpoint)
         preprocessing = Preprocessing.from_record(self.worker.preprocessing)

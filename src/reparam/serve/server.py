@@ -282,9 +282,10 @@ def _drain_on_sigterm(watch: _Watch) -> None:
 
     def handler(signum: int, frame: Any) -> None:
         if os.getpid() != owner:
-            if not multiprocessing.current_process().name.startswith("LitServer-"):
+            if not multiprocessing.current_process().name.startswith("LitServer-") and os.getppid() == owner:
                 return  # LitServe's queue manager, sent SIGTERM with the whole group (systemd, scancel): the
-                # requests in flight still pass through it; LitServe ends it at the end of the shutdown
+                # requests in flight still pass through it; LitServe ends it at the end of the shutdown (an orphan,
+                # whose server was killed, ends on SIGTERM)
             # an HTTP process inherited this handler: uvicorn re-raises SIGTERM once drained, or LitServe's
             # shutdown terminates it while it ends after a Ctrl-C: either way it has served; a SystemExit raised
             # there would unwind asyncio's teardown with a logged traceback
