@@ -106,7 +106,7 @@ def _written_folder(chain: list[BaseException]) -> str:
     return path
 
 
-def _console_lost(err: BaseException | None) -> bool:
+def console_lost(err: BaseException | None) -> bool:
     """``err`` is, or came from, a write to a pipe whose reader exited (``| head``, a killed ``tee`` or parent)."""
     return any(isinstance(e, BrokenPipeError) for e in _chain(err))
 
@@ -167,13 +167,16 @@ def _say(line: str) -> None:
         _detach_console()
 
 
+CONSOLE_CLOSED = (
+    "stopped: the console this run wrote to was closed (the reader of its output pipe exited); the log file "
+    "beside the run has everything until then"
+)
+
+
 def _end_without_console() -> None:
     """The output pipe's reader exited: stop the run (in a sweep, the whole sweep) as SIGPIPE would, saying why in the
     log file and, in a sweep, in the job's ``summary.json`` (``interrupted``: checkpoints allow resuming)."""
-    line = (
-        "stopped: the console this run wrote to was closed (the reader of its output pipe exited); the log file "
-        "beside the run has everything until then"
-    )
+    line = CONSOLE_CLOSED
     logging.getLogger("reparam.file").error(f"error: {line}")
     job_dir = _multirun_output_dir()
     if job_dir is not None:
@@ -231,7 +234,7 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             )
             sys.exit(EXIT_SIGINT)
         except Exception as err:  # noqa: BLE001
-            if _console_lost(err) and not os.environ.get("REPARAM_DEBUG"):
+            if console_lost(err) and not os.environ.get("REPARAM_DEBUG"):
                 _detach_console()
                 _end_without_console()
             user_error = find_user_error(err)

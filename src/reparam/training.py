@@ -270,11 +270,14 @@ def _record_unfinished_fit(
     """``summary.json`` for a run whose training ended early: ``interrupted`` (Ctrl-C, SIGTERM) or ``failed`` (it
     diverged, a file went bad, a bug), the error line, and what it got to (epochs, best and last checkpoints), so that
     a script reading the run, or a person, learns what happened where only the console said it before."""
-    from .guard import find_user_error, one_line
+    from .guard import CONSOLE_CLOSED, console_lost, find_user_error, one_line
 
     user_error = find_user_error(err)
-    status = "interrupted" if isinstance(user_error, Stopped) else "failed"
-    error = one_line(user_error) if user_error is not None else f"{type(err).__name__}: {one_line(err)}"
+    status = "interrupted" if isinstance(user_error, Stopped) or console_lost(err) else "failed"
+    if console_lost(err):  # ends as SIGPIPE would (guard): checkpoints allow resuming
+        error = CONSOLE_CLOSED
+    else:
+        error = one_line(user_error) if user_error is not None else f"{type(err).__name__}: {one_line(err)}"
     try:
         summary = _fit_summary(trainer, run_dir)
     except Exception:  # noqa: BLE001 - the record must never hide the error that ended the run

@@ -412,3 +412,7 @@ def test_a_sweep_whose_console_went_away_stops_instead_of_failing_job_after_job(
         assert summary["status"] == "interrupted" and "console this run wrote to was closed" in summary["error"]
     else:  # the SIGTERM's own line, in the log though not on the console
         assert "error: training stopped by SIGTERM at epoch" in log
+        summary = json.loads((sweep / "0" / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and "training stopped by SIGTERM" in summary["error"]
+    # training's record, with how far it got (not the sweep's bare one, which has the status alone)
+    assert summary["epochs"] >= 1 and Path(summary["last_checkpoint"]).is_file(), summary

@@ -61,6 +61,8 @@ SUGGESTED = {
     "quantize.max_drop": [("deploy", "quantize=int8 quantize.max_drop=2.0")],
     "benchmark.threads": [("deploy", "benchmark.threads=1")],
     "benchmark.rounds": [("deploy", "benchmark.rounds=6")],
+    "benchmark.batch_sizes": [("deploy", "benchmark.batch_sizes=[1,32]")],
+    "benchmark.enabled": [("deploy", "benchmark.enabled=false")],
     "targets": [("deploy", "targets=[auto,onnxruntime_int8]")],
 }
 CONFIG_KEYS = {
