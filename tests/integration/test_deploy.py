@@ -390,8 +390,11 @@ def test_the_command_says_what_it_is_doing_and_writes_deploy_log(trained_run, tm
         run_env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    progress = [ln for ln in proc.stderr.splitlines() if ln.startswith(("deploying ", "evaluating ", "benchmark"))]
-    assert len(progress) == 5, proc.stderr
+    progress = [
+        ln for ln in proc.stderr.splitlines() if ln.startswith(("deploying ", "exporting ", "evaluating ", "benchmark"))
+    ]
+    assert len(progress) == 6, proc.stderr
+    assert progress.pop(1) == "exporting ONNX, each checked against the fused model"
     assert progress[0].startswith(f"deploying {trained_run.best_checkpoint} (") and progress[0].endswith(f" into {out}")
     assert progress[1] == "evaluating fused, train_form, plain_vgg, onnxruntime_fp32 on the test split of cifar10"
     assert progress[2] == (
@@ -407,3 +410,24 @@ def test_the_command_says_what_it_is_doing_and_writes_deploy_log(trained_run, tm
         row = next(ln for ln in log.splitlines() if f"]   {target['label']}: accuracy " in ln)
         assert f"({target['correct']})" in row and all(f"batch {bs} " in row for bs in (1, 4)), (name, row)
     assert log.rstrip().endswith(f"report: {out / 'report.json'}")
+
+
+def test_weights_too_large_to_compute_with_are_said_as_such_not_as_a_wrong_fusion(
+    trained_run, tmp_path: Path, capsys
+) -> None:
+    """A user's diverged run (1e21 weights after a few steps at lr 1e6): deploy's checks all failed with inf
+    differences and said the fusion was wrong ("a bug: please report it")."""
+    ckpt = torch.load(trained_run.last_checkpoint, weights_only=True)
+    for key, value in ckpt["state_dict"].items():
+        if value.is_floating_point() and value.dim() == 4:  # every conv: the product overflows float32
+            ckpt["state_dict"][key] = value * 1e6
+    torch.save(ckpt, tmp_path / "huge.ckpt")
+    expect_one_line(
+        capsys,
+        tmp_path,
+        tmp_path / "huge.ckpt",
+        "huge.ckpt: the fused model's logits on the test images are not finite (inf or nan): its weights are too "
+        "large to compute with in float32 (largest |",
+        "as a diverged run's are; deploy a checkpoint from before it diverged",
+    )
+    assert not (tmp_path / "out" / "model.onnx").exists()  # said before anything was exported

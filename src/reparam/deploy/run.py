@@ -45,6 +45,7 @@ def deploy(cfg: DictConfig, raise_failed: bool = True) -> DeployReport:
     selection = select_targets(_requested_targets(cfg), device, onnx_export=bool(cfg.export.onnx))
     loaded = load_for_deploy(ckpt)
     dm = deploy_datamodule(loaded, _plain_dict(cfg.data))
+    _refuse_overflowing_weights(loaded, next(iter(dm.test_dataloader()))[0][: cfg.export.check_batch_size])
     out_dir = Path(cfg.paths.output_dir)
     with cpu_threads(cfg.benchmark.threads) as machine:
         log.info(f"deploying {loaded.source} ({loaded.chosen_because}) into {out_dir}")
@@ -118,6 +119,30 @@ def _locate_wrong_fusion(
     return True
 
 
+@torch.inference_mode()
+def _refuse_overflowing_weights(loaded: Loaded, images: torch.Tensor) -> None:
+    """Weights that overflow (a run that diverged: 1e21 after a few steps at a huge learning rate) give inf or nan
+    logits, and every check after this then fails as a wrong fusion would ("a bug: please report it"): said as
+    what it is, before anything is built or exported."""
+    for form, model in (("fused model", loaded.fused), ("train form", loaded.train_form)):
+        if model is None:
+            continue
+        logits = model(images.to(next(model.parameters()).device, next(model.parameters()).dtype))
+        if bool(torch.isfinite(logits).all()):
+            continue
+        name, weight = max(
+            ((n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()),
+            key=lambda item: float(item[1].detach().abs().nan_to_num(float("inf")).max()) if item[1].numel() else 0.0,
+        )
+        largest = float(weight.detach().abs().nan_to_num(float("inf")).max())
+        raise UserError(
+            f"{loaded.source}: the {form}'s logits on the test images are not finite (inf or nan): its weights are "
+            f"too large to compute with in float32 (largest |{name}| = {largest:.1e}), as a diverged run's are; "
+            "deploy a checkpoint from before it diverged (ckpt=<run>/checkpoints/<file>), or train again with a "
+            "lower optimizer.lr"
+        )
+
+
 def _needs_onnx(selection: Selection) -> bool:
     return any(TARGETS[name].needs_onnx for name in selection.names)
 
@@ -128,6 +153,9 @@ def _export(
     """The exported files, each checked against the fused model on real test images."""
     example = next(iter(dm.test_dataloader()))[0][: export.check_batch_size]
     exports = {}
+    formats = [name for name, wanted in (("ONNX", onnx), ("torch.export", export.torch_export)) if wanted]
+    if formats:
+        log.info(f"exporting {' and '.join(formats)}, each checked against the fused model")
     if onnx:
         exports["onnx"] = export_onnx(fused, example, out_dir / "model.onnx", opset=export.opset)
     if export.torch_export:

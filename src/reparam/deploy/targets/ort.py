@@ -6,6 +6,7 @@ with the other runtimes that run it (OpenVINO).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from ..quantize import OrtModel, quantize_int8
 from .base import Target, TargetContext, TargetUnavailable, register_target
 
 __all__ = ["OnnxRuntimeTarget", "int8_gate", "int8_onnx", "INT8_ADVICE"]
+
+log = logging.getLogger("reparam.deploy")
 
 INT8_ADVICE = (
     "train with model.block=qarepvgg, whose fused weights quantize well, or try quantize.method=percentile "
@@ -48,6 +51,7 @@ def int8_onnx(context: TargetContext, settings: Mapping[str, Any]) -> tuple[Path
         path = context.out_dir / "model.int8.onnx"
         with reraise_as_user_error("quantize", ValueError):
             calibration = context.calibration_images(images)
+            log.info(f"quantizing to INT8: {method} calibration on {len(calibration)} training images")
             details = quantize_int8(context.fp32_onnx(), path, calibration, method, reduce_range)
             if len(calibration) < images:  # say why the count is not the one asked for
                 details["calibration_images_asked"] = (
