@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +39,17 @@ def run_env() -> dict:
 # the longest test file, first: under xdist (--dist loadfile, no reordering) its worker starts it at once while the
 # other workers share the rest, so the suite takes about as long as this file
 LONGEST_FIRST = "tests/integration/test_readme.py"
+
+
+@pytest.fixture(autouse=True)
+def _sigint_as_it_was():
+    """Lightning answers a KeyboardInterrupt inside fit by ignoring SIGINT for good (``trainer/call.py``); a test that
+    interrupts training in-process left its pytest worker ignoring it, and every later subprocess of that worker
+    inherited the ignored SIGINT (serve.py's Ctrl-C test then timed out, depending on which worker ran what)."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    if signal.getsignal(signal.SIGINT) is not before and before is not None:
+        signal.signal(signal.SIGINT, before)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

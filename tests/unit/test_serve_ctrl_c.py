@@ -1,5 +1,6 @@
 """serve.py's Ctrl-C handler in a real process: one Ctrl-C delivered twice is one; a later one stops at once."""
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -31,7 +32,13 @@ SCRIPT = textwrap.dedent(
 
 
 def test_one_ctrl_c_twice_is_one_and_a_later_one_stops_at_once() -> None:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal, whatever pytest's is
+    )
     lines = proc.stdout.splitlines()
     assert lines[:2] == ["first: stopping True", "second copy ignored"], proc.stdout + proc.stderr
     assert "not reached" not in proc.stdout
