@@ -43,9 +43,8 @@ LONGEST_FIRST = "tests/integration/test_readme.py"
 
 @pytest.fixture(autouse=True)
 def _sigint_as_it_was():
-    """Lightning answers a KeyboardInterrupt inside fit by ignoring SIGINT for good (``trainer/call.py``); a test that
-    interrupts training in-process left its pytest worker ignoring it, and every later subprocess of that worker
-    inherited the ignored SIGINT (serve.py's Ctrl-C test then timed out, depending on which worker ran what)."""
+    """A test must not leave its pytest worker's SIGINT changed for the next ones, whose subprocesses inherit an ignored
+    SIGINT: Lightning, for one, ignores SIGINT for good after a KeyboardInterrupt inside fit (``trainer/call.py``)."""
     before = signal.getsignal(signal.SIGINT)
     yield
     if signal.getsignal(signal.SIGINT) is not before and before is not None:

@@ -37,7 +37,9 @@ def test_one_ctrl_c_twice_is_one_and_a_later_one_stops_at_once() -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal, whatever pytest's is
+        # as from a terminal: a suite started as a script's background job (cmd &) has SIGINT ignored, and every
+        # subprocess inherits that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = proc.stdout.splitlines()
     assert lines[:2] == ["first: stopping True", "second copy ignored"], proc.stdout + proc.stderr
