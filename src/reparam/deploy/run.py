@@ -45,11 +45,13 @@ def deploy(cfg: DictConfig, raise_failed: bool = True) -> DeployReport:
     selection = select_targets(_requested_targets(cfg), device, onnx_export=bool(cfg.export.onnx))
     loaded = load_for_deploy(ckpt)
     dm = deploy_datamodule(loaded, _plain_dict(cfg.data))
-    _refuse_overflowing_weights(loaded, next(iter(dm.test_dataloader()))[0][: cfg.export.check_batch_size])
+    # one test batch: the finiteness check and every export's parity check
+    example = next(iter(dm.test_dataloader()))[0][: cfg.export.check_batch_size]
+    _refuse_overflowing_weights(loaded, example)
     out_dir = Path(cfg.paths.output_dir)
     with cpu_threads(cfg.benchmark.threads) as machine:
         log.info(f"deploying {loaded.source} ({loaded.chosen_because}) into {out_dir}")
-        exports = _export(loaded.fused, dm, cfg.export, out_dir, onnx=cfg.export.onnx or _needs_onnx(selection))
+        exports = _export(loaded.fused, example, cfg.export, out_dir, onnx=cfg.export.onnx or _needs_onnx(selection))
         context = TargetContext(
             loaded,
             device,
@@ -148,10 +150,9 @@ def _needs_onnx(selection: Selection) -> bool:
 
 
 def _export(
-    fused: torch.nn.Module, dm: ImageDataModule, export: DictConfig, out_dir: Path, onnx: bool
+    fused: torch.nn.Module, example: torch.Tensor, export: DictConfig, out_dir: Path, onnx: bool
 ) -> dict[str, ExportResult]:
-    """The exported files, each checked against the fused model on real test images."""
-    example = next(iter(dm.test_dataloader()))[0][: export.check_batch_size]
+    """The exported files, each checked against the fused model on ``example`` (real test images)."""
     exports = {}
     formats = [name for name, wanted in (("ONNX", onnx), ("torch.export", export.torch_export)) if wanted]
     if formats:

@@ -124,7 +124,7 @@ def _served(report: dict, report_path: str, name: str, because: str) -> ServedTa
     )
 
 
-def _timed(report: dict) -> bool:
+def _has_benchmark(report: dict) -> bool:
     """Whether a deploy report measured any target's speed."""
     return any((entry or {}).get("throughput") for entry in report["targets"].values())
 
@@ -186,12 +186,12 @@ def choose_target(
             return _without_report(checkpoint, device_type, target, recorded_accuracy, options)
         report_path, data = Path(found[0].report), _load_report(Path(found[0].report), options)
         where = f"the newest deploy report of these weights on {device_type}, {report_path}"
-        if target is None and not _timed(data):
+        if target is None and not _has_benchmark(data):
             # a quick deploy (benchmark.enabled=false) does not hide an earlier one that measured the speeds: a
             # user's server moved from INT8 to the fused fp32 model, 4.6x slower, after one
             for entry in found[1:]:
                 older = _load_report(Path(entry.report), options)
-                if _timed(older):
+                if _has_benchmark(older):
                     where = (
                         f"the newest deploy report of these weights on {device_type} with a benchmark, {entry.report} "
                         f"(the newer {report_path} timed nothing)"
