@@ -25,10 +25,12 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EMAWeights", "WeightsComparison", "SHIPPED_METRIC", "BN_DATA"]
+__all__ = ["EMAWeights", "WeightsComparison", "SHIPPED_METRIC", "SHIPPED_LOSS", "BN_DATA"]
 
 # what checkpoint selection monitors under callbacks=ema: the accuracy of the weights a checkpoint ships
 SHIPPED_METRIC = "val/acc_shipped"
+# and what breaks its ties: their validation loss
+SHIPPED_LOSS = "val/loss_shipped"
 # images the BN statistics of the averaged weights are measured on: training images as evaluated (no augmentation,
 # the same on every DDP rank), or as trained on (this rank's augmented batches)
 BN_DATA = ("plain", "augmented")
@@ -61,7 +63,10 @@ class EMAWeights(EMAWeightAveraging):
       ``augmented`` = as trained on), on the training device, in batches of the training batch size.
     - Each validation also runs the raw weights: ``val/acc_raw`` and ``val/acc_ema`` are logged side by side, and
       ``val/acc_shipped`` is the better one, which is what a checkpoint's ``state_dict`` holds (checkpoint selection,
-      ``trainer.test(ckpt_path="best")`` and ``fused/`` all read it). Its ``weight_averaging`` entry records the
+      ``trainer.test(ckpt_path="best")`` and ``fused/`` all read it). The losses likewise (``val/loss_raw``,
+      ``val/loss_ema``, ``val/loss_shipped``: the loss of the shipped weights, which breaks checkpoint ties).
+      ``val/acc`` and ``val/loss`` are the module's own, measured on the weights it holds during validation: the
+      average, as in Lightning's callback. Its ``weight_averaging`` entry records the
       verdict; ``current_model_state`` holds the raw weights of that step, ``averaged_model_state`` the average.
     - Only a resumed fit restores the raw weights and the average from a checkpoint; evaluating a checkpoint uses what
       its ``state_dict`` holds (Lightning's callback would reload the raw weights there).
@@ -101,6 +106,7 @@ class EMAWeights(EMAWeightAveraging):
         self._bn_fresh_at: int | None = None  # the update count the averaged BN statistics were measured at
         self._bn_inputs: list[torch.Tensor] | None = None
         self._counts: torch.Tensor | None = None  # during validation: raw correct, averaged correct, images
+        self._loss_sums: torch.Tensor | None = None  # during validation: raw and averaged loss, summed over images
 
     # -- averaging ---------------------------------------------------------------------------------------
     def current_decay(self) -> float:
@@ -174,6 +180,7 @@ class EMAWeights(EMAWeightAveraging):
         super().on_validation_epoch_start(trainer, pl_module)  # the module now holds the average, the copy the raw
         self._average_model.module.eval()
         self._counts = torch.zeros(3, dtype=torch.long, device=pl_module.device)
+        self._loss_sums = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
 
     def on_validation_batch_end(
         self,
@@ -197,18 +204,33 @@ class EMAWeights(EMAWeightAveraging):
         self._counts += torch.stack(
             [(raw.argmax(1) == y).sum(), (outputs.argmax(1) == y).sum(), torch.tensor(len(y), device=y.device)]
         ).to(self._counts.device)
+        # the module's own loss (label smoothing included), as val/loss measures it, per image
+        criterion = getattr(pl_module, "criterion", torch.nn.functional.cross_entropy)
+        assert self._loss_sums is not None
+        self._loss_sums += torch.stack([criterion(raw.float(), y), criterion(outputs.float(), y)]).to(
+            self._loss_sums
+        ) * len(y)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._counts is not None:
+        if self._counts is not None and self._loss_sums is not None:
             raw, averaged, total = trainer.strategy.reduce(self._counts, reduce_op="sum").tolist()  # all ranks
-            self._counts = None
+            loss_raw, loss_averaged = trainer.strategy.reduce(self._loss_sums, reduce_op="sum").tolist()
+            self._counts = self._loss_sums = None
             if total and not trainer.sanity_checking:
                 acc_raw, acc_averaged = raw / total, averaged / total
+                loss_raw, loss_averaged = loss_raw / total, loss_averaged / total
                 # ties go to the average: the smoother weights at the same measured accuracy
                 shipped = "averaged" if acc_averaged >= acc_raw else "raw"
                 self.comparison = WeightsComparison(shipped, acc_raw, acc_averaged, trainer.global_step)
                 pl_module.log_dict({"val/acc_raw": acc_raw, "val/acc_ema": acc_averaged}, prog_bar=True)
                 pl_module.log(SHIPPED_METRIC, max(acc_raw, acc_averaged))
+                pl_module.log_dict(
+                    {
+                        "val/loss_raw": loss_raw,
+                        "val/loss_ema": loss_averaged,
+                        SHIPPED_LOSS: loss_averaged if shipped == "averaged" else loss_raw,
+                    }
+                )
         super().on_validation_epoch_end(trainer, pl_module)  # the module holds the raw weights again
 
     @property

@@ -1,5 +1,6 @@
 """Tiny real training runs: fit -> fuse -> test, resume, and the artifact reloads exactly."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def test_ema_is_never_shipped_worse_than_the_same_run_without_it(tmp_path: Path)
         "model.widths=[8,8,16,16,32]",
         "trainer=cpu",
         "trainer.max_epochs=5",
-        "logger=none",
+        "logger=csv",
         "data.num_workers=0",
         "data.val_size=100",
         "data.batch_size=32",
@@ -185,3 +186,21 @@ def test_ema_is_never_shipped_worse_than_the_same_run_without_it(tmp_path: Path)
     raw = torch.load(ema.last_checkpoint, weights_only=True)["current_model_state"]
     plain_last = torch.load(plain.last_checkpoint, weights_only=True)["state_dict"]
     assert raw.keys() == plain_last.keys() and all(torch.equal(raw[k], plain_last[k]) for k in raw)
+    # each epoch: the raw weights' loss is the plain run's val/loss, the average's is the module's own val/loss (it
+    # validates the average), and the shipped loss (what breaks checkpoint ties) is that of the better-scoring weights
+    plain_rows, ema_rows = (_validation_rows(r / "csv" / "metrics.csv") for r in (tmp_path / "plain", tmp_path / "ema"))
+    assert len(plain_rows) == len(ema_rows) == 5
+    for plain_row, row in zip(plain_rows, ema_rows, strict=True):
+        assert float(row["val/loss_raw"]) == pytest.approx(float(plain_row["val/loss"]), rel=1e-5)
+        assert float(row["val/acc_raw"]) == pytest.approx(float(plain_row["val/acc"]), abs=1e-6)
+        assert float(row["val/loss_ema"]) == pytest.approx(float(row["val/loss"]), rel=1e-5)
+        averaged_ships = float(row["val/acc_ema"]) >= float(row["val/acc_raw"])
+        assert row["val/loss_shipped"] == row["val/loss_ema" if averaged_ships else "val/loss_raw"]
+        assert float(row["val/acc_shipped"]) == max(float(row["val/acc_ema"]), float(row["val/acc_raw"]))
+    assert ema.best_val_acc == pytest.approx(max(float(r["val/acc_shipped"]) for r in ema_rows))
+
+
+def _validation_rows(metrics_csv: Path) -> list[dict[str, str]]:
+    """The rows of metrics.csv that hold an epoch's validation (val/acc set)."""
+    with open(metrics_csv, newline="") as f:
+        return [row for row in csv.DictReader(f) if row.get("val/acc")]
