@@ -8,6 +8,7 @@ import torch
 from helpers import write_fake_cifar
 
 from reparam.data import ImageDataModule, TensorBatchLoader, load_digits32, random_crop_flip, read_cifar
+from reparam.data.sources import CIFAR
 from reparam.errors import DataNotFoundError, UserError
 
 
@@ -352,6 +353,21 @@ def test_cifar_one_level_off_names_where_it_is(tmp_path) -> None:
         f"cifar10 not found at {tmp_path / 'cifar-10-batches-py'}, but {found} exists: use data.data_dir={found.parent}"
     )
     assert read_cifar(found.parent, "cifar10").train_images.shape[0] == 200  # and that works
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_unpacked_one_level_too_deep_names_where_it_is(tmp_path, name) -> None:
+    """cifar-100-python/cifar-100-python/{train,test,meta} (an archive unpacked into a folder of its name): the
+    message said the folder was incomplete and to download again, with every file one level down."""
+    outer = tmp_path / "deep" / CIFAR[name].folder
+    write_fake_cifar(outer, name)
+    with pytest.raises(DataNotFoundError) as info:
+        read_cifar(tmp_path / "deep", name)
+    message = str(info.value)
+    assert message.startswith(f"{outer} holds no {name} batch files (")
+    assert message.endswith(f"but {outer / CIFAR[name].folder} has them: use data.data_dir={outer}")
+    assert "download" not in message
+    assert read_cifar(outer, name).test_images.shape[0] == 40  # and that works
 
 
 def test_a_folder_of_cifar_batch_files_under_another_name_is_read(tmp_path) -> None:

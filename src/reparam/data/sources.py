@@ -214,6 +214,12 @@ def read_cifar(root: str | Path, name: str = "cifar10") -> ImageArrays:
     if not folder.is_dir():
         raise DataNotFoundError(_missing_message(name, root, folder))
     missing = [f for f in (*info.train_files, *info.test_files, info.meta_file) if not (folder / f).is_file()]
+    nested = _found_below(folder, info.folder, depth=1) if missing else None
+    if nested is not None and (nested / info.meta_file).is_file():  # unpacked once more inside the folder
+        raise DataNotFoundError(
+            f"{folder} holds no {name} batch files ({', '.join(missing)}), but {nested} has them: "
+            f"use data.data_dir={folder}"
+        )
     if missing:
         raise DataNotFoundError(
             f"{folder} is incomplete: missing {', '.join(missing)}; download {name} again (data.download=true) "
