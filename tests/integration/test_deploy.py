@@ -410,6 +410,13 @@ def test_the_command_says_what_it_is_doing_and_writes_deploy_log(trained_run, tm
         row = next(ln for ln in log.splitlines() if f"]   {target['label']}: accuracy " in ln)
         assert f"({target['correct']})" in row and all(f"batch {bs} " in row for bs in (1, 4)), (name, row)
     assert log.rstrip().endswith(f"report: {out / 'report.json'}")
+    # the fastest target that passed its check at each batch size, named (a user compared the ratio columns by hand)
+    passed = {n: t for n, t in report["targets"].items() if t["gate"]["passed"] and n != "train_form"}
+    fastest = {bs: max(passed, key=lambda n: passed[n]["throughput"][bs]) for bs in ("1", "4")}
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("fastest that passed its check: ")]
+    for bs, name in fastest.items():
+        assert f"batch {bs}: {name} ({passed[name]['throughput'][bs]:.0f}/s" in line, (fastest, line)
+    assert line in log
 
 
 def test_weights_too_large_to_compute_with_are_said_as_such_not_as_a_wrong_fusion(

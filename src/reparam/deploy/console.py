@@ -11,7 +11,7 @@ from ..console import console, log_to_file, pct
 from .report import DeployReport, TargetReport
 from .timing import ratios
 
-__all__ = ["print_deploy_summary"]
+__all__ = ["print_deploy_summary", "fastest_passing"]
 
 
 def _check(target: TargetReport) -> str:
@@ -83,6 +83,34 @@ def _say(prefix: str, line: str, style: str = "") -> None:
     logging.getLogger("reparam.file").info(f"{prefix}{line}")
 
 
+# the multi-branch network the check compares against: what fusion replaces, never what one ships
+TRAIN_FORM = "train_form"
+
+
+def fastest_passing(report: DeployReport) -> dict[int, TargetReport]:
+    """Per benchmarked batch size, the fastest target that passed its check (the train form left out)."""
+    fastest: dict[int, TargetReport] = {}
+    for target in report.targets:
+        if target.name == TRAIN_FORM or not target.gate.passed:
+            continue
+        for batch_size, throughput in target.throughput.items():
+            if batch_size not in fastest or throughput > fastest[batch_size].throughput[batch_size]:
+                fastest[batch_size] = target
+    return dict(sorted(fastest.items()))
+
+
+def _fastest_line(report: DeployReport) -> str | None:
+    fastest = fastest_passing(report)
+    if not fastest:
+        return None
+    parts = []
+    for batch_size, target in fastest.items():
+        ratio = target.speedup_vs_reference.get(batch_size)
+        relative = "" if ratio is None or target.gate.kind == "reference" else f", {ratio.median:.2f}x the reference"
+        parts.append(f"batch {batch_size}: {target.name} ({target.throughput[batch_size]:.0f}/s{relative})")
+    return "; ".join(parts) + " (python serve.py ckpt=... serves the fastest at its serve.max_batch_size)"
+
+
 def print_deploy_summary(report: DeployReport) -> None:
     console.print(_table(report))
     title, columns, rows = _rows(report)
@@ -97,6 +125,9 @@ def print_deploy_summary(report: DeployReport) -> None:
             "(median over rounds, min..max): "
             + ", ".join(f"batch {bs}: {ratio.describe()}" for bs, ratio in spread.items()),
         )
+    fastest = _fastest_line(report)
+    if fastest:
+        _say("fastest that passed its check: ", fastest)
     for name, why in report.skipped_targets.items():
         _say("skipped ", f"{name}: {why}")
     if report.benchmark_skipped:
