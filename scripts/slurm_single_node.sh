@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # A single-node SLURM cluster on this machine (Debian's slurm-wlm + munge), for the SLURM sweep test
 # (tests/integration/test_search.py). Run as root; CI's .ci/run calls it. Idempotent: does nothing when sinfo answers.
+# `bash scripts/slurm_single_node.sh --stop` stops it (the daemons; the queue's state stays in /var/spool/slurmctld).
+# Its one partition is `debug`, without GPUs and without accounting (sacct fails; submitit warns and goes on), so a
+# sweep on it needs: hydra/launcher=slurm hydra.launcher.partition=debug hydra.launcher.gpus_per_node=0
+# hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=4
 set -euo pipefail
+if [ "${1:-}" = "--stop" ]; then
+    pkill -x slurmctld || true; pkill -x slurmscriptd || true; pkill -x slurmd || true; pkill -x munged || true
+    exit 0
+fi
 if command -v sinfo >/dev/null && timeout 10 sinfo >/dev/null 2>&1; then exit 0; fi
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null

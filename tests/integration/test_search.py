@@ -191,6 +191,42 @@ def test_optuna_search_through_submitit_local_records_every_trial(tmp_path: Path
     assert "search of 4 runs" in proc.stdout
 
 
+def test_a_trial_whose_job_alone_gets_sigterm_is_failed_and_the_search_goes_on(tmp_path: Path, run_env) -> None:
+    """`scancel` of one trial's SLURM job (SIGTERM to that job alone): the job exited 143 without a result for
+    submitit, and the search waited for it for good (a cluster without accounting) or ended with the trials of that
+    batch lost, the completed one included. Here a submitit job process sends itself SIGTERM, as scancel does."""
+    sweep = tmp_path / "search"
+    proc = run_entry(
+        "train.py",
+        [
+            "-m",
+            *TINY,
+            "hparams_search=optuna",
+            "hparams_search.study_name=s",
+            "hparams_search.n_trials=3",
+            "hparams_search.pruner=none",
+            "optimizer.lr=interval(0.05,0.2)",
+            "hydra/launcher=local",
+            "+callbacks.kill._target_=helpers.KillAtStep",
+            "+callbacks.kill.step=1",
+            "+callbacks.kill.signal=SIGTERM",
+            f"+callbacks.kill.once={tmp_path / 'killed'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        {**run_env, "PYTHONPATH": str(ROOT / "tests")},
+        timeout=1200,
+    )
+    trials = study(sweep, "s").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], proc.stderr[-3000:]
+    runs = {r["trial"]: r for r in report(sweep)["runs"]}
+    assert [runs[n]["status"] for n in range(3)] == ["failed", "ok", "ok"]
+    assert runs[0]["error"].startswith("training stopped by SIGTERM at epoch 0, global step ")
+    assert "The search records this trial as failed and goes on" in runs[0]["error"]
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "interrupted"
+    assert proc.returncode == 1 and "1 of 3 sweep jobs failed" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_search_records_pruned_and_failed_trials_and_goes_on(tmp_path: Path, run_env) -> None:
     sweep = tmp_path / "search"
     # seeded, the sampler tries a rate that diverges (failed), then 0.1, then one too small to learn anything: behind
