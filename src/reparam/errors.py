@@ -40,10 +40,6 @@ class Preempted(Stopped):
     exit_code = EXIT_SIGTERM
 
 
-class Requeued(Preempted):
-    """submitit requeued this SLURM job (its preemption signal) and ends it: the job runs again, so it has no result."""
-
-
 class Interrupted(Stopped):
     """The user pressed Ctrl-C (SIGINT); checkpoints allow resuming."""
 

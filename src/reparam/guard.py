@@ -3,8 +3,8 @@
 A single run exits at once (2 for a user error, 143 after SIGTERM, 130 after Ctrl-C). Inside a ``-m`` sweep the error
 instead ends only its own job: the line is printed, the job's ``summary.json`` says ``failed``, and :class:`JobFailed`
 tells Hydra the job failed, so the sweep (or search: a failed trial) goes on; the sweep summary ends the process
-non-zero once every job has run. Ctrl-C and SIGTERM end the whole sweep at once (in a job that submitit runs in a
-process of its own, such as one ``scancel`` stops, they fail that job alone), and so does a console that went
+non-zero once every job has run. Ctrl-C and SIGTERM end the whole sweep at once (in a job that submitit's local
+executor runs in a process of its own, they fail that job alone), and so does a console that went
 away (the reader of a pipe the output went to exited: exit 141, as SIGPIPE would; the run's log file keeps the rest),
 instead of failing every remaining job on its first write.
 """
@@ -26,7 +26,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from .blocks import FormMismatchError
 from .convert import EquivalenceError
-from .errors import EXIT_SIGINT, EXIT_SIGPIPE, EXIT_USER_ERROR, Requeued, Stopped, UserError
+from .errors import EXIT_SIGINT, EXIT_SIGPIPE, EXIT_USER_ERROR, Stopped, UserError
 
 __all__ = ["guarded", "find_user_error", "JobFailed", "EXIT_USER_ERROR"]
 
@@ -214,12 +214,13 @@ def _multirun_output_dir() -> str | None:
     return config.runtime.output_dir if config.mode == RunMode.MULTIRUN else None
 
 
-def _stops_this_job_alone(stop: Stopped) -> bool:
-    """Whether a Ctrl-C or SIGTERM ends only this job: one that submitit runs in a process of its own (``scancel`` of
-    one SLURM job). It fails like any job, so submitit hands the sweep a result (an exit without one left the sweep
-    waiting for it, for good where SLURM keeps no accounting); the sweep's own process, if it was stopped too, ends the
-    sweep. Not a job submitit has requeued: that one runs again, and its result comes from there."""
-    return bool(os.environ.get("SUBMITIT_EXECUTOR")) and not isinstance(stop, Requeued)
+def _stops_this_job_alone() -> bool:
+    """Whether a Ctrl-C or SIGTERM ends only this job: one that submitit's local executor runs in a process of its own
+    (``hydra/launcher=local``, ``submitit_local``). It fails like any job, so submitit hands the sweep a result (an exit
+    without one ended the sweep, and a search lost the batch's completed trials); the sweep's own process, if it was
+    stopped too, ends the sweep. Not a SLURM job: SLURM's own requeue (preemption) sends the same SIGTERM, and the
+    requeued job gives the result."""
+    return os.environ.get("SUBMITIT_EXECUTOR") == "local"
 
 
 def guarded(main: Callable[..., T]) -> Callable[..., T]:
@@ -252,7 +253,7 @@ def guarded(main: Callable[..., T]) -> Callable[..., T]:
             line = one_line(user_error)
             _say(line)
             job_dir = _multirun_output_dir()
-            if job_dir is None or (isinstance(user_error, Stopped) and not _stops_this_job_alone(user_error)):
+            if job_dir is None or (isinstance(user_error, Stopped) and not _stops_this_job_alone()):
                 sys.exit(getattr(user_error, "exit_code", EXIT_USER_ERROR))  # Ctrl-C / SIGTERM end a whole sweep
             _write_job_summary(job_dir, "interrupted" if isinstance(user_error, Stopped) else "failed", line)
             raise JobFailed(line) from None

@@ -27,7 +27,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .run_summary import SUMMARY_METRICS
+from .run_summary import SUMMARY_FILE, SUMMARY_METRICS, TrainSummary
 from .sweep import SweepRecord, SweepRun, continue_command, print_sweep_summary, set_active_record
 
 if TYPE_CHECKING:
@@ -181,6 +181,35 @@ def open_study(
     return study
 
 
+def refuse_another_space(study: optuna.Study, space: dict[str, Any], url: str) -> None:
+    """A resumed study searched over other ranges is refused: its table would mix two searches, and TPE would model
+    trials that the new ranges cannot sample."""
+    searched: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        searched.update(trial.distributions)
+    if searched and searched != space:
+
+        def described(ranges: dict[str, Any]) -> str:
+            return ", ".join(f"{key} {_described(d)}" for key, d in sorted(ranges.items()))
+
+        raise SearchError(
+            f"study '{study.study_name}' in {url} searched {described(searched)}; this command searches "
+            f"{described(space)}: resume it with the same ranges, or start another with "
+            "hparams_search.study_name=<new name>"
+        )
+
+
+def _described(distribution: Any) -> str:
+    """An Optuna distribution as the override that makes it: ``tag(log,interval(0.01,0.5))``, ``choice(a,b)``."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return "choice(" + ",".join(override_value(c) for c in distribution.choices) + ")"
+    tags = [t for t, on in (("log", distribution.log), ("int", isinstance(distribution.low, int))) if on]
+    interval = f"interval({distribution.low:g},{distribution.high:g})"
+    return f"tag({','.join(tags)},{interval})" if tags else interval
+
+
 def search_space(overrides: list[Any]) -> tuple[dict[str, Any], list[str]]:
     """Optuna distributions for the sweep overrides (``interval``, ``choice``, ``range``; ``tag(log, ...)`` for a
     log scale, ``tag(int, ...)`` for integers) and the fixed ``key=value`` overrides, from overrides parsed by
@@ -199,6 +228,16 @@ def search_space(overrides: list[Any]) -> tuple[dict[str, Any], list[str]]:
         if isinstance(value, IntervalSweep):
             log = "log" in value.tags
             assert value.start is not None and value.end is not None  # interval(start, end) parses both
+            if value.start > value.end:
+                raise SearchError(
+                    f"{override.input_line}: the interval's start is above its end; give it as "
+                    f"interval({value.end:g},{value.start:g})"
+                )
+            if log and value.start <= 0:
+                raise SearchError(
+                    f"{override.input_line}: a log scale needs a start above 0, got {value.start:g}; e.g. "
+                    f"interval({value.end / 100:g},{value.end:g})"
+                )
             if "int" in value.tags:  # Hydra's interval() bounds are floats: tag(int, interval(2, 8)) for integers
                 space[key] = IntDistribution(int(value.start), int(value.end), log=log)
             else:
@@ -380,6 +419,8 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any], typed: S
     storage = _storage(url)
     study = open_study(settings, storage, url, metric)
     seed = sampler_seed(settings.seed, len(study.trials))
+    if settings.resume:
+        refuse_another_space(study, space, url)
     _retry_interrupted(study, storage)  # a search killed outright left them running
     if settings.resume:
         _say_resumed(study, url, settings.n_trials, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
@@ -413,7 +454,11 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any], typed: S
                 [*fixed, *(f"{k}={override_value(v)}" for k, v in t.params.items()), f"hparams_search.trial={t.number}"]
                 for t in trials
             ]
-            results = launcher.launch(batch, initial_job_idx=first)
+            try:
+                results = launcher.launch(batch, initial_job_idx=first)
+            except Exception:  # a job of the batch ended without a result (killed outright): keep the finished ones
+                _keep_finished_trials(study, trials, batch, sweep_dir, metric)
+                raise
             for trial, result in zip(trials, results, strict=True):
                 run = SweepRun.from_job(result, params=dict(trial.params), trial=trial.number)
                 trial.set_user_attr("reparam_run", run.to_dict())
@@ -428,6 +473,35 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any], typed: S
             _print_stopped_search(record, study, storage, settings.n_trials, typed)
         raise
     return returns
+
+
+def _keep_finished_trials(
+    study: optuna.Study, trials: list[Any], batch: list[list[str]], sweep_dir: Path, metric: str | None
+) -> None:
+    """The trials of a batch whose launch raised (submitit: one job left no result) that finished all the same, told
+    to the study from their run's ``summary.json``: the launcher's results are all or nothing, and a completed trial
+    was counted as interrupted and run again."""
+    if metric is None:
+        return
+    for trial, overrides in zip(trials, batch, strict=True):
+        run_dir = sweep_dir / str(trial.number)
+        summary = TrainSummary.read(run_dir / SUMMARY_FILE)
+        value = summary.value(metric) if summary is not None and summary.status == "completed" else None
+        if summary is None or value is None or not math.isfinite(value):
+            continue
+        run = SweepRun(
+            job=trial.number,
+            overrides=overrides,
+            run_dir=str(run_dir),
+            status="ok",
+            value=float(value),
+            params=dict(trial.params),
+            duration_s=summary.total_time_s,
+            trial=trial.number,
+            summary=summary.to_dict(),
+        )
+        trial.set_user_attr("reparam_run", run.to_dict())
+        study.tell(trial, run.value)
 
 
 def _print_stopped_search(

@@ -25,7 +25,7 @@ from .blocks import FormMismatchError
 from .callbacks import FINAL_WEIGHTS, ReparameterizeCallback, SpeedMonitor, pruned_at_epoch
 from .checkpoint import net_state, read_checkpoint
 from .ema import EMAWeights
-from .errors import Interrupted, Preempted, Requeued, Stopped, UserError, reraise_as_user_error
+from .errors import Interrupted, Preempted, Stopped, UserError, reraise_as_user_error
 from .launching import is_submitit_requeue, slurm_job, slurm_restarts, use_cores_given
 from .loggers import ResumePoint
 from .models import complete_spec, load_pretrained
@@ -350,7 +350,7 @@ def _stops_cleanly(
             raise
         requeued = is_submitit_requeue(err)
         if requeued:  # not Ctrl-C: the job is already back in SLURM's queue
-            cause, how, error = Requeued, "submitit's requeue of this SLURM job (preempted or at its time limit)", err
+            cause, how, error = Preempted, "submitit's requeue of this SLURM job (preempted or at its time limit)", err
         else:
             cause, how, error = Interrupted, "Ctrl-C", err
     except KeyboardInterrupt as err:  # outside Lightning's own handling (e.g. while fusing)
@@ -400,7 +400,7 @@ def _resume_advice(run_dir: Path, last: Path) -> str:
     without them the checkpoint holds another network than the config builds), or for a search trial the search."""
     overrides = _command_overrides()
     if any(o.startswith("hparams_search=") for o in overrides):  # a trial: resuming it alone leaves the study
-        if os.environ.get("SUBMITIT_EXECUTOR"):  # a job of its own (scancel): the search goes on without it
+        if os.environ.get("SUBMITIT_EXECUTOR") == "local":  # a job of its own: the search goes on without it
             return (
                 " The search records this trial as failed and goes on; if the search was stopped too, continue it "
                 "with its command and hparams_search.resume=true (this trial runs again)"

@@ -227,6 +227,44 @@ def test_a_trial_whose_job_alone_gets_sigterm_is_failed_and_the_search_goes_on(t
     assert "Traceback" not in proc.stderr
 
 
+def test_a_trial_killed_outright_keeps_the_finished_trials_of_its_batch(tmp_path: Path, run_env) -> None:
+    """A job SIGKILLed (out of memory, a lost node) leaves submitit no result and the launcher raises for the whole
+    batch: the trial that finished beside it was counted as interrupted and trained again on resume."""
+    sweep = tmp_path / "search"
+    proc = run_entry(
+        "train.py",
+        [
+            "-m",
+            *TINY,
+            "trainer.max_epochs=4",
+            "hparams_search=optuna",
+            "hparams_search.study_name=s",
+            "hparams_search.n_trials=2",
+            "hparams_search.n_jobs=2",
+            "hparams_search.pruner=none",
+            "optimizer.lr=interval(0.05,0.2)",
+            "hydra/launcher=local",
+            "+callbacks.kill._target_=helpers.KillAtStep",
+            "+callbacks.kill.step=1",
+            "+callbacks.kill.signal=SIGKILL",
+            f"+callbacks.kill.once={tmp_path / 'killed'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        {**run_env, "PYTHONPATH": str(ROOT / "tests")},
+        timeout=1200,
+    )
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    states = {t.number: t.state for t in study(sweep, "s").trials}
+    killed = next(n for n in (0, 1) if not (sweep / str(n) / "summary.json").exists())
+    finished = 1 - killed
+    # the killed one is queued to run again (WAITING) when the search resumes
+    assert states == {finished: TrialState.COMPLETE, killed: TrialState.FAIL, 2: TrialState.WAITING}, proc.stderr
+    runs = {r["trial"]: r for r in report(sweep)["runs"]}
+    assert runs[finished]["status"] == "ok" and runs[finished]["value"] == runs[finished]["summary"]["best_val_acc"]
+    assert runs[killed]["status"] == "interrupted"
+    assert "the search stopped with 1 of 2 trials done" in proc.stderr
+
+
 def test_search_records_pruned_and_failed_trials_and_goes_on(tmp_path: Path, run_env) -> None:
     sweep = tmp_path / "search"
     # seeded, the sampler tries a rate that diverges (failed), then 0.1, then one too small to learn anything: behind

@@ -17,6 +17,7 @@ from reparam.search import (
     _storage,
     open_study,
     override_value,
+    refuse_another_space,
     search_space,
 )
 
@@ -48,6 +49,52 @@ def test_space_reads_hydras_sweep_syntax_and_keeps_fixed_overrides() -> None:
     assert space["model.block"] == CategoricalDistribution(["repvgg", "dbb"])
     assert space["seed"] == CategoricalDistribution([1, 2, 3])
     assert fixed == ["experiment=demo"]
+
+
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        (
+            "optimizer.lr=tag(log,interval(0.1,0.01))",
+            "optimizer.lr=tag(log,interval(0.1,0.01)): the interval's start is above its end; give it as "
+            "interval(0.01,0.1)",
+        ),
+        (
+            "optimizer.lr=tag(log,interval(0,0.5))",
+            "optimizer.lr=tag(log,interval(0,0.5)): a log scale needs a start above 0, got 0; e.g. interval(0.005,0.5)",
+        ),
+    ],
+)
+def test_a_range_optuna_would_refuse_is_one_line(override: str, line: str) -> None:
+    """A reversed interval ended in Optuna's ValueError traceback (a new user's typo)."""
+    with pytest.raises(SearchError) as info:
+        search_space(parse(override))
+    assert str(info.value) == line
+
+
+def test_a_study_resumed_over_other_ranges_is_refused() -> None:
+    """A new user resumed a study with a wider lr range and one more parameter: accepted in silence, its table mixed
+    two searches."""
+    first, _ = search_space(parse("optimizer.lr=tag(log,interval(0.01,0.5))", "data.batch_size=choice(32,64)"))
+    study = optuna.create_study(direction="maximize")
+    study.tell(study.ask(first), 0.5)
+    refuse_another_space(study, first, "sqlite:///x.db")  # the same ranges: resumed
+    wider, _ = search_space(parse("optimizer.lr=tag(log,interval(0.001,0.9))", "data.batch_size=choice(32,64)"))
+    with pytest.raises(SearchError) as info:
+        refuse_another_space(study, wider, "sqlite:///x.db")
+    assert str(info.value) == (
+        f"study '{study.study_name}' in sqlite:///x.db searched data.batch_size choice(32,64), optimizer.lr "
+        "tag(log,interval(0.01,0.5)); this command searches data.batch_size choice(32,64), optimizer.lr "
+        "tag(log,interval(0.001,0.9)): resume it with the same ranges, or start another with "
+        "hparams_search.study_name=<new name>"
+    )
+    more, _ = search_space(
+        parse(
+            "optimizer.lr=tag(log,interval(0.01,0.5))", "data.batch_size=choice(32,64)", "seed=tag(int,interval(1,3))"
+        )
+    )
+    with pytest.raises(SearchError, match=r"this command searches .*seed tag\(int,interval\(1,3\)\)"):
+        refuse_another_space(study, more, "sqlite:///x.db")
 
 
 def test_sampled_values_are_written_back_as_hydra_reads_them() -> None:
