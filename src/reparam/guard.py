@@ -60,7 +60,22 @@ def find_user_error(err: BaseException | None) -> BaseException | None:
         )
     if found is None:
         found = _disk_full(chain)
+    if found is None:
+        found = _tracking_store_refused(chain)
     return found
+
+
+def _tracking_store_refused(chain: list[BaseException]) -> UserError | None:
+    """MLflow refusing the store a user named (``logger.mlflow.tracking_uri=file:./mlruns``: MLflow 3 keeps the file
+    store in maintenance mode and raises), as one line instead of a traceback."""
+    refused = next((e for e in chain if type(e).__name__ == "MlflowException"), None)
+    if refused is None:
+        return None
+    reason = " ".join(str(getattr(refused, "message", refused)).split())
+    return UserError(
+        f"logger=mlflow: MLflow refused the tracking store: {reason} (the default, a SQLite file, needs no server: "
+        "logger.mlflow.tracking_uri=sqlite:///<folder>/mlflow.db)"
+    )
 
 
 # what torch's zip writer (torch.save, checkpoints, .pt2) says when a write comes short: the disk filled up

@@ -49,6 +49,16 @@ def test_option_composes_and_resolves(group: str, option: str, tmp_path: Path) -
         assert container["model"]["num_classes"] == container["data"]["num_classes"]
 
 
+@pytest.mark.parametrize("logger,key", [("mlflow", "run_name"), ("wandb", "name")])
+def test_tracked_runs_are_named_by_their_folder(logger: str, key: str, tmp_path: Path) -> None:
+    """Every MLflow / W&B run was named "train": a sweep's runs could be told apart only by their parameters."""
+    elsewhere = compose_config("train", [f"logger={logger}"], run_dir=tmp_path / "elsewhere")
+    assert OmegaConf.select(elsewhere, f"logger.{logger}.{key}") == str(tmp_path / "elsewhere")
+    below = "train/multiruns/2026-12-02_05-42-12-000001/3"  # a sweep's job folder under logs/: that path
+    inside = compose_config("train", [f"logger={logger}"], run_dir=f"{elsewhere.paths.log_dir}/{below}")
+    assert OmegaConf.select(inside, f"logger.{logger}.{key}") == below
+
+
 def test_deploy_config_composes(tmp_path: Path) -> None:
     cfg = compose_config("deploy", ["ckpt=some/where"], run_dir=tmp_path)
     with open_dict(cfg):

@@ -12,6 +12,7 @@ import pytest
 from helpers import compose_config
 
 from reparam.deploy import deploy
+from reparam.guard import find_user_error
 from reparam.training import train
 
 pytestmark = pytest.mark.slow
@@ -23,11 +24,10 @@ EVALUATE_ONLY = ["benchmark.enabled=false", "export.onnx=false", "export.torch_e
 def test_mlflow_gets_the_config_and_the_deploy_report(tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    summary = train(
-        compose_config(
-            "train", [*QUICK, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"], run_dir=tmp_path / "train"
-        )
+    config = compose_config(
+        "train", [*QUICK, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"], run_dir=tmp_path / "train"
     )
+    summary = train(config)
     deploy(
         compose_config(
             "deploy",
@@ -42,8 +42,27 @@ def test_mlflow_gets_the_config_and_the_deploy_report(tmp_path: Path) -> None:
     assert params["config/model/arch"] == "repvgg" and params["config/trainer/max_epochs"] == "1"
     assert params["config/optimizer/lr"] == "0.1"  # not only the module's hyperparameters: the whole config
     assert "val/acc" in train_run.data.metrics
+    # named by its run folder (every run was named "train"), artifacts beside the store (not in ./mlruns of the cwd)
+    assert train_run.info.run_name == str(tmp_path / "train")
+    experiment = client.get_experiment_by_name("reparam")
+    assert experiment.artifact_location.endswith(f"{config.paths.log_dir}/mlruns"), experiment.artifact_location
     assert deploy_run.data.metrics["deploy/disagreements"] == 0.0
     assert deploy_run.data.metrics["deploy/accuracy/fused"] == deploy_run.data.metrics["deploy/accuracy/train_form"]
+
+
+def test_a_tracking_store_mlflow_refuses_is_one_line(tmp_path: Path) -> None:
+    """MLflow 3 keeps its file store (tracking_uri=file:...) in maintenance mode and raises: a user got Hydra's
+    "Error executing job" and a traceback."""
+    pytest.importorskip("mlflow")
+    overrides = [*QUICK, "logger=mlflow", f"logger.mlflow.tracking_uri=file:{tmp_path / 'mlruns'}"]
+    try:
+        train(compose_config("train", overrides, run_dir=tmp_path / "train"))
+    except Exception as err:  # noqa: BLE001  # what the entry point's guard sees
+        line = str(find_user_error(err))
+    else:
+        pytest.skip("this MLflow accepts a file store")
+    assert line.startswith("logger=mlflow: MLflow refused the tracking store: "), line
+    assert line.endswith("logger.mlflow.tracking_uri=sqlite:///<folder>/mlflow.db)") and "\n" not in line
 
 
 def test_wandb_runs_offline_with_the_config(tmp_path: Path, monkeypatch) -> None:

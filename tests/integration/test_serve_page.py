@@ -33,11 +33,16 @@ def test_page_uploads_an_image_and_shows_the_top1_class(tmp_path: Path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     run, _ = train_and_deploy(tmp_path)
     images, labels = split_pngs()
-    server = start_server(run, tmp_path / "server")
+    # with an API key: what a browser user sees without it, then with it typed in
+    server = start_server(run, tmp_path / "server", env={"LIT_SERVER_API_KEY": "s3cret"})
     try:
         image = tmp_path / "digit.png"
         image.write_bytes(images[0])
-        expected = httpx.post(f"{server.url}/predict", json={"image": base64.b64encode(images[0]).decode()}).json()
+        expected = httpx.post(
+            f"{server.url}/predict",
+            json={"image": base64.b64encode(images[0]).decode()},
+            headers={"X-API-Key": "s3cret"},
+        ).json()
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch_persistent_context(
                 str(tmp_path / "profile"),
@@ -48,8 +53,20 @@ def test_page_uploads_an_image_and_shows_the_top1_class(tmp_path: Path) -> None:
             )
             try:
                 page = browser.new_page()
+                failed = []  # any request of the page's own that failed (the browser's favicon request was a 401)
+                page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
                 page.goto(server.url + "/")
+                page.wait_for_function("document.getElementById('about').textContent.includes('API key')")
+                assert page.inner_text("#about") == "this server needs an API key: type it in the API key field"
+                page.set_input_files("#file", str(image))
+                page.wait_for_function("document.getElementById('error').textContent !== ''")
+                assert page.inner_text("#error") == "this server needs an API key: type it in the API key field"
+                page.fill("#key", "wrong")
+                page.wait_for_function("document.getElementById('about').textContent.startsWith('wrong')")
+                assert page.inner_text("#about") == "wrong API key: check the API key field"
+                page.fill("#key", "s3cret")  # the model's information follows the key as it is typed
                 page.wait_for_function("document.getElementById('about').textContent.includes('accuracy')")
+                assert failed and all(url.endswith(("/info", "/predict")) for url in failed), failed
                 page.set_input_files("#file", str(image))
                 page.wait_for_selector("#top1", timeout=60_000)
                 assert page.inner_text("#top1") == expected["predictions"][0]["class"]
