@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -230,10 +231,35 @@ class FiniteLossGuard(L.Callback):
 
     All ranks agree through one small all-reduce per check, so DDP runs stop together instead of
     hanging. ``check_every_n_steps`` trades that sync for speed on fast GPU runs.
+
+    A validation loss still finite but ``loss_warning_factor`` times above a uniform guess's (``ln(classes)``) is
+    warned about once: a new user's fine-tune reached logits of 1e14 and a validation loss of 6e12 at chance accuracy,
+    and nothing said so.
     """
 
-    def __init__(self, check_every_n_steps: int = 1) -> None:
+    def __init__(self, check_every_n_steps: int = 1, loss_warning_factor: float = 100.0) -> None:
         self.every = max(int(check_every_n_steps), 1)
+        self.loss_warning_factor = float(loss_warning_factor)
+        self.warned = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning has put this validation's epoch values in callback_metrics (as ModelCheckpoint reads them)
+        val_loss = trainer.callback_metrics.get("val/loss")
+        metric = getattr(pl_module, "val_acc", None)
+        classes = getattr(metric, "num_classes", None)
+        if self.warned or trainer.sanity_checking or val_loss is None or not classes or classes < 2:
+            return
+        guess = math.log(classes)  # the cross-entropy of predicting every class alike
+        loss = float(val_loss)
+        if math.isfinite(loss) and loss > self.loss_warning_factor * guess:
+            self.warned = True
+            if trainer.is_global_zero:
+                log.warning(
+                    f"the validation loss is {loss:.3g} at epoch {trainer.current_epoch}, {loss / guess:.3g} times a "
+                    f"uniform guess's (ln {classes} = {guess:.2f}): training is diverging (the logits are huge); lower "
+                    "optimizer.lr, add warm-up (scheduler.warmup_epochs) or clip gradients "
+                    "(trainer.gradient_clip_val=1.0)"
+                )
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
