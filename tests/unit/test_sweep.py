@@ -214,3 +214,22 @@ def test_a_launcher_failure_is_one_line_and_a_jobs_own_error_is_not_one() -> Non
     )
     lost = UncompletedJobError("Job 12_0 (task: 0) with path /s/.submitit/12_0/12_0_0_result.pkl\nhas not produced")
     assert _launch_failure_line(lost).startswith("a job of the sweep ended outside its own code (Job 12_0 (task: 0)")
+
+
+def test_a_submitit_warning_is_printed_once() -> None:
+    """A sweep on SLURM without accounting printed each "Bypassing sacct error" warning three times: submitit's own
+    handlers on stdout and stderr, and the root logger's console handler."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging; logging.basicConfig()\n"
+        "from hydra_plugins.reparam_sweeper import one_copy_of_submitit_lines\n"
+        "one_copy_of_submitit_lines()\n"
+        "logging.getLogger('submitit').warning('sacct failed')\n"
+        "logging.getLogger('submitit').info('submitted')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("sacct failed") == 1 and "sacct failed" not in proc.stdout, (proc.stdout, proc.stderr)
+    assert proc.stdout.count("submitted") == 1 and "submitted" not in proc.stderr

@@ -21,7 +21,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["FailTolerantSweeper", "OptunaSearchSweeper", "job_batches"]
+__all__ = ["FailTolerantSweeper", "OptunaSearchSweeper", "job_batches", "one_copy_of_submitit_lines"]
 
 
 def job_batches(overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
@@ -45,6 +45,21 @@ def job_batches(overrides: list[Override], max_batch_size: int | None) -> list[l
     return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
 
+def one_copy_of_submitit_lines() -> None:
+    """submitit's logging config (run at its first import) sends a warning to stdout and to stderr, and the root
+    logger's console handler printed it a third time: a sweep on SLURM without accounting printed each "Bypassing
+    sacct error" line three times. Warnings now go to stderr once, the rest to stdout once."""
+    import logging
+
+    import submitit  # noqa: F401  # its logging config, before it is changed here
+
+    logger = logging.getLogger("submitit")
+    logger.propagate = False
+    for handler in logger.handlers:
+        if handler.level < logging.WARNING:  # submitit's stdout handler
+            handler.addFilter(lambda record: record.levelno < logging.WARNING)
+
+
 class _LaunchingSweeper(Sweeper):
     """What both sweepers share: the launcher Hydra configured, built in ``setup``, and an overrides parser."""
 
@@ -66,6 +81,8 @@ class _LaunchingSweeper(Sweeper):
         one ``error:`` line and exit 2, as a job's does (jobs' own errors stay inside their jobs)."""
         from reparam.errors import UserError
 
+        if "submitit" in type(self.launcher).__module__ or "reparam_launcher" in type(self.launcher).__module__:
+            one_copy_of_submitit_lines()
         try:
             return self._sweep(arguments)
         except UserError as err:
