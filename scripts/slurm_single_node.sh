@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A single-node SLURM cluster on this machine (Debian's slurm-wlm + munge), for the SLURM sweep test
 # (tests/integration/test_search.py). Run as root; CI's .ci/run calls it. Idempotent: does nothing when sinfo answers.
-# `bash scripts/slurm_single_node.sh --stop` stops it (the daemons; the queue's state stays in /var/spool/slurmctld).
+# `bash scripts/slurm_single_node.sh --stop` (as root) stops it: slurmctld, slurmd and munged by name, so wait for an
+# empty squeue first (the queue's state stays in /var/spool/slurmctld).
 # Its one partition is `debug`, without GPUs and without accounting (sacct fails; submitit warns and goes on), so a
 # sweep on it needs: hydra/launcher=slurm hydra.launcher.partition=debug hydra.launcher.gpus_per_node=0
 # hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=4

@@ -188,9 +188,11 @@ def refuse_another_space(study: optuna.Study, space: dict[str, Any], url: str) -
     for trial in study.get_trials(deepcopy=False):
         searched.update(trial.distributions)
     if searched and searched != space:
+        # only what differs: a preset's space is five parameters, and the one changed was hard to find among them
+        keys = sorted(k for k in searched.keys() | space.keys() if searched.get(k) != space.get(k))
 
         def described(ranges: dict[str, Any]) -> str:
-            return ", ".join(f"{key} {_described(d)}" for key, d in sorted(ranges.items()))
+            return ", ".join(f"{k} {_described(ranges[k]) if k in ranges else '(not searched)'}" for k in keys)
 
         raise SearchError(
             f"study '{study.study_name}' in {url} searched {described(searched)}; this command searches "
@@ -312,7 +314,9 @@ class TrialPruning(L.Callback):
             if self.best is not None:
                 trial = self._load_trial()
                 trial.report(self.best, step=trainer.current_epoch)
-                prune = trial.should_prune()
+                # after the last epoch nothing is left to save: a trial pruned there lost its test and fused model
+                last = trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs - 1
+                prune = not last and trial.should_prune()
         if trainer.strategy.broadcast(prune, src=0):
             self.pruned_at_epoch = trainer.current_epoch
             trainer.should_stop = True

@@ -401,10 +401,7 @@ def _resume_advice(run_dir: Path, last: Path) -> str:
     overrides = _command_overrides()
     if any(o.startswith("hparams_search=") for o in overrides):  # a trial: resuming it alone leaves the study
         if os.environ.get("SUBMITIT_EXECUTOR") == "local":  # a job of its own: the search goes on without it
-            return (
-                " The search records this trial as failed and goes on; if the search was stopped too, continue it "
-                "with its command and hparams_search.resume=true (this trial runs again)"
-            )
+            return " The search records this trial as failed and goes on"  # a stopped search says how to go on
         return (
             " Continue the search with its command and hparams_search.resume=true: finished trials are kept and this "
             "one runs again"
