@@ -51,6 +51,7 @@ SUGGESTED = {
     "callbacks.reparameterize.source": [("train", "callbacks.reparameterize.source=last")],
     "model": [("train", "model=custom")],
     "logger": [("train", "logger=mlflow"), ("train", "logger=wandb"), ("deploy", "logger=csv")],
+    "logger.mlflow.tracking_uri": [("train", "logger=mlflow logger.mlflow.tracking_uri=sqlite:////tmp/logs/mlflow.db")],
     "model.block": [("train", "model.block=dbb")],
     "model.variant": [("train", "model.variant=null"), ("train", "model.variant=B0")],
     "model.widths": [("train", "model.widths=[8,8,16,16,32]")],
