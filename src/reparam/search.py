@@ -461,7 +461,8 @@ def run_search(config: DictConfig, launcher: Any, overrides: list[Any], typed: S
             try:
                 results = launcher.launch(batch, initial_job_idx=first)
             except Exception:  # a job of the batch ended without a result (killed outright): keep the finished ones
-                _keep_finished_trials(study, trials, batch, sweep_dir, metric)
+                with contextlib.suppress(Exception):  # the launcher's error is the one to see
+                    _keep_finished_trials(study, trials, batch, sweep_dir, metric)
                 raise
             for trial, result in zip(trials, results, strict=True):
                 run = SweepRun.from_job(result, params=dict(trial.params), trial=trial.number)
@@ -485,27 +486,33 @@ def _keep_finished_trials(
     """The trials of a batch whose launch raised (submitit: one job left no result) that finished all the same, told
     to the study from their run's ``summary.json``: the launcher's results are all or nothing, and a completed trial
     was counted as interrupted and run again."""
+    from optuna.trial import TrialState
+
     if metric is None:
         return
     for trial, overrides in zip(trials, batch, strict=True):
         run_dir = sweep_dir / str(trial.number)
         summary = TrainSummary.read(run_dir / SUMMARY_FILE)
         value = summary.value(metric) if summary is not None and summary.status == "completed" else None
-        if summary is None or value is None or not math.isfinite(value):
+        pruned = summary is not None and summary.status == "pruned"
+        if summary is None or not (pruned or (value is not None and math.isfinite(value))):
             continue
         run = SweepRun(
             job=trial.number,
             overrides=overrides,
             run_dir=str(run_dir),
-            status="ok",
-            value=float(value),
+            status="pruned" if pruned else "ok",
+            value=None if value is None else float(value),
             params=dict(trial.params),
             duration_s=summary.total_time_s,
             trial=trial.number,
             summary=summary.to_dict(),
         )
         trial.set_user_attr("reparam_run", run.to_dict())
-        study.tell(trial, run.value)
+        if pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, run.value)
 
 
 def _print_stopped_search(

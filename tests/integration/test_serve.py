@@ -434,9 +434,9 @@ def test_sigterm_answers_the_connections_still_waiting_to_be_taken(
         server.stop()
     failed = [a if isinstance(a, Exception) else a.status_code for a in answers if getattr(a, "status_code", 0) != 200]
     assert not failed, failed
-    served = [a.json()["predictions"][0]["index"] for a in answers if isinstance(a, httpx.Response)]
+    served = [a.json()["predictions"][0] for a in answers if isinstance(a, httpx.Response)]
     reference = [  # the same images from the module's server, MAX_IMAGES to a request
-        p["index"]
+        p
         for start in range(0, 48, MAX_IMAGES)
         for p in httpx.post(
             f"{other.url}/predict",
@@ -444,7 +444,13 @@ def test_sigterm_answers_the_connections_still_waiting_to_be_taken(
             timeout=120,
         ).json()["predictions"]
     ]
-    assert served == reference
+    # each answer is its own image's: its probabilities match. Not the class indices alone: this barely trained
+    # model's classes are within 1e-3 of each other, and other batch sizes round differently (a top-1 swapped on
+    # a near-tie once)
+    for i, (mine, theirs) in enumerate(zip(served, reference, strict=True)):
+        mine_p, theirs_p = ({t["index"]: t["probability"] for t in p["top_k"]} for p in (mine, theirs))
+        common = mine_p.keys() & theirs_p.keys()
+        assert len(common) >= 4 and max(abs(mine_p[c] - theirs_p[c]) for c in common) < 1e-4, (i, mine, theirs)
     out = server.output()
     assert "Traceback" not in out and "Error" not in out and out.splitlines()[-1] == "server stopped", out
 
