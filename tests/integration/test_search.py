@@ -156,7 +156,15 @@ def test_local_launcher_gives_each_job_running_at_once_a_gpu_of_its_own(tmp_path
     assert len(errors) == 1 and "hydra.launcher.gpus_per_node=1 but this machine shows 0 GPUs" in errors[0]
 
 
-def test_optuna_search_through_submitit_local_records_every_trial(tmp_path: Path, run_env) -> None:
+def local_search(tmp_path: Path, run_env: dict, *overrides: str, kill: str | None = None):
+    """``train.py -m`` with an Optuna search (study ``s``, no pruning) through ``hydra/launcher=local``, in
+    ``tmp_path/search``; with ``kill``, the first trial to end step 1 sends itself that signal (once)."""
+    killing = [
+        "+callbacks.kill._target_=helpers.KillAtStep",
+        "+callbacks.kill.step=1",
+        f"+callbacks.kill.signal={kill}",
+        f"+callbacks.kill.once={tmp_path / 'killed'}",
+    ]
     sweep = tmp_path / "search"
     proc = run_entry(
         "train.py",
@@ -165,15 +173,21 @@ def test_optuna_search_through_submitit_local_records_every_trial(tmp_path: Path
             *TINY,
             "hparams_search=optuna",
             "hparams_search.study_name=s",
-            "hparams_search.n_trials=4",
-            "hparams_search.n_jobs=2",
             "hparams_search.pruner=none",
-            "optimizer.lr=interval(0.02,0.2)",
             "hydra/launcher=local",
+            *overrides,
+            *(killing if kill else []),
             f"hydra.sweep.dir={sweep}",
         ],
-        run_env,
+        {**run_env, "PYTHONPATH": str(ROOT / "tests")} if kill else run_env,
         timeout=1200,
+    )
+    return sweep, proc
+
+
+def test_optuna_search_through_submitit_local_records_every_trial(tmp_path: Path, run_env) -> None:
+    sweep, proc = local_search(
+        tmp_path, run_env, "hparams_search.n_trials=4", "hparams_search.n_jobs=2", "optimizer.lr=interval(0.02,0.2)"
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     trials = study(sweep, "s").trials
@@ -195,26 +209,8 @@ def test_a_trial_whose_job_alone_gets_sigterm_is_failed_and_the_search_goes_on(t
     """`scancel` of one trial's SLURM job (SIGTERM to that job alone): the job exited 143 without a result for
     submitit, and the search waited for it for good (a cluster without accounting) or ended with the trials of that
     batch lost, the completed one included. Here a submitit job process sends itself SIGTERM, as scancel does."""
-    sweep = tmp_path / "search"
-    proc = run_entry(
-        "train.py",
-        [
-            "-m",
-            *TINY,
-            "hparams_search=optuna",
-            "hparams_search.study_name=s",
-            "hparams_search.n_trials=3",
-            "hparams_search.pruner=none",
-            "optimizer.lr=interval(0.05,0.2)",
-            "hydra/launcher=local",
-            "+callbacks.kill._target_=helpers.KillAtStep",
-            "+callbacks.kill.step=1",
-            "+callbacks.kill.signal=SIGTERM",
-            f"+callbacks.kill.once={tmp_path / 'killed'}",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        {**run_env, "PYTHONPATH": str(ROOT / "tests")},
-        timeout=1200,
+    sweep, proc = local_search(
+        tmp_path, run_env, "hparams_search.n_trials=3", "optimizer.lr=interval(0.05,0.2)", kill="SIGTERM"
     )
     trials = study(sweep, "s").trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], proc.stderr[-3000:]
@@ -230,28 +226,14 @@ def test_a_trial_whose_job_alone_gets_sigterm_is_failed_and_the_search_goes_on(t
 def test_a_trial_killed_outright_keeps_the_finished_trials_of_its_batch(tmp_path: Path, run_env) -> None:
     """A job SIGKILLed (out of memory, a lost node) leaves submitit no result and the launcher raises for the whole
     batch: the trial that finished beside it was counted as interrupted and trained again on resume."""
-    sweep = tmp_path / "search"
-    proc = run_entry(
-        "train.py",
-        [
-            "-m",
-            *TINY,
-            "trainer.max_epochs=4",
-            "hparams_search=optuna",
-            "hparams_search.study_name=s",
-            "hparams_search.n_trials=2",
-            "hparams_search.n_jobs=2",
-            "hparams_search.pruner=none",
-            "optimizer.lr=interval(0.05,0.2)",
-            "hydra/launcher=local",
-            "+callbacks.kill._target_=helpers.KillAtStep",
-            "+callbacks.kill.step=1",
-            "+callbacks.kill.signal=SIGKILL",
-            f"+callbacks.kill.once={tmp_path / 'killed'}",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        {**run_env, "PYTHONPATH": str(ROOT / "tests")},
-        timeout=1200,
+    sweep, proc = local_search(
+        tmp_path,
+        run_env,
+        "trainer.max_epochs=4",
+        "hparams_search.n_trials=2",
+        "hparams_search.n_jobs=2",
+        "optimizer.lr=interval(0.05,0.2)",
+        kill="SIGKILL",
     )
     assert proc.returncode != 0, proc.stdout[-3000:]
     states = {t.number: t.state for t in study(sweep, "s").trials}

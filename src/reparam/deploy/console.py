@@ -9,6 +9,7 @@ from rich.text import Text
 
 from ..console import console, log_to_file, pct
 from .report import DeployReport, TargetReport
+from .targets.selection import TRAIN_FORM
 from .timing import ratios
 
 __all__ = ["print_deploy_summary", "fastest_passing"]
@@ -81,10 +82,6 @@ def _say(prefix: str, line: str, style: str = "") -> None:
     """A line whose text may hold brackets (paths, overrides): printed without markup, and written to deploy.log."""
     console.print(Text.assemble((prefix, style or "bold"), line))
     logging.getLogger("reparam.file").info(f"{prefix}{line}")
-
-
-# the multi-branch network the check compares against: what fusion replaces, never what one ships
-TRAIN_FORM = "train_form"
 
 
 def fastest_passing(report: DeployReport) -> dict[int, TargetReport]:

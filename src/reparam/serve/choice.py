@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from ..deploy.report_index import INDEX_FILE, find_reports, run_dir_of
-from ..deploy.targets import REFERENCE, TARGETS, check_runs_here
+from ..deploy.targets import REFERENCE, TARGETS, TRAIN_FORM, check_runs_here
 from ..errors import UserError
 
 __all__ = ["ServedTarget", "choose_target", "agreement_share", "NOT_SERVED"]
 
-NOT_SERVED = {"train_form"}  # the multi-branch network: what fusion replaces
+NOT_SERVED = {TRAIN_FORM}  # the multi-branch network: what fusion replaces
 
 
 @dataclass(frozen=True)

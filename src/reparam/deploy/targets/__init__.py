@@ -5,11 +5,21 @@ from . import ort, ov  # noqa: F401
 from .base import TARGETS, Cost, Target, TargetContext, TargetUnavailable, register_target
 from .ort import OnnxRuntimeTarget
 from .pytorch import TorchTarget
-from .selection import AUTO, REFERENCE, Selection, build_targets, check_runs_here, select_targets, shorthand_targets
+from .selection import (
+    AUTO,
+    REFERENCE,
+    TRAIN_FORM,
+    Selection,
+    build_targets,
+    check_runs_here,
+    select_targets,
+    shorthand_targets,
+)
 
 __all__ = [
     "AUTO",
     "REFERENCE",
+    "TRAIN_FORM",
     "TARGETS",
     "Cost",
     "OnnxRuntimeTarget",

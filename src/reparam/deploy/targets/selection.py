@@ -20,6 +20,7 @@ from .base import TARGETS, Target, TargetContext, TargetUnavailable
 __all__ = [
     "AUTO",
     "REFERENCE",
+    "TRAIN_FORM",
     "Selection",
     "select_targets",
     "shorthand_targets",
@@ -29,6 +30,8 @@ __all__ = [
 
 AUTO = "auto"
 REFERENCE = "fused"
+# the multi-branch network the checks compare against: what fusion replaces, never what one ships or serves
+TRAIN_FORM = "train_form"
 HALF_TARGETS = {"bfloat16": "bf16", "float16": "fp16"}
 
 
